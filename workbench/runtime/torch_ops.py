@@ -1,0 +1,111 @@
+"""The reference backend: each graph op as plain PyTorch, with HF's numerics (fp32 norms and softmax)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+from workbench.builder.network import Node, torch_dtype
+from workbench.runtime.attention_meta import AttentionMeta
+
+
+def _binary(fn):
+    def run(node: Node, xs, meta):
+        b = xs[1] if len(xs) == 2 else node.attrs["scalar"]
+        return fn(xs[0], b)
+
+    return run
+
+
+def rms_norm(node: Node, xs, meta):
+    x, w = xs
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + node.attrs["eps"])
+    return w * h.to(x.dtype)
+
+
+def layer_norm(node: Node, xs, meta):
+    x, w = xs[0], xs[1]
+    b = xs[2] if len(xs) == 3 else None
+    return TF.layer_norm(x, (x.shape[-1],), w, b, node.attrs["eps"])
+
+
+def rope(node: Node, xs, meta):
+    x, positions, inv_freq = xs  # [T, H, D], [T], [D/2]
+    freqs = positions[:, None].to(torch.float32) * inv_freq[None, :].to(torch.float32)  # [T, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    scale = node.attrs["attention_scaling"]
+    cos = (emb.cos() * scale).to(x.dtype)[:, None, :]  # [T, 1, D]
+    sin = (emb.sin() * scale).to(x.dtype)[:, None, :]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def attention(node: Node, xs, meta: AttentionMeta):
+    """Causal (optionally sliding-window) GQA attention per sequence, through the KV cache if any."""
+    q, k, v = xs  # [T, Hq, D], [T, Hkv, D], [T, Hkv, D]
+    a = node.attrs
+    rep = a["num_heads"] // a["num_kv_heads"]
+    window = a.get("sliding_window")
+    out = torch.empty_like(q)
+    start = 0
+    for sid, n, past in zip(meta.seq_ids, meta.q_lens, meta.past_lens):
+        qi, ki, vi = q[start:start + n], k[start:start + n], v[start:start + n]
+        if meta.cache is not None:
+            meta.cache.write(a["layer"], sid, past, ki, vi)
+            ki, vi = meta.cache.read(a["layer"], sid, past + n)  # [L, Hkv, D]
+        elif past:
+            raise ValueError("attention: a past length without a KV cache")
+        length = past + n
+        keys = ki.repeat_interleave(rep, dim=1).permute(1, 2, 0)  # [Hq, D, L]
+        vals = vi.repeat_interleave(rep, dim=1).transpose(0, 1)  # [Hq, L, D]
+        scores = torch.matmul(qi.transpose(0, 1), keys) * a["scale"]  # [Hq, n, L]
+        qpos = torch.arange(past, length, device=q.device)[:, None]
+        kpos = torch.arange(length, device=q.device)[None, :]
+        allowed = kpos <= qpos
+        if window:
+            allowed &= kpos > qpos - window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out[start:start + n] = torch.matmul(probs, vals).transpose(0, 1)
+        start += n
+    return out
+
+
+def _reshape(node: Node, xs, meta):
+    return xs[0].reshape(node.attrs["shape"])
+
+
+def _slice(node: Node, xs, meta):
+    a = node.attrs
+    return xs[0].narrow(a["dim"], a["start"], a["end"] - a["start"])
+
+
+OPS = {
+    "identity": lambda node, xs, meta: xs[0],
+    "embedding": lambda node, xs, meta: TF.embedding(xs[0], xs[1]),
+    "linear": lambda node, xs, meta: TF.linear(*xs),
+    "matmul": lambda node, xs, meta: torch.matmul(*xs),
+    "add": _binary(torch.add),
+    "sub": _binary(torch.sub),
+    "mul": _binary(torch.mul),
+    "div": _binary(torch.div),
+    "neg": lambda node, xs, meta: -xs[0],
+    "rsqrt": lambda node, xs, meta: torch.rsqrt(xs[0]),
+    "exp": lambda node, xs, meta: torch.exp(xs[0]),
+    "tanh": lambda node, xs, meta: torch.tanh(xs[0]),
+    "mean": lambda node, xs, meta: xs[0].mean(node.attrs["dim"], keepdim=node.attrs["keepdim"]),
+    "rms_norm": rms_norm,
+    "layer_norm": layer_norm,
+    "rope": rope,
+    "attention": attention,
+    "silu": lambda node, xs, meta: TF.silu(xs[0]),
+    "gelu": lambda node, xs, meta: TF.gelu(xs[0], approximate=node.attrs["approximate"]),
+    "softmax": lambda node, xs, meta: torch.softmax(xs[0], node.attrs["dim"], dtype=torch.float32).to(xs[0].dtype),
+    "reshape": _reshape,
+    "transpose": lambda node, xs, meta: xs[0].transpose(node.attrs["dim0"], node.attrs["dim1"]),
+    "concat": lambda node, xs, meta: torch.cat(xs, dim=node.attrs["dim"]),
+    "slice": _slice,
+    "cast": lambda node, xs, meta: xs[0].to(torch_dtype(node.attrs["dtype"])),
+}
