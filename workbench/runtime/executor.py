@@ -56,9 +56,16 @@ class Executor:
         return [_Step(n.name, ops[n.op], n, tuple(n.inputs), tuple(frees.get(i, ()))) for i, n in enumerate(order)]
 
     @torch.inference_mode()
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMeta) -> dict[str, torch.Tensor]:
-        """One step over a packed batch: input_ids, positions [T] -> {output name: tensor [T, ...]}."""
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMeta,
+            substitute: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One step over a packed batch: input_ids, positions [T] -> {output name: tensor [T, ...]}.
+
+        `substitute` replaces named values after they are computed: outputs report the engine's
+        own value, while later nodes read the substitute (how `wb diff --mode local` feeds each
+        engine layer the baseline's input).
+        """
         env: dict[str, torch.Tensor] = dict(self.weights)
+        own: dict[str, torch.Tensor] = {}
         env["input_ids"] = input_ids.to(self.device)
         env["positions"] = positions.to(self.device)
         hook = self.node_hook
@@ -68,17 +75,27 @@ class Executor:
                 env[step.name] = step.fn(step.node, xs, meta)
             else:
                 env[step.name] = hook(step.name, lambda: step.fn(step.node, xs, meta))
+            if substitute and step.name in substitute:
+                own[step.name] = env[step.name]
+                env[step.name] = substitute[step.name].to(device=self.device, dtype=env[step.name].dtype)
             for f in step.free_after:
                 del env[f]
-        return {o: env[o] for o in self.outputs}
+        return {o: own.get(o, env[o]) for o in self.outputs}
 
-    def forward(self, sequences: list[list[int]]) -> list[dict[str, torch.Tensor]]:
-        """A plain forward pass (no cache) of each token sequence; per sequence, every output by name."""
+    def forward(self, sequences: list[list[int]],
+                substitute: list[dict[str, torch.Tensor]] | None = None) -> list[dict[str, torch.Tensor]]:
+        """A plain forward pass (no cache) of each token sequence; per sequence, every output by name.
+
+        `substitute` holds, per sequence, values that replace the engine's (see `run`).
+        """
         if not sequences or any(len(s) == 0 for s in sequences):
             raise WorkbenchError("forward: every sequence needs at least one token")
         lengths = [len(s) for s in sequences]
         ids = torch.tensor([t for s in sequences for t in s], dtype=torch.int64)
         pos = torch.cat([torch.arange(n, dtype=torch.int64) for n in lengths])
-        outs = self.run(ids, pos, AttentionMeta.prefill(lengths))
+        packed = None
+        if substitute:
+            packed = {k: torch.cat([sub[k] for sub in substitute]) for k in substitute[0]}  # each [n, ...]
+        outs = self.run(ids, pos, AttentionMeta.prefill(lengths), substitute=packed)
         split = {name: torch.split(t, lengths) for name, t in outs.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(sequences))]
