@@ -15,7 +15,7 @@ from workbench.cli.common import build_progress, console, out
 
 
 @click.command("build")
-@click.argument("checkpoint_dir", type=click.Path(path_type=Path))
+@click.argument("checkpoint_dir", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Engine directory to write.")
 @click.option("--dtype", default="fp32", show_default=True, help="fp32, fp16 or bf16.")
 @click.option("--max-batch-size", default=8, show_default=True, type=int)
@@ -23,7 +23,12 @@ from workbench.cli.common import build_progress, console, out
 @click.option("--kv-page-size", default=16, show_default=True, type=int, help="Tokens per KV-cache block.")
 @click.option("--mark", "marks", multiple=True, help="Mark names as extra outputs: 12.attn, '*.mlp', layers.3-7, all.")
 def build_command(checkpoint_dir, output, dtype, max_batch_size, max_seq_len, kv_page_size, marks):
-    """Build an engine from an HF checkpoint directory (config.json + safetensors)."""
+    """Build an engine from an HF checkpoint directory (config.json + safetensors); default: SmolLM2-135M-Instruct."""
+    if checkpoint_dir is None:
+        from workbench.default_model import default_checkpoint
+
+        with console.status("preparing the default model (converted once from GGUF)..."):
+            checkpoint_dir = default_checkpoint()
     config = BuildConfig(dtype=dtype, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
                          kv_page_size=kv_page_size, marked=list(marks))
     with build_progress(f"building {checkpoint_dir.name}") as progress:
