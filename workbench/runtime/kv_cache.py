@@ -103,9 +103,10 @@ class PagedKVCache:
         self.num_blocks = num_blocks
         self.page_size = page_size
         self.device = torch.device(device)
-        # Index 0 along dim 1 holds k, index 1 holds v.
+        # Index 0 along dim 1 holds k, index 1 holds v. Left uninitialised: reads never reach
+        # past what was written, and untouched pages of a large pool then cost no memory.
         self.layers = [
-            torch.zeros(num_blocks, 2, page_size, num_kv_heads, head_dim, dtype=dtype, device=self.device)
+            torch.empty(num_blocks, 2, page_size, num_kv_heads, head_dim, dtype=dtype, device=self.device)
             for _ in range(num_layers)
         ]  # each [num_blocks, 2, page_size, H, D]
         self._free = _FreeList(num_blocks)
@@ -264,7 +265,7 @@ class ContiguousKVCache:
         self.max_seq_len = max_seq_len
         self.device = torch.device(device)
         self.layers = [
-            torch.zeros(max_batch, 2, max_seq_len, num_kv_heads, head_dim, dtype=dtype, device=self.device)
+            torch.empty(max_batch, 2, max_seq_len, num_kv_heads, head_dim, dtype=dtype, device=self.device)
             for _ in range(num_layers)
         ]  # each [max_batch, 2, max_seq_len, H, D]
         self._free = _FreeList(max_batch)
