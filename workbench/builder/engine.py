@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from workbench.builder.config import BuildConfig
 from workbench.builder.network import GraphError, Network
-from workbench.errors import EngineFileError
+from workbench.errors import EngineFileError, WorkbenchError
 
 FORMAT_VERSION = 1
 MANIFEST = "engine.json"
@@ -79,10 +79,18 @@ def save_engine(engine: Engine, out_dir: str | Path, *, tokenizer_files: list[Pa
     serialising the tensors again, as debug engines do.
     """
     out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EngineFileError(f"{out_dir}: exists and is not a directory; refusing to overwrite it")
     if out_dir.exists() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
         raise EngineFileError(f"{out_dir}: exists and is not an engine directory; refusing to overwrite it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    # not mkdtemp: its 0o700 would make every engine private; mkdir applies the umask like any other file
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = out_dir.with_name(f".{out_dir.name}.{tag}.tmp")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise EngineFileError(f"{out_dir}: cannot create the engine directory ({e.strerror or e})") from None
     try:
         weights_path = tmp / WEIGHTS
         if weights_from is not None:
@@ -93,6 +101,7 @@ def save_engine(engine: Engine, out_dir: str | Path, *, tokenizer_files: list[Pa
         else:
             tensors = {k: v.contiguous() for k, v in engine.network.weights.items()}
             save_file(tensors, str(weights_path), metadata={"format": "pt"})
+        os.chmod(weights_path, tmp.stat().st_mode & 0o666)  # safetensors writes its file as 0o600
         engine.weights_sha256 = sha256_file(weights_path)
         if tokenizer_files:
             (tmp / TOKENIZER_DIR).mkdir()
@@ -100,7 +109,7 @@ def save_engine(engine: Engine, out_dir: str | Path, *, tokenizer_files: list[Pa
                 shutil.copy2(f, tmp / TOKENIZER_DIR / Path(f).name)
         (tmp / MANIFEST).write_text(json.dumps(engine.manifest(), indent=1))
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            old = out_dir.with_name(f".{out_dir.name}.{tag}.old")
             os.rename(out_dir, old)
             os.rename(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
@@ -147,7 +156,9 @@ def load_engine(path: str | Path, *, verify: bool = True) -> Engine:
         engine = Engine(network=net, architecture=m["architecture"], model_config=m["model_config"],
                         build_config=BuildConfig.from_dict(m["build_config"]), source=m.get("source", {}),
                         weights_sha256=m["weights_sha256"], path=path)
-    except (KeyError, TypeError, GraphError) as e:
+    except KeyError as e:
+        raise EngineFileError(f"{manifest_path}: invalid engine manifest (missing field {e})") from None
+    except (TypeError, GraphError, WorkbenchError) as e:
         raise EngineFileError(f"{manifest_path}: invalid engine manifest ({e})") from None
     return engine
 

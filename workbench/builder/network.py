@@ -233,6 +233,8 @@ class Network:
         net = cls(d.get("dtype", "float32"))
         for nd in d["nodes"]:
             node = Node.from_dict(nd)
+            if node.name in net.nodes:  # a dict would silently keep only the last one
+                raise GraphError(f"duplicate node name {node.name!r}")
             net.nodes[node.name] = node
         net.inputs = list(d["inputs"])
         net.outputs = list(d["outputs"])

@@ -40,6 +40,9 @@ class Executor:
         if missing:
             raise WorkbenchError(f"backend {backend!r} cannot run ops {missing}")
         self.steps = self._schedule(net, ops)
+        tables = [self.weights[n.inputs[1]] for n in net.nodes.values()
+                  if n.op == "embedding" and n.inputs[0] == "input_ids" and n.inputs[1] in self.weights]
+        self.vocab_size = tables[0].shape[0] if tables else None
         self.node_hook = None  # optional callable(name, fn) -> value, used by the profiler
 
     def _schedule(self, net, ops) -> list[_Step]:
@@ -92,6 +95,9 @@ class Executor:
             raise WorkbenchError("forward: every sequence needs at least one token")
         lengths = [len(s) for s in sequences]
         ids = torch.tensor([t for s in sequences for t in s], dtype=torch.int64)
+        if self.vocab_size is not None and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)][0].item()
+            raise WorkbenchError(f"forward: token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
         pos = torch.cat([torch.arange(n, dtype=torch.int64) for n in lengths])
         packed = None
         if substitute:

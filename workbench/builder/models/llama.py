@@ -17,6 +17,7 @@ from workbench.builder.network import Network
 from workbench.errors import ConversionError
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+_LLAMA3_ROPE_FIELDS = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 _ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 
 
@@ -63,33 +64,48 @@ class LlamaConfig:
                 raise ConversionError(f"{source}: missing field {key!r}")
             return cfg[key]
 
+        def number(key, value, kind=int):
+            # int("abc") would raise a bare ValueError; a size of 0 or -3 would make nonsense shapes
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or \
+                    (kind is int and value != int(value)):
+                what = "a positive integer" if kind is int else "a positive number"
+                raise ConversionError(f"{source}: field {key!r} must be {what}, got {value!r}")
+            return kind(value)
+
         arch = (cfg.get("architectures") or [None])[0]
-        hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-        head_dim = int(cfg.get("head_dim") or hidden // heads)
-        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        hidden = number("hidden_size", need("hidden_size"))
+        heads = number("num_attention_heads", need("num_attention_heads"))
+        head_dim = number("head_dim", cfg.get("head_dim") or hidden // heads)
+        kv_heads = number("num_key_value_heads", cfg.get("num_key_value_heads") or heads)
         if heads % kv_heads:
             raise ConversionError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-        layers = int(need("num_hidden_layers"))
+        layers = number("num_hidden_layers", need("num_hidden_layers"))
         act = cfg.get("hidden_act", "silu")
         if act not in _ACTIVATIONS:
             raise ConversionError(f"{source}: hidden_act {act!r} is not supported; supported: {', '.join(_ACTIVATIONS)}")
         rope = dict(cfg.get("rope_parameters") or {})
         legacy = cfg.get("rope_scaling") or {}
-        rope_theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        rope_theta = number("rope_theta", rope.get("rope_theta", cfg.get("rope_theta", 10000.0)), float)
         scaling = {**legacy, **{k: v for k, v in rope.items() if k != "rope_theta"}}
         rope_type = scaling.get("rope_type", scaling.get("type", "default"))
         if rope_type not in ("default", "linear", "llama3"):
             raise ConversionError(f"{source}: rope type {rope_type!r} is not supported; supported: default, linear, llama3")
         scaling = None if rope_type == "default" else {**scaling, "rope_type": rope_type}
+        if scaling is not None:
+            required = ("factor",) + (_LLAMA3_ROPE_FIELDS if rope_type == "llama3" else ())
+            for key in required:
+                if scaling.get(key) is None:
+                    raise ConversionError(f"{source}: rope type {rope_type!r} needs field {key!r} in rope_parameters")
+                number(key, scaling[key], float)
         eos = cfg.get("eos_token_id")
         eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         is_qwen2 = arch == "Qwen2ForCausalLM"
         return cls(
-            architecture=arch, vocab_size=int(need("vocab_size")), hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")), num_layers=layers, num_heads=heads,
-            num_kv_heads=kv_heads, head_dim=head_dim, rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            architecture=arch, vocab_size=number("vocab_size", need("vocab_size")), hidden_size=hidden,
+            intermediate_size=number("intermediate_size", need("intermediate_size")), num_layers=layers, num_heads=heads,
+            num_kv_heads=kv_heads, head_dim=head_dim, rms_norm_eps=number("rms_norm_eps", cfg.get("rms_norm_eps", 1e-6), float),
             rope_theta=rope_theta, rope_scaling=scaling,
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            max_position_embeddings=number("max_position_embeddings", cfg.get("max_position_embeddings", 4096)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=True if is_qwen2 else bool(cfg.get("attention_bias", False)),
             o_bias=False if is_qwen2 else bool(cfg.get("attention_bias", False)),
@@ -182,6 +198,8 @@ def hf_state_to_engine(config: LlamaConfig, hf: dict[str, torch.Tensor], source:
         if key not in hf:
             raise ConversionError(f"{source}: missing weight {key!r}")
         t = hf[key]
+        if not t.is_floating_point():
+            raise ConversionError(f"{source}: weight {key!r} has dtype {t.dtype}, expected a floating-point tensor")
         if tuple(t.shape) != tuple(shape):
             raise ConversionError(f"{source}: weight {key!r} has shape {list(t.shape)}, expected {list(shape)}")
         used.add(key)
