@@ -151,6 +151,31 @@ def hf_capture(model, ids: list[int], name_map: dict[str, HFCapture]) -> dict[st
     return out
 
 
+@pytest.fixture(scope="session")
+def smollm2_checkpoint() -> Path:
+    """The real default model (SmolLM2-135M-Instruct) as an HF checkpoint, converted once into the cache."""
+    from workbench.default_model import default_checkpoint
+
+    return default_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2_checkpoint, tmp_path_factory):
+    """An fp32 engine of the default model, built once per test session."""
+    from workbench.builder.build import build_engine
+    from workbench.builder.config import BuildConfig
+
+    return build_engine(smollm2_checkpoint, tmp_path_factory.mktemp("smollm2") / "fp32", BuildConfig(max_seq_len=512, max_batch_size=8))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_checkpoint):
+    """The HF transformers model of the default model, fp32, eager attention."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm2_checkpoint, dtype=torch.float32, attn_implementation="eager").eval()
+
+
 def random_llama(num_layers: int = 2, *, hidden: int = 8, heads: int = 2, kv_heads: int = 1, vocab: int = 16,
                  seed: int = 0):
     """A workbench Llama module tree with seeded random weights, no HF involved (for graph-level tests)."""

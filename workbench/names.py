@@ -55,7 +55,8 @@ def match(patterns: str | Iterable[str], names: Iterable[str], *, strict: bool =
     nothing raises PatternError suggesting close names.
     """
     if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p.strip()]
+        patterns = [patterns]
+    patterns = [q for p in patterns for q in p.split(",") if q.strip()]
     names = list(names)
     chosen: set[str] = set()
     for pattern in patterns:
