@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -12,11 +13,23 @@ from workbench.default_model import cache_dir
 from workbench.errors import WorkbenchError
 
 
+@functools.cache
+def builder_fingerprint() -> str:
+    """A hash of the builder's source: a changed conversion or pass must not reuse an old cached engine."""
+    root = Path(__file__).parent / "builder"
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def engine_cache_dir(checkpoint: Path, config: BuildConfig) -> Path:
-    """Where an engine built from `checkpoint` with `config` is cached."""
+    """Where an engine built from `checkpoint` with `config` (by this builder) is cached."""
     ckpt = Path(checkpoint).absolute()
     cfg_hash = hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()
-    key = hashlib.sha256(f"{ckpt}|{cfg_hash}|{sorted(config.to_dict().items())}".encode()).hexdigest()[:12]
+    parts = f"{ckpt}|{cfg_hash}|{sorted(config.to_dict().items())}|{builder_fingerprint()}"
+    key = hashlib.sha256(parts.encode()).hexdigest()[:12]
     return cache_dir() / "engines" / f"{ckpt.name}-{config.dtype}-{key}"
 
 

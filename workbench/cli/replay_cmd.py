@@ -1,0 +1,60 @@
+"""`wb replay`: rerun saved sessions and report what regressed or moved (for CI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from workbench.cli.common import console, out
+from workbench.inspect.replay import EXPECTED_FAIL, FIXED, NOT_COMPARED, REGRESSION, junit_xml, replay
+
+_STYLE = {REGRESSION: "bold red", FIXED: "green", EXPECTED_FAIL: "yellow", NOT_COMPARED: "dim"}
+
+
+@click.command("replay")
+@click.argument("sessions", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--junit", "junit", type=click.Path(path_type=Path), help="Write a JUnit XML report here.")
+@click.option("--update", is_flag=True, help="Accept the new results: rewrite each session with them.")
+@click.option("--device", default=None, help="cpu or cuda (default: where it was recorded, if available here).")
+def replay_command(sessions, junit, update, device):
+    """Rebuild and rerun SESSIONS (.wbs files); exit 1 if any name regressed."""
+    results = []
+    for path in sessions:
+        with console.status(f"replaying {path} ...") as status:
+            result = replay(path, device=device, update=update, progress=lambda m: status.update(f"{path}: {m}"))
+        results.append(result)
+        _render(result)
+    if junit:
+        tmp = junit.with_name(f".{junit.name}.tmp")
+        tmp.write_text(junit_xml(results))
+        os.replace(tmp, junit)
+    failed = sum(not r.passed for r in results)
+    out.print(f"replay: {len(results) - failed} passed, {failed} failed")
+    raise SystemExit(1 if failed else 0)
+
+
+def _render(result) -> None:
+    mark = "[green]ok[/]" if result.passed else "[bold red]REGRESSED[/]"
+    counts = {}
+    for o in result.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    out.print(f"{mark} {result.path} ({result.title or 'untitled'}): {summary}; {result.seconds:.1f} s")
+    for note in result.notes:
+        out.print(f"  [dim]note: {note}[/]")
+    shown = [o for o in result.outcomes if o.status in (REGRESSION, FIXED) or o.moved]
+    if not shown:
+        return
+    table = Table(show_header=True, header_style="bold", pad_edge=False)
+    for col in ("mode", "step", "name", "status", "what moved / why"):
+        table.add_column(col)
+    for o in shown:
+        why = "; ".join(o.moved + ([o.reason] if o.status == REGRESSION else []))
+        table.add_row(o.mode, str(o.step), o.name, f"[{_STYLE.get(o.status, '')}]{o.status}[/]", why)
+    out.print(table)
+
+
+COMMANDS = [replay_command]

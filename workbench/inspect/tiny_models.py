@@ -1,0 +1,77 @@
+"""Tiny random HF checkpoints made from a config and a seed: how tests and sessions name a model without files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+# architecture -> (transformers config class, model class)
+CLASSES = {
+    "LlamaForCausalLM": ("LlamaConfig", "LlamaForCausalLM"),
+    "MistralForCausalLM": ("MistralConfig", "MistralForCausalLM"),
+    "Qwen2ForCausalLM": ("Qwen2Config", "Qwen2ForCausalLM"),
+}
+
+
+def spec_key(spec: dict) -> str:
+    """A stable short hash of a tiny-model spec (also its cache directory name)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def validate_spec(spec: dict, where: str) -> None:
+    """A WorkbenchError naming `where` unless spec = {architecture, config: {...}, seed: int}."""
+    if not isinstance(spec, dict) or spec.get("architecture") not in CLASSES:
+        raise WorkbenchError(f"{where}: tiny model needs an architecture, one of {', '.join(CLASSES)}")
+    if not isinstance(spec.get("config"), dict) or not isinstance(spec.get("seed"), int):
+        raise WorkbenchError(f"{where}: tiny model needs a 'config' object and an integer 'seed'")
+    size = spec["config"].get("hidden_size", 0) * spec["config"].get("num_hidden_layers", 0)
+    if not isinstance(size, int) or size > 4096 * 4:
+        raise WorkbenchError(f"{where}: tiny model is not tiny (hidden_size x layers = {size})")
+
+
+def make_tiny_checkpoint(spec: dict, out: Path) -> Path:
+    """Write the checkpoint directory of `spec` (seeded random weights, norm scales and biases randomised too)."""
+    import torch
+    import transformers
+
+    validate_spec(spec, "tiny model")
+    config_cls, model_cls = CLASSES[spec["architecture"]]
+    try:
+        config = getattr(transformers, config_cls)(**spec["config"])
+    except (TypeError, ValueError) as e:
+        raise WorkbenchError(f"tiny model config: {e}") from None
+    torch.manual_seed(spec["seed"])
+    model = getattr(transformers, model_cls)(config)
+    with torch.no_grad():  # HF starts norms at 1 and biases at 0; random ones make a dropped term visible
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def tiny_checkpoint(spec: dict) -> Path:
+    """The cached checkpoint directory of a tiny-model spec, made on first use."""
+    from workbench.default_model import cache_dir
+
+    out = cache_dir() / "checkpoints" / f"tiny-{spec_key(spec)}"
+    if (out / "config.json").is_file():
+        return out
+    return make_tiny_checkpoint(spec, out)
