@@ -154,8 +154,9 @@ def replay(path: str | Path, *, device: str | None = None, update: bool = False,
     engine = cached_engine(checkpoint, config)
     say("running the diff")
     tolerances = Tolerances.from_dict(session.tolerances)
+    baseline_dtype = (session.reports[0].get("model") or {}).get("dtype") if session.reports else None
     reports = diff(engine, session.names, modes=tuple(session.modes), steps=tuple(session.steps),
-                   token_ids=session.token_ids, tolerances=tolerances, device=device)
+                   token_ids=session.token_ids, tolerances=tolerances, baseline_dtype=baseline_dtype, device=device)
     outcomes = compare_reports(session, reports)
     if update:
         new = record(engine, reports, model=session.model, device=device, profile=session.profile, title=session.title)
