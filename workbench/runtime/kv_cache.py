@@ -208,10 +208,12 @@ class PagedKVCache:
             return empty, empty.clone()
         num_pages = -(-length // self.page_size)
         table = self._table_tensor(seq_id)[:num_pages]  # [pages]
-        # Gather whole pages, then lay them end to end; the tail of the last page is cut.
-        pages = self.layers[layer][table]  # [pages, 2, P, H, D]
-        kv = pages.transpose(0, 1).reshape(2, num_pages * self.page_size, self.num_kv_heads, self.head_dim)
-        return kv[0, :length], kv[1, :length]  # each [length, H, D]
+        # Gather whole pages of k and of v (one copy each), lay them end to end, cut the tail.
+        cache = self.layers[layer]
+        shape = (num_pages * self.page_size, self.num_kv_heads, self.head_dim)
+        k = cache[table, 0].reshape(shape)  # [pages P, H, D]
+        v = cache[table, 1].reshape(shape)
+        return k[:length], v[:length]  # each [length, H, D]
 
     # -- bookkeeping ---------------------------------------------------------------
 

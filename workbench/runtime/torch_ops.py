@@ -57,18 +57,21 @@ def attention(node: Node, xs, meta: AttentionMeta):
             ki, vi = meta.cache.read(a["layer"], sid, past + n)  # [L, Hkv, D]
         elif past:
             raise ValueError("attention: a past length without a KV cache")
-        length = past + n
-        keys = ki.repeat_interleave(rep, dim=1).permute(1, 2, 0)  # [Hq, D, L]
-        vals = vi.repeat_interleave(rep, dim=1).transpose(0, 1)  # [Hq, L, D]
-        scores = torch.matmul(qi.transpose(0, 1), keys) * a["scale"]  # [Hq, n, L]
-        qpos = torch.arange(past, length, device=q.device)[:, None]
-        kpos = torch.arange(length, device=q.device)[None, :]
-        allowed = kpos <= qpos
-        if window:
-            allowed &= kpos > qpos - window
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        length, hkv, d = past + n, ki.shape[1], ki.shape[2]
+        # GQA without copying K/V per query head: the `rep` query heads of one KV head
+        # (heads j*rep .. j*rep+rep-1, as HF's repeat_kv pairs them) share one matmul.
+        qg = qi.reshape(n, hkv, rep, d).permute(1, 2, 0, 3).reshape(hkv, rep * n, d)  # [Hkv, rep n, D]
+        scores = torch.matmul(qg, ki.permute(1, 2, 0)) * a["scale"]  # [Hkv, rep n, L]
+        if n > 1 or window:  # one query at the end of its sequence sees every key unless windowed
+            qpos = torch.arange(past, length, device=q.device)[:, None]
+            kpos = torch.arange(length, device=q.device)[None, :]
+            allowed = kpos <= qpos
+            if window:
+                allowed &= kpos > qpos - window
+            scores = scores.view(hkv, rep, n, length).masked_fill(~allowed, float("-inf")).view(hkv, rep * n, length)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out[start:start + n] = torch.matmul(probs, vals).transpose(0, 1)
+        o = torch.matmul(probs, vi.transpose(0, 1))  # [Hkv, rep n, D]
+        out[start:start + n] = o.view(hkv, rep, n, d).permute(2, 0, 1, 3).reshape(n, hkv * rep, d)
         start += n
     return out
 
