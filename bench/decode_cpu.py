@@ -1,6 +1,6 @@
 """SmolLM2-135M fp32 decode on the CPU: the engine and HF eager `generate`, side by side in one process.
 
-Usage: python bench/decode_cpu.py [--new-tokens 64] [--repeats 3]
+Usage: python bench/decode_cpu.py [--new-tokens 64] [--repeats 3] [--threads N]
 Writes bench/results/decode_cpu.json. Run on an otherwise idle machine: the two share the cores.
 """
 
@@ -25,7 +25,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     engine = resolve_engine(None, "fp32")
