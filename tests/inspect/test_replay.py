@@ -188,3 +188,19 @@ def test_recorded_on_gpu_replays_on_cpu_and_says_what_it_cannot_compare(recorded
     assert result.passed
     assert any("NVIDIA H100" in n and "not reproduced" in n for n in result.notes)
     assert any("timings" in n for n in result.notes)
+
+
+def test_wb_diff_saves_a_session_that_replays(cache, tmp_path):
+    engine = cached_engine(tiny_checkpoint(SPEC), BuildConfig(max_seq_len=32))
+    path = tmp_path / "cli.wbs"
+    args = ["diff", str(engine.path), "--token-ids", "1,5,9,33", "--mode", "both", "--steps", "1",
+            "--atol", "1e-4", "--rtol", "1e-4", "--save-session", str(path), "--with-tensors"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    s = load_session(path)
+    assert s.token_ids == [1, 5, 9, 33] and s.modes == ["accumulated", "local"] and s.steps == [0, 1]
+    assert s.model == {"source": "checkpoint", "path": str(tiny_checkpoint(SPEC))}
+    assert "local/1/layers.1.mlp" in s.tensors
+    assert replay(path).passed
+    bad = CliRunner().invoke(main, ["diff", str(engine.path), "--token-ids", "1,2", "--save-session", str(tmp_path / "x.json")])
+    assert bad.exit_code == 2 and "end in .wbs" in bad.output

@@ -119,6 +119,7 @@ def _modes(mode: str) -> tuple[str, ...]:
 @click.option("--mode", type=click.Choice(_MODES), default="accumulated", show_default=True,
               help="accumulated: the engine end to end; local: each node fed HF's inputs; both.")
 @click.option("--prompt", default=None, help="Prompt text (tokenized with the engine's tokenizer).")
+@click.option("--token-ids", default=None, help="The prompt as token ids instead, e.g. 1,17,42 (for models without a tokenizer).")
 @click.option("--steps", default=None, help="Steps to diff: N = the context phase (0) and generation steps 1..N, or a "
               "list such as 0,3,5-7. Default 0. With --first-divergence, N is how many steps to search for a "
               "differing token (default 16; layers are diffed at step 0), and a list is diffed as given.")
@@ -133,9 +134,12 @@ def _modes(mode: str) -> tuple[str, ...]:
 @click.option("--baseline", "baseline_dir", type=click.Path(path_type=Path), default=None,
               help="The HF checkpoint to compare with (default: the one the engine was built from).")
 @click.option("--baseline-dtype", default=None, help="dtype of the HF model (default: the engine's).")
+@click.option("--save-session", "session_path", type=click.Path(path_type=Path), default=None,
+              help="Record this diff as a session file (NAME.wbs) that `wb replay` reruns.")
+@click.option("--with-tensors", is_flag=True, help="With --save-session: keep the compared tensors beside it.")
 @click.pass_context
 def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol, rtol, error_stat, error_quantile,
-                 jump_factor, json_path, dtype, baseline_dir, baseline_dtype):
+                 jump_factor, json_path, dtype, baseline_dir, baseline_dtype, session_path, with_tensors, token_ids):
     """Diff MODEL (an engine dir or a checkpoint dir; default: SmolLM2-135M-Instruct) against its HF model.
 
     Exit status: 0 when every name passes, 1 when any fails (or a token diverges), 2 on bad input.
@@ -149,6 +153,16 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
 
     tol = Tolerances.parse(_items(atol), _items(rtol), error_stat, error_quantile)
     step_list = parse_steps(steps)
+    if session_path is not None and not session_path.name.endswith(".wbs"):
+        raise WorkbenchError(f"--save-session {session_path}: session files end in .wbs")
+    if session_path is not None and baseline_dir is not None:
+        raise WorkbenchError("--save-session cannot record a diff against another --baseline checkpoint; "
+                             "replay compares an engine with the checkpoint it was built from")
+    ids_given = _token_ids(token_ids)
+    if ids_given is not None and prompt is not None:
+        raise WorkbenchError("give --prompt or --token-ids, not both")
+    if with_tensors and session_path is None:
+        raise WorkbenchError("--with-tensors needs --save-session FILE")
     if jump_factor <= 1:
         raise WorkbenchError(f"--jump-factor {jump_factor}: must be > 1")
     engine = resolve_engine(model, dtype)
@@ -161,7 +175,7 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
     baseline = Baseline.for_engine(engine, baseline_dir, dtype=baseline_dtype)
     for w in baseline.warnings:
         console.print(f"[yellow]warning:[/] {w}")
-    kwargs = dict(modes=_modes(mode), prompt=prompt, tolerances=tol, baseline=baseline)
+    kwargs = dict(modes=_modes(mode), prompt=prompt, token_ids=ids_given, tolerances=tol, baseline=baseline)
     with console.status(f"running {Path(baseline.checkpoint).name} in transformers ({baseline.dtype}) and the engine..."):
         if first_divergence:
             search = step_list[-1] if steps is not None else DEFAULT_SEARCH_STEPS
@@ -169,6 +183,15 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
             result = find_first_divergence(engine, list(layers) or None, steps=step_list if explicit else [0],
                                       search_steps=search, jump_factor=jump_factor, **kwargs)
             reports, passed = result.reports, result.passed
+        elif with_tensors:  # keep the run: its tensors go into the session
+            from workbench.inspect.diff import capture, compare, prepare
+
+            names, ids, _ = prepare(engine, list(layers) or None, prompt=prompt, token_ids=ids_given, tolerances=tol,
+                                    baseline=baseline, baseline_dtype=None, device="cpu")
+            run = capture(engine, names, token_ids=ids, modes=_modes(mode), steps=step_list, baseline=baseline,
+                          prompt=None if ids_given else prompt if prompt is not None else DEFAULT_PROMPT)
+            reports = [compare(run, s, m, tol) for s in step_list for m in _modes(mode)]
+            passed = all(r.passed for r in reports)
         else:
             reports = diff(engine, list(layers) or None, steps=step_list, **kwargs)
             passed = all(r.passed for r in reports)
@@ -199,7 +222,26 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
         data["prompt"] = prompt if prompt is not None else DEFAULT_PROMPT
         _write_json(json_path, data)
         console.print(f"[dim]wrote {json_path}[/]")
+    if session_path is not None:
+        from workbench.inspect.replay import record
+        from workbench.inspect.session_file import save_session
+
+        session = record(engine, reports, run=run if with_tensors else None, title=prompt or "wb diff")
+        save_session(session, session_path)
+        console.print(f"[dim]saved session {session_path} (replay with `wb replay {session_path}`)[/]")
     sys.exit(0 if passed else 1)
+
+
+def _token_ids(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        ids = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
+    except ValueError:
+        raise WorkbenchError(f"--token-ids {text!r}: expected integers such as 1,17,42") from None
+    if not ids or min(ids) < 0:
+        raise WorkbenchError(f"--token-ids {text!r}: expected non-negative integers such as 1,17,42")
+    return ids
 
 
 def _fmt_table(table: dict[str, float]) -> str:
