@@ -96,6 +96,7 @@ def main() -> None:
                          "several times slower than 1; the recorded CPU pressure says how loaded it was.")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
+    pressure_at_start = _cpu_pressure()
     print("warm-up (builds and caches the engine and its debug engine if needed)...", flush=True)
     first = run_once(args.mode, args.dtype, threads[0])
     series = [_series(args.mode, args.dtype, t, args.repeats) for t in threads]
@@ -107,7 +108,7 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct", "dtype": args.dtype, "mode": args.mode,
         "rows": first["rows"], "prompt_tokens": first["prompt_tokens"], "repeats": args.repeats,
         "median_call_s": call, "target_s": TARGET_S, "meets_target": call <= TARGET_S,
-        "series": series, "machine": {**machine(), "cpu_pressure_at_start": _cpu_pressure()},
+        "series": series, "machine": {**machine(), "cpu_pressure_at_start": pressure_at_start},
     }
     path = write_result("diff_cpu", data)
     for s in series:
