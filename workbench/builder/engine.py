@@ -122,8 +122,12 @@ def save_engine(engine: Engine, out_dir: str | Path, *, tokenizer_files: list[Pa
     return out_dir
 
 
-def load_engine(path: str | Path, *, verify: bool = True) -> Engine:
-    """Read an engine directory, checking the format version and (with `verify`) the weights hash."""
+def load_engine(path: str | Path, *, verify: bool = True, shared_weights: Engine | None = None) -> Engine:
+    """Read an engine directory, checking the format version and (with `verify`) the weights hash.
+
+    `shared_weights`: an engine whose weights file is the same (equal sha256 in both manifests);
+    its tensors are reused instead of reading the file again, as debug engines do.
+    """
     path = Path(path).absolute()
     manifest_path = path / MANIFEST
     if not path.is_dir():
@@ -147,7 +151,10 @@ def load_engine(path: str | Path, *, verify: bool = True) -> Engine:
             raise EngineFileError(f"{weights_path}: sha256 {digest[:12]}... does not match engine.json "
                                   f"({str(m.get('weights_sha256'))[:12]}...); the file is corrupt or was replaced")
     try:
-        weights = load_file(str(weights_path))
+        if shared_weights is not None and shared_weights.weights_sha256 == m.get("weights_sha256"):
+            weights = shared_weights.network.weights
+        else:
+            weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise EngineFileError(f"{weights_path}: unreadable safetensors file ({e})") from None
     try:
