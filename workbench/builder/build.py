@@ -69,7 +69,7 @@ def debug_engine(engine: Engine, patterns: list[str] | str) -> Engine:
     cache_dir = engine.path / "debug" / key
     if (cache_dir / "engine.json").is_file():
         try:
-            cached = load_engine(cache_dir, verify=False)
+            cached = load_engine(cache_dir, verify=False, shared_weights=engine)
             if cached.weights_sha256 == engine.weights_sha256 and sorted(cached.marked) == wanted:
                 return cached
         except EngineFileError:
