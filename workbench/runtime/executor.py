@@ -8,10 +8,12 @@ import torch
 
 from workbench.builder.engine import Engine
 from workbench.errors import WorkbenchError
-from workbench.runtime import torch_ops
+from workbench.runtime import cuda_ops, torch_ops
 from workbench.runtime.attention_meta import AttentionMeta
 
-BACKENDS = {"torch": torch_ops.OPS}
+# "cuda": the reference ops with the Triton plugins swapped in, node by node (Triton loads on first
+# use); runtime.cuda_executor.CudaExecutor is the compiled, CUDA-graph fast path over the same plugins.
+BACKENDS = {"torch": torch_ops.OPS, "cuda": cuda_ops.OPS}
 
 
 @dataclass

@@ -1,0 +1,82 @@
+"""Helpers shared by the kernels: interpreter detection and dot precision."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+# Without a GPU the kernels run in Triton's CPU interpreter (slow; for tests at small sizes). Triton
+# reads the switch when a function is decorated, its own library's too, so it must be set before
+# Triton is first imported.
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    if "triton" in sys.modules:
+        raise RuntimeError("the Triton plugins need TRITON_INTERPRET=1 on a machine without CUDA, set before "
+                           "Triton is first imported; set it in the environment")
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+
+def _fix_interpreter_scalars() -> None:
+    """Triton 3.6's interpreter turns a scalar into an int with int(1-element array), which numpy >= 2.4
+    refuses (triton-lang/triton#9171, fixed upstream by squeezing): loops with run-time bounds fail.
+    Apply the same fix to the interpreter's tensor patching, once."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_squeezes_scalars", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._squeezes_scalars = True
+    interpreter._patch_lang_tensor = patched
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def dot_in_fp32(dtype: torch.dtype) -> bool:
+    """Whether a kernel must upcast dot operands: fp32 data (no tf32 rounding), or the interpreter
+    (its bf16 dot is wrong in Triton 3.6)."""
+    return dtype == torch.float32 or interpreting()
+
+
+def pow2(n: int, least: int = 1) -> int:
+    """The smallest power of two >= max(n, least)."""
+    return max(triton.next_power_of_2(int(n)), least)
+
+
+@triton.jit
+def rounded(x, DT: tl.constexpr):
+    """fp32 x rounded to the dtype DT (nearest, ties to even) and kept in fp32, as a torch op of dtype DT rounds
+    its result. For bf16 this is done on the bits: a first H100 run showed `.to(bf16).to(fp32)` round trips
+    not surviving compilation (18% of rope outputs off by one ulp), and the interpreter truncates instead."""
+    if DT == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16) << 16
+        return bits.to(tl.float32, bitcast=True)
+    elif DT == tl.float16:
+        return x.to(tl.float16).to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
+def mma(a, b, FP32: tl.constexpr):
+    """a @ b with fp32 accumulation; FP32 upcasts the operands and keeps full precision."""
+    if FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+if interpreting():
+    _fix_interpreter_scalars()

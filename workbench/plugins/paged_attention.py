@@ -1,0 +1,199 @@
+"""Paged attention for the generation phase, and the paged KV cache write.
+
+The cache of one layer is PagedKVCache's tensor [num_blocks, 2, page, Hkv, D] (k at index 0
+of dim 1, v at 1); sequence b's token i lives in page block_tables[b, i // page] at offset
+i % page. One query token per sequence: q [B, Hq, D], seq_lens [B] counting that token
+(0 marks a padding row, whose output is zeros).
+
+Work is split flash-decoding style: program (b, kv head, part) reads one partition of the
+sequence for all Hq/Hkv query heads of its group (so GQA reads each key once), and a second
+kernel merges the partitions' softmax statistics. The number of partitions is fixed per call
+(not per sequence), so a CUDA graph captures the same launch for every step.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from workbench.plugins.common import dot_in_fp32, interpreting, mma, pow2
+from workbench.plugins.flash_attention import LOG2E
+
+
+@triton.jit
+def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, sqb, sqh, s_blk, s_kv, s_pg, s_h, sbt, sob, soh,
+                  scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr,
+                  D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
+                  NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    part = tl.program_id(2)
+    length = tl.load(seq_lens + b).to(tl.int32)
+    lo = part * PART
+    if WINDOW:
+        lo = tl.maximum(lo, length - window)
+    hi = tl.minimum(part * PART + PART, length)
+    offs_r = tl.arange(0, REP_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    dmask = offs_d < D
+    heads = kvh * REP + offs_r
+    hmask = offs_r < REP
+    q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=hmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full([REP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([REP_PAD], tl.float32)
+    acc = tl.zeros([REP_PAD, D_PAD], tl.float32)
+    table = block_tables + b.to(tl.int64) * sbt
+    for s in range(lo, hi, BLOCK_N):
+        offs_n = s + tl.arange(0, BLOCK_N)
+        nmask = offs_n < hi
+        page = tl.load(table + offs_n // PAGE, mask=nmask, other=0).to(tl.int64)
+        row = page * s_blk + (offs_n % PAGE).to(tl.int64) * s_pg + kvh * s_h
+        lmask = nmask[:, None] & dmask[None, :]
+        k = tl.load(KV + row[:, None] + offs_d[None, :], mask=lmask, other=0.0)
+        v = tl.load(KV + s_kv + row[:, None] + offs_d[None, :], mask=lmask, other=0.0)
+        qk = mma(q, tl.trans(k), FP32) * scale_log2  # [REP_PAD, BLOCK_N]
+        qk = tl.where(nmask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, FP32)
+        m_i = m_new
+    if NUM_PARTS == 1:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(O + b * sob + heads[:, None] * soh + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=hmask[:, None] & dmask[None, :])
+    else:
+        # partials laid out [B, Hq, NUM_PARTS, D] and [B, Hq, NUM_PARTS, 2]
+        idx = ((b * tl.num_programs(1) * REP + heads) * NUM_PARTS + part).to(tl.int64)
+        tl.store(PACC + idx[:, None] * D_PAD + offs_d[None, :], acc, mask=hmask[:, None])
+        tl.store(PML + idx * 2, m_i, mask=hmask)
+        tl.store(PML + idx * 2 + 1, l_i, mask=hmask)
+
+
+@triton.jit
+def _paged_reduce(O, PACC, PML, sob, soh, D: tl.constexpr, D_PAD: tl.constexpr, NUM_PARTS: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_p = tl.arange(0, NUM_PARTS)
+    offs_d = tl.arange(0, D_PAD)
+    base = ((b * tl.num_programs(1) + h) * NUM_PARTS + offs_p).to(tl.int64)
+    m = tl.load(PML + base * 2)
+    l = tl.load(PML + base * 2 + 1)
+    m_max = tl.max(m, 0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_max)  # empty partitions (m = -inf) weigh 0
+    acc = tl.load(PACC + base[:, None] * D_PAD + offs_d[None, :])
+    num = tl.sum(acc * w[:, None], 0)
+    den = tl.sum(l * w, 0)
+    out = num / tl.where(den == 0.0, 1.0, den)
+    tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty), mask=offs_d < D)
+
+
+def decode_partitions(max_len: int, batch: int, kv_heads: int, page_size: int, sms: int = 132) -> tuple[int, int]:
+    """(partition size, number of partitions) for sequences of up to max_len tokens: enough programs
+    to cover the GPU, partitions of whole key blocks."""
+    block = _block_n(page_size)
+    if interpreting():
+        return max(block, pow2(max_len)), 1
+    part = max(block, pow2(triton.cdiv(max_len, max(1, (2 * sms) // max(1, batch * kv_heads)))))
+    part = max(part, 128)
+    return part, triton.cdiv(max_len, part)
+
+
+def _block_n(page_size: int) -> int:
+    return 16 if interpreting() else max(64, page_size)
+
+
+def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                           scale: float, window: int | None = None, *, part: int | None = None,
+                           num_parts: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B, Hq, D] over the paged cache kv [blocks, 2, page, Hkv, D] -> [B, Hq, D]."""
+    bsz, hq, d = q.shape
+    _, two, page, hkv, dk = kv.shape
+    if two != 2 or dk != d or hq % hkv:
+        raise ValueError(f"paged_decode_attention: q {tuple(q.shape)} does not fit the cache {tuple(kv.shape)}")
+    if q.stride(2) != 1 or not kv.is_contiguous() or block_tables.stride(1) != 1:
+        raise ValueError("paged_decode_attention: q's head dim, the cache and block table rows must be contiguous")
+    if part is None or num_parts is None:
+        part, num_parts = decode_partitions(block_tables.shape[1] * page, bsz, hkv, page)
+    num_parts = pow2(num_parts)
+    out = torch.empty(bsz, hq, d, dtype=q.dtype, device=q.device) if out is None else out
+    if bsz == 0:
+        return out
+    d_pad = pow2(d, 16)
+    rep = hq // hkv
+    if num_parts > 1:
+        pacc = torch.empty(bsz, hq, num_parts, d_pad, dtype=torch.float32, device=q.device)
+        pml = torch.empty(bsz, hq, num_parts, 2, dtype=torch.float32, device=q.device)
+    else:
+        pacc = pml = out  # unused
+    block = min(_block_n(page), part)
+    interp = interpreting()
+    _paged_decode[(bsz, hkv, num_parts)](
+        q, kv, out, pacc, pml, block_tables, seq_lens, q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
+        kv.stride(2), kv.stride(3), block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E,
+        int(window or 0), REP=rep, REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part,
+        NUM_PARTS=num_parts, WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), num_warps=4, num_stages=1 if interp else 3)
+    if num_parts > 1:
+        _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
+                                 num_warps=4)
+    return out
+
+
+def paged_decode_attention_ref(q: torch.Tensor, kv: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                               scale: float, window: int | None = None, **_) -> torch.Tensor:
+    """The same in fp32 torch: gather each sequence's keys page by page."""
+    bsz, hq, d = q.shape
+    page, hkv = kv.shape[2], kv.shape[3]
+    rep = hq // hkv
+    out = torch.zeros_like(q)
+    for b in range(bsz):
+        n = int(seq_lens[b])
+        if n == 0:
+            continue
+        pos = torch.arange(n, device=q.device)
+        blocks = block_tables[b].long()[pos // page]
+        keys = kv[blocks, 0, pos % page].float().repeat_interleave(rep, dim=1)  # [n, Hq, D]
+        vals = kv[blocks, 1, pos % page].float().repeat_interleave(rep, dim=1)
+        scores = torch.einsum("hd,nhd->hn", q[b].float(), keys) * scale
+        if window:
+            scores[:, : max(0, n - window)] = float("-inf")
+        out[b] = torch.einsum("hn,nhd->hd", torch.softmax(scores, -1), vals).to(q.dtype)
+    return out
+
+
+@triton.jit
+def _write_kv(K, V, KV, slots, skt, skh, svt, svh, s_blk, s_kv, s_pg, s_h, HKV: tl.constexpr, H_PAD: tl.constexpr,
+              D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr):
+    t = tl.program_id(0)
+    slot = tl.load(slots + t).to(tl.int64)
+    if slot >= 0:
+        offs_h = tl.arange(0, H_PAD)
+        offs_d = tl.arange(0, D_PAD)
+        mask = (offs_h[:, None] < HKV) & (offs_d[None, :] < D)
+        dst = KV + (slot // PAGE) * s_blk + (slot % PAGE) * s_pg + offs_h[:, None] * s_h + offs_d[None, :]
+        k = tl.load(K + t * skt + offs_h[:, None] * skh + offs_d[None, :], mask=mask)
+        v = tl.load(V + t * svt + offs_h[:, None] * svh + offs_d[None, :], mask=mask)
+        tl.store(dst, k.to(KV.dtype.element_ty), mask=mask)
+        tl.store(dst + s_kv, v.to(KV.dtype.element_ty), mask=mask)
+
+
+def write_kv(kv: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Store k, v [T, Hkv, D] at cache slots [T] (page * page_size + offset; negative: skip)."""
+    t, hkv, d = k.shape
+    if t == 0:
+        return
+    _write_kv[(t,)](k, v, kv, slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv.stride(0), kv.stride(1),
+                    kv.stride(2), kv.stride(3), HKV=hkv, H_PAD=pow2(hkv), D=d, D_PAD=pow2(d), PAGE=kv.shape[2])
+
+
+def write_kv_ref(kv: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """The same with torch indexing."""
+    keep = slots >= 0
+    s = slots[keep].long()
+    page = kv.shape[2]
+    kv[s // page, 0, s % page] = k[keep].to(kv.dtype)
+    kv[s // page, 1, s % page] = v[keep].to(kv.dtype)
