@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU runs behind bench/results/*_h100.json, one device call each:
+#   bash bench/run_gpu.sh check   # GPU tests, GEMV sweep, engine-only decode and prefill
+#   bash bench/run_gpu.sh full    # GPU tests, decode and prefill with the HF peers, the profiler's benchmark
+#   bash bench/run_gpu.sh final   # GPU tests, engine-only decode: table GEMVs (not gated) against cuBLAS
+# Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+stage=${1:-check}
+{ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv; python -c \
+  "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"; } 2>&1 | tee "$LOG"
+step() {  # step <seconds> <command...>: run with a time limit, keep going on failure
+  local limit=$1; shift
+  echo "=== $* (limit ${limit}s)" | tee -a "$LOG"
+  local t0=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  echo "=== rc=$? after $((SECONDS - t0))s" | tee -a "$LOG"
+}
+if [ "$stage" = check ]; then
+  step 150 python -m pytest tests/gpu/test_cuda_backend.py -q -x -n 4 -p no:cacheprovider
+  step 90 python bench/gemv_sweep.py
+  step 150 python bench/decode.py --peers none --repeats 2 --name decode_engine_h100
+  step 90 python bench/prefill.py --repeats 3
+elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
+  step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
+  step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
+else
+  step 100 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA -s
+  step 240 python bench/decode.py --budget-s 190 --repeats 2
+  step 90 python bench/prefill.py --repeats 3
+  if [ -f bench/profile_gpu.py ]; then step 130 python bench/profile_gpu.py; fi
+fi
+echo "=== done in ${SECONDS}s" | tee -a "$LOG"
+grep -E "^(llama|===|rope:)|passed|failed|error|Error|TB/s|TFLOP/s" "$LOG" | grep -v "^PASSED" | tail -45
