@@ -1,0 +1,1 @@
+"""`wb tui`: a Textual app over an engine or a saved session (diff, detail, timeline, tokens)."""

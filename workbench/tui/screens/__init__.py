@@ -1,0 +1,1 @@
+"""The screens of `wb tui`, one per file."""

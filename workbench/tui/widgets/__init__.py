@@ -1,0 +1,1 @@
+"""The widgets of `wb tui`, one area per file."""
