@@ -6,11 +6,18 @@ written with `save_pretrained` and read back through the engine's real loading c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
-import transformers
+
+# Without CUDA the Triton plugins run in Triton's CPU interpreter, which must be chosen before
+# anything imports triton (transformers may); set it here, first, for the whole test session.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import transformers  # noqa: E402
 
 from workbench.builder.models.base import HFCapture
 
