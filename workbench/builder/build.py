@@ -12,6 +12,7 @@ from workbench.builder.engine import WEIGHTS, Engine, load_engine, save_engine
 from workbench.builder.models import load_checkpoint
 from workbench.builder.network import Network
 from workbench.builder.passes import eliminate_dead_code, mark_outputs
+from workbench.builder.quantization import quantize_network
 from workbench.errors import EngineFileError
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -37,6 +38,8 @@ def build(checkpoint_dir: str | Path, config: BuildConfig | None = None, *, prog
     step("tracing graph")
     net = model.to_network(config.dtype)
     step("running passes")
+    if config.quant is not None:  # before marking: calibration runs the unmarked graph
+        net = quantize_network(net, config.quant, checkpoint_dir=ckpt, vocab_size=model_config.vocab_size)
     net = run_passes(net, config)
     source = {"checkpoint": str(ckpt), "config_sha256": hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()}
     return Engine(network=net, architecture=model_config.architecture, model_config=model_config.to_dict(),

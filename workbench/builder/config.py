@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from workbench.builder.quantization.config import QuantConfig
 from workbench.errors import WorkbenchError
 
 DTYPE_ALIASES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "half": "float16",
@@ -27,9 +28,12 @@ class BuildConfig:
     max_seq_len: int = 2048
     kv_page_size: int = 16
     marked: list[str] = field(default_factory=list)
+    quant: QuantConfig | None = None  # weight quantization and/or quantized KV cache; None: none
 
     def __post_init__(self):
         self.dtype = canonical_dtype(self.dtype)
+        if isinstance(self.quant, dict):
+            self.quant = QuantConfig.from_dict(self.quant)
         for key in ("max_batch_size", "max_seq_len", "kv_page_size"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:

@@ -262,7 +262,7 @@ class Network:
 _DTYPES = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
     "int64": torch.int64, "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8,
-    "bool": torch.bool,
+    "bool": torch.bool, "float8_e4m3fn": torch.float8_e4m3fn,
 }
 
 

@@ -33,7 +33,8 @@ OPS: dict[str, OpSpec] = {
     "rms_norm": OpSpec((2,), ("eps",), kind="norm"),
     "layer_norm": OpSpec((2, 3), ("eps",), kind="norm"),
     "rope": OpSpec((3,), ("attention_scaling",)),
-    "attention": OpSpec((3,), ("layer", "num_heads", "num_kv_heads", "head_dim", "scale"), kind="attention"),
+    # 5 inputs: q, k, v, k_scale, v_scale of a quantized KV cache (attr kv_cache_dtype)
+    "attention": OpSpec((3, 5), ("layer", "num_heads", "num_kv_heads", "head_dim", "scale"), kind="attention"),
     "silu": OpSpec((1,)),
     "gelu": OpSpec((1,), ("approximate",)),
     "softmax": OpSpec((1,), ("dim",)),
@@ -42,6 +43,9 @@ OPS: dict[str, OpSpec] = {
     "concat": OpSpec(None, ("dim",), kind="data"),
     "slice": OpSpec((1,), ("dim", "start", "end"), kind="data"),
     "cast": OpSpec((1,), ("dtype",), kind="data"),
+    # x then the operands its `operands` attr names (qweight, scales, zeros, smooth, act_scale, bias);
+    # method w8a16 | w4a16 | w8a8 | fp8: see workbench/runtime/quant_ops.py
+    "quant_linear": OpSpec(None, ("method", "operands"), kind="gemm"),
 }
 
 

@@ -12,6 +12,7 @@ from workbench.builder.config import BuildConfig
 from workbench.builder.engine import load_engine
 from workbench.builder.summary import summarize
 from workbench.cli.common import build_progress, console, out
+from workbench.cli.quant_options import quant_line, quant_options
 
 
 @click.command("build")
@@ -22,7 +23,8 @@ from workbench.cli.common import build_progress, console, out
 @click.option("--max-seq-len", default=2048, show_default=True, type=int)
 @click.option("--kv-page-size", default=16, show_default=True, type=int, help="Tokens per KV-cache block.")
 @click.option("--mark", "marks", multiple=True, help="Mark names as extra outputs: 12.attn, '*.mlp', layers.3-7, all.")
-def build_command(checkpoint_dir, output, dtype, max_batch_size, max_seq_len, kv_page_size, marks):
+@quant_options
+def build_command(checkpoint_dir, output, dtype, max_batch_size, max_seq_len, kv_page_size, marks, quant):
     """Build an engine from an HF checkpoint directory (config.json + safetensors); default: SmolLM2-135M-Instruct."""
     if checkpoint_dir is None:
         from workbench.default_model import default_checkpoint
@@ -30,12 +32,14 @@ def build_command(checkpoint_dir, output, dtype, max_batch_size, max_seq_len, kv
         with console.status("preparing the default model (converted once from GGUF)..."):
             checkpoint_dir = default_checkpoint()
     config = BuildConfig(dtype=dtype, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                         kv_page_size=kv_page_size, marked=list(marks))
+                         kv_page_size=kv_page_size, marked=list(marks), quant=quant)
     with build_progress(f"building {checkpoint_dir.name}") as progress:
         engine = build_engine(checkpoint_dir, output, config, progress=progress)
     s = summarize(engine)
     console.print(f"[green]built[/] {output}: {s.architecture}, {s.num_layers} layers, {s.dtype}, "
                   f"{s.weight_bytes / 2**20:.1f} MiB, {len(s.marked)} marked outputs")
+    if quant is not None:
+        console.print(quant_line(engine.network))
 
 
 @click.command("inspect")

@@ -111,6 +111,10 @@ class GenerationSession:
         num_layers = max(n.attrs["layer"] for n in attn) + 1
         kv_heads, head_dim = attn[0].attrs["num_kv_heads"], attn[0].attrs["head_dim"]
         dtype = torch_dtype(engine.network.dtype)
+        if attn[0].attrs.get("kv_cache_dtype"):  # quantized KV cache: values stored as int8 / fp8
+            from workbench.runtime.quant_ops import KV_DTYPES
+
+            dtype = KV_DTYPES[attn[0].attrs["kv_cache_dtype"]]
         if paged:
             tokens = kv_cache_tokens or bc.max_batch_size * bc.max_seq_len
             self.cache = PagedKVCache.for_budget(num_layers, kv_heads, head_dim, max_tokens=tokens,

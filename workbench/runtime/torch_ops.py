@@ -7,6 +7,7 @@ import torch.nn.functional as TF
 
 from workbench.builder.network import Node, torch_dtype
 from workbench.runtime.attention_meta import AttentionMeta
+from workbench.runtime.quant_ops import dequantize_kv, quant_linear, quantize_kv
 
 
 def _binary(fn):
@@ -44,8 +45,12 @@ def rope(node: Node, xs, meta):
 
 def attention(node: Node, xs, meta: AttentionMeta):
     """Causal (optionally sliding-window) GQA attention per sequence, through the KV cache if any."""
-    q, k, v = xs  # [T, Hq, D], [T, Hkv, D], [T, Hkv, D]
+    q, k, v = xs[:3]  # [T, Hq, D], [T, Hkv, D], [T, Hkv, D]
     a = node.attrs
+    kv_dtype = a.get("kv_cache_dtype")  # int8 | fp8: quantize on write, dequantize on read
+    if kv_dtype:
+        k_scale, v_scale = xs[3], xs[4]
+        k, v = quantize_kv(k, k_scale, kv_dtype), quantize_kv(v, v_scale, kv_dtype)
     rep = a["num_heads"] // a["num_kv_heads"]
     window = a.get("sliding_window")
     out = torch.empty_like(q)
@@ -57,6 +62,8 @@ def attention(node: Node, xs, meta: AttentionMeta):
             ki, vi = meta.cache.read(a["layer"], sid, past + n)  # [L, Hkv, D]
         elif past:
             raise ValueError("attention: a past length without a KV cache")
+        if kv_dtype:
+            ki, vi = dequantize_kv(ki, k_scale, q.dtype), dequantize_kv(vi, v_scale, q.dtype)
         length, hkv, d = past + n, ki.shape[1], ki.shape[2]
         # GQA without copying K/V per query head: the `rep` query heads of one KV head
         # (heads j*rep .. j*rep+rep-1, as HF's repeat_kv pairs them) share one matmul.
@@ -111,4 +118,5 @@ OPS = {
     "concat": lambda node, xs, meta: torch.cat(xs, dim=node.attrs["dim"]),
     "slice": _slice,
     "cast": lambda node, xs, meta: xs[0].to(torch_dtype(node.attrs["dtype"])),
+    "quant_linear": quant_linear,
 }
