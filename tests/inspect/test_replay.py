@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from workbench.builder.config import BuildConfig
 from workbench.cli import main
 from workbench.engine_cache import cached_engine
-from workbench.inspect.diff import capture, compare, diff, select_names
+from workbench.inspect.diff import capture, compare, select_names
 from workbench.inspect.replay import REGRESSION, junit_xml, record, replay
 from workbench.inspect.session_file import SessionFileError, load_session, save_session
 from workbench.inspect.tiny_models import tiny_checkpoint

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from workbench.builder.config import BuildConfig
 from workbench.builder.network import GraphError, Network
 from workbench.errors import EngineFileError, WorkbenchError
+from workbench.fsutil import sha256_file  # noqa: F401 - also part of this module's API
 
 FORMAT_VERSION = 1
 MANIFEST = "engine.json"
@@ -60,15 +60,6 @@ class Engine:
             "weights_sha256": self.weights_sha256,
             "graph": self.network.to_dict(),
         }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_engine(engine: Engine, out_dir: str | Path, *, tokenizer_files: list[Path] = (),

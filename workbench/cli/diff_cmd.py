@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -17,6 +15,7 @@ from rich.console import Console
 
 from workbench.cli.common import console, out, resolve_engine
 from workbench.errors import WorkbenchError
+from workbench.fsutil import atomic_write
 
 _MODES = ("accumulated", "local", "both")
 
@@ -37,17 +36,7 @@ def _cos(x: float) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temporary file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(data, indent=1))
 
 
 def render_report(report, divergence=None) -> Table:

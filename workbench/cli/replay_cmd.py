@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 from rich.table import Table
 
 from workbench.cli.common import console, out
+from workbench.fsutil import atomic_write
 from workbench.inspect.replay import EXPECTED_FAIL, FIXED, NOT_COMPARED, REGRESSION, junit_xml, replay
 
 _STYLE = {REGRESSION: "bold red", FIXED: "green", EXPECTED_FAIL: "yellow", NOT_COMPARED: "dim"}
@@ -28,9 +28,7 @@ def replay_command(sessions, junit, update, device):
         results.append(result)
         _render(result)
     if junit:
-        tmp = junit.with_name(f".{junit.name}.tmp")
-        tmp.write_text(junit_xml(results))
-        os.replace(tmp, junit)
+        atomic_write(junit, junit_xml(results))
     failed = sum(not r.passed for r in results)
     out.print(f"replay: {len(results) - failed} passed, {failed} failed")
     raise SystemExit(1 if failed else 0)

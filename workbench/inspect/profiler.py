@@ -24,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -39,6 +37,7 @@ from workbench.builder.engine import Engine
 from workbench.builder.network import torch_dtype
 from workbench.builder.ops import op_kind
 from workbench.errors import WorkbenchError
+from workbench.fsutil import atomic_write
 from workbench.inspect.op_costs import OpCost, step_costs
 from workbench.names import canonical_names
 from workbench.runtime.attention_meta import AttentionMeta
@@ -266,20 +265,7 @@ def _phase_from_dict(d: dict) -> PhaseProfile:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temporary sibling and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, text)
 
 
 # -- clocks and the timing hook -------------------------------------------------------------------

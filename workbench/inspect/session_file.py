@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.fsutil import atomic_write
 
 FORMAT = "workbench-session"
 FORMAT_VERSION = 1
@@ -85,15 +85,6 @@ def _checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_session(session: Session, path: str | Path) -> Path:
     """Write the manifest (and the tensors file when there are tensors), each atomically."""
     path = Path(path)
@@ -106,12 +97,12 @@ def save_session(session: Session, path: str | Path) -> Path:
 
         tensors_file = path.name + ".safetensors"
         blob = save({k: v.detach().cpu().contiguous() for k, v in session.tensors.items()})
-        _atomic_write(path.with_name(tensors_file), blob)
+        atomic_write(path.with_name(tensors_file), blob)
     manifest = session.manifest(tensors_file)
     if tensors_file:
         manifest["tensors_sha256"] = hashlib.sha256(path.with_name(tensors_file).read_bytes()).hexdigest()
     manifest["checksum"] = _checksum(manifest)
-    _atomic_write(path, (json.dumps(manifest, indent=1, allow_nan=False) + "\n").encode())
+    atomic_write(path, (json.dumps(manifest, indent=1, allow_nan=False) + "\n").encode())
     return path
 
 
