@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -18,6 +18,8 @@ class AttentionMeta:
     q_lens: list[int]
     past_lens: list[int]
     cache: Any = None  # PagedKVCache or ContiguousKVCache
+    # values every layer of one step shares (RoPE's cos/sin), computed by the first op that needs them
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def prefill(cls, lengths: list[int], cache=None, seq_ids=None) -> "AttentionMeta":

@@ -193,10 +193,15 @@ class PagedKVCache:
         _check_range(seq_id, start + n, self.capacity(seq_id), "write")
         if n == 0:
             return
+        cache = self.layers[layer]
+        if n == 1:  # a decode step: plain integer indexing, no index tensors to build per layer
+            block, offset = self._tables[seq_id][start // self.page_size], start % self.page_size
+            cache[block, 0, offset] = k[0].to(cache.device, cache.dtype)
+            cache[block, 1, offset] = v[0].to(cache.device, cache.dtype)
+            return
         pos = torch.arange(start, start + n, device=self.device)  # [n]
         blocks = self._table_tensor(seq_id)[pos // self.page_size]  # [n]
         offsets = pos % self.page_size  # [n]
-        cache = self.layers[layer]
         cache[blocks, 0, offsets] = k.to(cache.device, cache.dtype)
         cache[blocks, 1, offsets] = v.to(cache.device, cache.dtype)
 

@@ -33,11 +33,16 @@ def layer_norm(node: Node, xs, meta):
 
 def rope(node: Node, xs, meta):
     x, positions, inv_freq = xs  # [T, H, D], [T], [D/2]
-    freqs = positions[:, None].to(torch.float32) * inv_freq[None, :].to(torch.float32)  # [T, D/2]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    scale = node.attrs["attention_scaling"]
-    cos = (emb.cos() * scale).to(x.dtype)[:, None, :]  # [T, 1, D]
-    sin = (emb.sin() * scale).to(x.dtype)[:, None, :]
+    key = ("rope", id(positions), id(inv_freq), x.dtype, node.attrs["attention_scaling"])
+    cached = meta.memo.get(key) if meta is not None else None
+    if cached is None or cached[0] is not positions:  # same for every layer of a step: computed once, as HF does
+        freqs = positions[:, None].to(torch.float32) * inv_freq[None, :].to(torch.float32)  # [T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        scale = node.attrs["attention_scaling"]
+        cached = (positions, (emb.cos() * scale).to(x.dtype)[:, None, :], (emb.sin() * scale).to(x.dtype)[:, None, :])
+        if meta is not None:
+            meta.memo[key] = cached
+    _, cos, sin = cached  # [T, 1, D] each
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
