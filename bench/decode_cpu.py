@@ -37,7 +37,7 @@ def main() -> None:
                                               attn_implementation="eager").eval()
     prompt = chat_prompt(tokenizer, "Tell me a long story about a lighthouse keeper and a storm.")
     n = args.new_tokens
-    session = GenerationSession(engine, tokenizer=tokenizer)
+    session = GenerationSession(engine)  # no detokenising per token: HF generate does none either
     ids = torch.tensor([prompt])
 
     def run_engine(k: int) -> tuple[float, list[int]]:
