@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from workbench.builder.config import BuildConfig
 from workbench.builder.network import GraphError, Network
 from workbench.errors import EngineFileError, WorkbenchError
-from workbench.fsutil import sha256_file  # noqa: F401 - also part of this module's API
+from workbench.fsutil import atomic_dir, sha256_file  # sha256_file is also part of this module's API
 
 FORMAT_VERSION = 1
 MANIFEST = "engine.json"
@@ -74,15 +73,11 @@ def save_engine(engine: Engine, out_dir: str | Path, *, tokenizer_files: list[Pa
         raise EngineFileError(f"{out_dir}: exists and is not a directory; refusing to overwrite it")
     if out_dir.exists() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
         raise EngineFileError(f"{out_dir}: exists and is not an engine directory; refusing to overwrite it")
-    # not mkdtemp: its 0o700 would make every engine private; mkdir applies the umask like any other file
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = out_dir.with_name(f".{out_dir.name}.{tag}.tmp")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
     except OSError as e:
         raise EngineFileError(f"{out_dir}: cannot create the engine directory ({e.strerror or e})") from None
-    try:
+    with atomic_dir(out_dir) as tmp:
         weights_path = tmp / WEIGHTS
         if weights_from is not None:
             try:
@@ -99,16 +94,6 @@ def save_engine(engine: Engine, out_dir: str | Path, *, tokenizer_files: list[Pa
             for f in tokenizer_files:
                 shutil.copy2(f, tmp / TOKENIZER_DIR / Path(f).name)
         (tmp / MANIFEST).write_text(json.dumps(engine.manifest(), indent=1))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{tag}.old")
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     engine.path = out_dir
     return out_dir
 
