@@ -1,0 +1,108 @@
+"""The decode GEMV (workbench/plugins/gemv.py) for float and weight-only quantized formats, both ways of
+multiplying a tile (tensor-core dot, fp32 multiply-adds), against the torch references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.plugins.conftest import TOL, rel_err
+from workbench.builder.quantization import numerics as nq
+from workbench.runtime import quant_ops
+
+gm = pytest.importorskip("workbench.plugins.gemv")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _x(m, k, dtype, seed=1):
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed))
+    x[:, 5] *= 8  # an outlier channel
+    return x.to(dtype).to(DEV)
+
+
+def _w(n, k, seed=0):
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) * 0.05
+
+
+def _int8(n, k):
+    w = _w(n, k)
+    s = nq.safe_scale(w.abs().amax(1), 127)
+    return {"qweight": nq.quantize_int8(w, s[:, None]).to(DEV), "scales": s.to(DEV)}
+
+
+def _int4(n, k, group):
+    w = _w(n, k)
+    s, z = nq.int4_group_params(w, group)
+    q = nq.pack_int4(nq.quantize_int4(w, s, z, group))
+    return {"qweight": q.to(DEV), "scales": s.to(DEV), "zeros": z.to(torch.uint8).to(DEV)}
+
+
+def _bias(n, dtype, on):
+    return torch.randn(n, generator=torch.Generator().manual_seed(3)).to(dtype).to(DEV) if on else None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,split,bias,dot", [(1, 1, False, False), (1, 3, True, False), (1, 2, False, True),
+                                              (3, 1, True, True), (8, 2, False, True)])
+def test_w8a16_gemv_matches_reference(dtype, m, split, bias, dot):
+    ops = _int8(40, 192)
+    b = _bias(40, dtype, bias)
+    x = _x(m, 192, dtype)
+    y = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], b, (16, 32, split, 4, 1, dot))
+    ref = quant_ops.w8a16(x, {**ops, **({"bias": b} if bias else {})})
+    assert y.dtype == dtype and y.shape == (m, 40)
+    assert rel_err(y, ref) < (TOL[dtype] if dtype == torch.float32 else 8e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group", [128, 32, 16])  # 16: several groups per tile (the kernel's 2-D scale load)
+@pytest.mark.parametrize("m,split,dot", [(1, 1, False), (1, 2, False), (1, 1, True), (5, 2, True)])
+def test_w4a16_gemv_matches_reference(dtype, group, m, split, dot):
+    ops = _int4(24, 256, group)
+    x = _x(m, 256, dtype)
+    b = _bias(24, dtype, m == 5)
+    y = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, (16, 32, split, 4, 1, dot))
+    ref = quant_ops.w4a16(x, {**ops, **({"bias": b} if b is not None else {})}, group)
+    assert rel_err(y, ref) < (TOL[dtype] if dtype == torch.float32 else 8e-3)
+
+
+def test_w4a16_gemv_dequantizes_as_the_reference_rounds():
+    """Dequantized weights that bf16 cannot hold exactly: the kernel rounds each as the reference does."""
+    k, group = 64, 32
+    qs = torch.randint(0, 16, (8, k), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ops = {"qweight": nq.pack_int4(qs).to(DEV), "scales": torch.full((8, k // group), 1 / 3 + 2 ** -20).to(DEV),
+           "zeros": torch.full((8, k // group), 7, dtype=torch.uint8).to(DEV)}
+    x = torch.zeros(1, k, dtype=torch.bfloat16, device=DEV)
+    for j in range(k):  # one-hot x picks one weight: the output is that weight, as rounded
+        x.zero_()
+        x[0, j] = 1
+        y = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, None, (16, 32, 1, 4, 1, False))
+        assert torch.equal(y, quant_ops.w4a16(x, ops, group)), j
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [1, 2])
+def test_float_gemv_multiply_add_path(dtype, split):
+    x = _x(1, 96, dtype)
+    w = _w(40, 96).to(dtype).to(DEV)
+    b = _bias(40, dtype, True)
+    y = gm.gemv(x, w, b, (16, 32, split, 4, 1, False))
+    assert rel_err(y, gm.gemv_ref(x, w, b)) < (TOL[dtype] if dtype == torch.float32 else 8e-3)
+
+
+def test_gated_quantized_gemv_uses_silu_and_mul_values():
+    from workbench.plugins.activation import silu_and_mul
+
+    gu = (2 * torch.randn(1, 2 * 64)).to(torch.bfloat16).to(DEV)
+    ops = _int8(24, 64)
+    for cfg in [(16, 32, 1, 4, 1, False), (16, 32, 2, 4, 1, True)]:
+        assert torch.equal(gm.w8a16_gemv(gu, ops["qweight"], ops["scales"], None, cfg, gated=True),
+                           gm.w8a16_gemv(silu_and_mul(gu), ops["qweight"], ops["scales"], None, cfg))
+
+
+def test_gemv_rejects_mismatched_shapes():
+    ops = _int8(8, 64)
+    with pytest.raises(ValueError, match="do not fit"):
+        gm.w8a16_gemv(_x(1, 32, torch.float32), ops["qweight"], ops["scales"])
+    with pytest.raises(ValueError, match="do not fit"):
+        gm.gemv(_x(17, 64, torch.float32), _w(8, 64).to(DEV))
