@@ -12,8 +12,9 @@ workbench/builder/quantization/numerics.py):
 - `fp8_gemm`: activations cast to e4m3 with torch ops, the product through `torch._scaled_mm`
   (fp32 accumulation, per-tensor scales).
 
-Not yet registered in `workbench.plugins.PLUGINS` nor wired into the cuda backend: `quant_linear`
-below is the entry point that the backend's op table can call for the `quant_linear` op.
+`quant_linear` below is the `quant_linear` op of the cuda backend: for a few rows (the decode
+step), w8a16 and w4a16 run the GEMV plugin (`plugins.gemv`: the weights streamed once, no
+padding to a tile of rows), for more rows the GEMM kernels here.
 """
 
 from __future__ import annotations
@@ -130,12 +131,33 @@ def fp8_gemm(x, qweight, scales, act_scale, smooth=None, bias=None) -> torch.Ten
     return acc.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def quant_linear(node, xs, meta=None) -> torch.Tensor:
-    """The `quant_linear` op: x and the operands named by the node's `operands` attribute."""
+GEMV_ROWS = 8  # at most this many rows take the GEMV
+
+
+def default_gemv_config(method: str, rows: int, n: int, k: int):
+    """The GEMV config for a weight-only layer of few rows, None for the GEMM (more rows)."""
+    from workbench.plugins.gemv import DEFAULT_QUANT
+
+    return DEFAULT_QUANT if rows <= GEMV_ROWS else None
+
+
+def quant_linear(node, xs, meta=None, gemv_config=default_gemv_config) -> torch.Tensor:
+    """The `quant_linear` op: x and the operands named by the node's `operands` attribute;
+    `gemv_config(method, rows, n, k)` picks the GEMV's config for weight-only layers (None: the GEMM)."""
     a = node.attrs
     ops = dict(zip(["x"] + list(a["operands"]), xs))
     x, smooth, bias = ops["x"], ops.get("smooth"), ops.get("bias")
     method = a["method"]
+    if method in ("w8a16", "w4a16") and x.dim() == 2:
+        cfg = gemv_config(method, x.shape[0], ops["qweight"].shape[0], x.shape[1])
+        if cfg is not None:
+            from workbench.plugins.gemv import w4a16_gemv, w8a16_gemv
+
+            if smooth is not None:  # as the reference: x / smooth in fp32, rounded to x's dtype
+                x = (x.to(torch.float32) / smooth).to(x.dtype)
+            if method == "w8a16":
+                return w8a16_gemv(x, ops["qweight"], ops["scales"], bias, cfg)
+            return w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], a["group_size"], bias, cfg)
     if method == "w4a16":
         return w4a16_gemm(x, ops["qweight"], ops["scales"], ops["zeros"], a["group_size"], smooth, bias)
     if method == "w8a16":
@@ -145,3 +167,24 @@ def quant_linear(node, xs, meta=None) -> torch.Tensor:
     if method == "fp8":
         return fp8_gemm(x, ops["qweight"], ops["scales"], ops["act_scale"], smooth, bias)
     raise ValueError(f"quant_linear {node.name}: unknown method {method!r}")
+
+
+def gated_quant_linear(node, xs, gemv_config=default_gemv_config, gated_config=None) -> torch.Tensor:
+    """`quant_linear` of silu(gate) * up, with xs[0] the gated MLP's gate_up: the activation computed inside the
+    GEMV where `gated_config(rows, n, k, method)` gives a config, else by the activation kernel first."""
+    from workbench.plugins.activation import silu_and_mul
+
+    a = node.attrs
+    ops = dict(zip(["x"] + list(a["operands"]), xs))
+    gu = ops["x"]
+    method = a["method"]
+    if gated_config is not None and method in ("w8a16", "w4a16") and gu.dim() == 2 and "smooth" not in ops:
+        cfg = gated_config(gu.shape[0], ops["qweight"].shape[0], gu.shape[1] // 2, method)
+        if cfg is not None:
+            from workbench.plugins.gemv import w4a16_gemv, w8a16_gemv
+
+            if method == "w8a16":
+                return w8a16_gemv(gu, ops["qweight"], ops["scales"], ops.get("bias"), cfg, gated=True)
+            return w4a16_gemv(gu, ops["qweight"], ops["scales"], ops["zeros"], a["group_size"], ops.get("bias"), cfg,
+                              gated=True)
+    return quant_linear(node, [silu_and_mul(gu)] + list(xs[1:]), None, gemv_config)

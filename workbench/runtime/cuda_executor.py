@@ -59,17 +59,22 @@ H100_GEMV = {
 
 
 class GemvPolicy:
-    """Which linear layers of few rows (decode) run the Triton GEMV instead of cuBLAS.
+    """Which linear layers of few rows (decode) run the Triton GEMV, and with which config.
 
-    mode "table": the configs in `table` (default H100_GEMV), keyed by (rows bucket, N, K);
-    "triton": every such layer, the table's config or the default one; "cublas": none. The choice
-    depends on shapes only, so a debug engine makes the same choices as its plain engine.
-    `gated`: the MLP's down projection computes silu(gate) * up while loading, instead of after an
-    activation kernel. Off by default: measured on an H100 it made decode much slower (the GEMV
-    recomputes the activation in every program and for all 16 rows of its tile), see bench/results.
+    Float weights: mode "table" runs the configs in `table` (default H100_GEMV) and cuBLAS elsewhere;
+    "triton" runs every such layer on the GEMV (the table's config or the default one); "cublas"
+    none. Weight-only quantized layers (w8a16, w4a16) have no cuBLAS: they always take the GEMV for
+    few rows, the table's config or the default one. Table keys are (rows bucket, N, K) for float
+    weights and (rows bucket, N, K, method) for quantized ones; rows bucket 1 is one row, 8 covers
+    2..8 rows; a key ending in "gated" is the config of the MLP's down projection with the activation
+    computed while loading. The choice depends on shapes only, so a debug engine makes the same
+    choices as its plain engine.
+
+    `gated`: None (default) fuses the activation where the table has a gated config (where the sweep
+    measured it faster); True wherever a GEMV runs; False never.
     """
 
-    def __init__(self, mode: str = "table", table: dict | None = None, max_rows: int = 8, gated: bool = False):
+    def __init__(self, mode: str = "table", table: dict | None = None, max_rows: int = 8, gated: bool | None = None):
         if mode not in ("cublas", "triton", "table"):
             raise WorkbenchError(f"gemv mode must be cublas, triton or table, got {mode!r}")
         self.mode = mode
@@ -78,21 +83,44 @@ class GemvPolicy:
         self.gated = gated
 
     @classmethod
-    def parse(cls, spec: str) -> "GemvPolicy":
-        """`table`, `triton`, `cublas`, optionally with `-gated` (benchmark option strings)."""
+    def parse(cls, spec: str, table: dict | None = None) -> "GemvPolicy":
+        """`table`, `triton`, `cublas`, optionally with `-gated` or `-nogated` (benchmark option strings)."""
         mode, _, extra = spec.partition("-")
-        return cls(mode, gated=extra == "gated")
+        return cls(mode, table, gated={"gated": True, "nogated": False}.get(extra))
 
-    def config(self, rows: int, n: int, k: int):
-        """The Triton config to use, or None for cuBLAS."""
-        if rows > self.max_rows or self.mode == "cublas":
+    @staticmethod
+    def table_from_sweep(entries: list[dict]) -> dict:
+        """A table from bench/gemv_sweep.py's `table` entries (format, rows, n, k, config[, gated])."""
+        out = {}
+        for e in entries:
+            key = (e["rows"], e["n"], e["k"]) + (() if e["format"] == "bf16" else (e["format"],))
+            out[key + (("gated",) if e.get("gated") else ())] = tuple(e["config"])
+        return out
+
+    def config(self, rows: int, n: int, k: int, method: str | None = None):
+        """The GEMV config for a layer of `rows` rows, or None: cuBLAS (float weights), the GEMM kernel (quantized)."""
+        from workbench.plugins.gemv import DEFAULT, DEFAULT_QUANT
+
+        if rows > self.max_rows:
             return None
-        cfg = self.table.get((1 if rows == 1 else 8, n, k))
-        if cfg is None and self.mode == "triton":
-            from workbench.plugins.gemv import DEFAULT
+        key = (1 if rows == 1 else 8, n, k) + ((method,) if method else ())
+        if method:
+            return self.table.get(key, DEFAULT_QUANT)
+        if self.mode == "cublas":
+            return None
+        return self.table.get(key, DEFAULT if self.mode == "triton" else None)
 
-            return DEFAULT
-        return cfg
+    def gated_config(self, rows: int, n: int, k: int, method: str | None = None):
+        """The config of the down projection with its activation fused in, or None: the activation kernel first."""
+        if self.gated is False or rows > self.max_rows or (self.mode == "cublas" and not method):
+            return None
+        if self.gated:
+            return self.config(rows, n, k, method)
+        return self.table.get((1 if rows == 1 else 8, n, k) + ((method,) if method else ()) + ("gated",))
+
+    def quant_config(self, method: str, rows: int, n: int, k: int):
+        """`config` in the argument order of plugins.quant_gemm.quant_linear's `gemv_config`."""
+        return self.config(rows, n, k, method)
 
 
 class CudaExecutor(Executor):
@@ -128,18 +156,29 @@ class CudaExecutor(Executor):
             cfg = policy.config(x.shape[0], w.shape[0], w.shape[1]) if x.dim() == 2 else None
             return TF.linear(x, w, b) if cfg is None else gemv(x, w, b, cfg)
 
-        def gated_linear(gate_up, w, b):  # linear(silu(gate) * up), the activation fused into the GEMV if asked
-            cfg = policy.config(gate_up.shape[0], w.shape[0], w.shape[1]) if gate_up.dim() == 2 else None
-            if cfg is not None and policy.gated:
+        def gated_linear(gate_up, w, b):  # linear(silu(gate) * up), the activation fused into the GEMV if chosen
+            cfg = policy.gated_config(gate_up.shape[0], w.shape[0], w.shape[1]) if gate_up.dim() == 2 else None
+            if cfg is not None:
                 return gemv(gate_up, w, b, cfg, gated=True)
             return linear(silu_and_mul(gate_up), w, b)
 
         def op(node, xs, ctx):
             return cuda_ops.OPS[node.op](node, xs, ctx.meta)
 
+        def quant_linear(node, xs):
+            from workbench.plugins.quant_gemm import quant_linear as kernel
+
+            return kernel(node, xs, None, policy.quant_config)
+
+        def gated_quant_linear(node, xs):  # quant_linear(silu(gate) * up, ...), fused as gated_linear
+            from workbench.plugins.quant_gemm import gated_quant_linear as kernel
+
+            return kernel(node, xs, policy.quant_config, policy.gated_config)
+
         return {"_torch": torch, "_embedding": TF.embedding, "_linear": linear, "_gated_linear": gated_linear, "_silu": TF.silu,
                 "_rms_norm": rms_norm, "_add_rms_norm": add_rms_norm, "_silu_and_mul": silu_and_mul,
-                "_rope_qkv": cuda_ops.rope_qkv, "_attention": cuda_ops.attention, "_op": op}
+                "_rope_qkv": cuda_ops.rope_qkv, "_attention": cuda_ops.attention, "_op": op,
+                "_quant_linear": quant_linear, "_gated_quant_linear": gated_quant_linear}
 
     def _ensure_tables(self, length: int) -> None:
         from workbench.plugins.rotary import rope_table

@@ -174,4 +174,10 @@ def _rope(node: Node, xs, meta):
     return rope(x, cos, sin, rows)
 
 
-OPS = {**torch_ops.OPS, "rms_norm": _rms_norm, "rope": _rope, "attention": _attention}
+def _quant_linear(node: Node, xs, meta):
+    from workbench.plugins.quant_gemm import quant_linear
+
+    return quant_linear(node, xs, meta)
+
+
+OPS = {**torch_ops.OPS, "rms_norm": _rms_norm, "rope": _rope, "attention": _attention, "quant_linear": _quant_linear}

@@ -5,7 +5,8 @@ becomes one line of generated source (readable: `Program.source`), with three fu
 
 - `add` -> `rms_norm` of its sum: one pass writing both the sum (the residual stream) and the norm;
 - `slice` gate/up -> `silu(gate) * up`: one pass from the fused projection, and when it feeds a
-  linear, computed inside that linear's GEMV where the decode step uses one (no activation kernel);
+  linear (or a weight-only quantized one), computed inside that linear's GEMV where the decode
+  step's GEMV policy chooses it (no activation kernel);
 - `slice` q/k/v -> `rope(q)`, `rope(k)` -> `attention`: one kernel rotates q and k straight from the
   fused projection and stores k, v in the paged KV cache.
 
@@ -198,6 +199,12 @@ class _Compiler:
             return _Stmt(f"{out} = _gated_linear({gu}, {xs[1]}, {xs[2] if len(xs) == 3 else None})", (out,), (gu,))
         elif op == "linear":
             code = f"{out} = _linear({xs[0]}, {xs[1]}, {xs[2] if len(xs) == 3 else None})"
+        elif op == "quant_linear" and self.emit_at.get(node.inputs[0], ("",))[0] == "silu_and_mul":
+            gu = var[self.emit_at[node.inputs[0]][1][0]]
+            return _Stmt(f"{out} = _gated_quant_linear(N[{node.name!r}], [{', '.join([gu] + xs[1:])}])", (out,),
+                         (gu,) + reads[1:])
+        elif op == "quant_linear":
+            code = f"{out} = _quant_linear(N[{node.name!r}], [{', '.join(xs)}])"
         elif op in ("add", "sub", "mul", "div") and len(xs) == 2:
             code = f"{out} = _torch.{op}({xs[0]}, {xs[1]})"
         elif op == "silu":

@@ -1,0 +1,81 @@
+"""Quantized engines on the `cuda` backend: prefill through the GEMM kernels, decode steps (few rows) through
+the quantized GEMV, both against the reference backend (CPU: Triton's interpreter; tests/gpu runs it too)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # before Triton's first import: it reads the switch then
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from tests.builder.quantization.conftest import make_quant_checkpoint  # noqa: E402
+from workbench.builder.build import build  # noqa: E402
+from workbench.builder.config import BuildConfig  # noqa: E402
+from workbench.builder.quantization import QuantConfig  # noqa: E402
+from workbench.runtime.executor import Executor  # noqa: E402
+from workbench.runtime.session import GenerationConfig, GenerationSession  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+PROMPTS = [[3, 17, 42, 99, 5, 64, 7, 8, 120, 33, 2, 9], [5, 9, 101]]
+MODES = {"int8_wo": {}, "int4_wo": {}, "awq": {"calib_samples": 2, "calib_seq_len": 32},
+         "smoothquant": {"calib_samples": 2, "calib_seq_len": 32}, "fp8": {"calib_samples": 2, "calib_seq_len": 32}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qckpt") / "llama256"
+    make_quant_checkpoint(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("method", list(MODES))
+def test_quantized_engine_matches_reference(checkpoint, method):
+    from workbench.runtime.cuda_executor import CudaExecutor, GemvPolicy
+
+    engine = build(checkpoint, BuildConfig(max_seq_len=48, max_batch_size=2, kv_page_size=8,
+                                           quant=QuantConfig(method=method, **MODES[method])))
+    ex = CudaExecutor(engine, DEV, gemv=GemvPolicy("cublas"))  # cublas: float linears; quantized ones take the GEMV
+    assert ex.program.source.count("_quant_linear(") == 8  # qkv, o_proj, gate_up, down of two layers
+    ref = Executor(engine, DEV).forward(PROMPTS)
+    got = ex.forward(PROMPTS)  # 15 rows: the GEMM kernels
+    for a, b in zip(got, ref):
+        err = (a["logits"].double() - b["logits"].double()).norm() / b["logits"].double().norm()
+        assert err < 1e-5, method
+    # decode: 1 and 2 rows through the GEMV; greedy tokens as the reference session's
+    cfg = GenerationConfig(max_new_tokens=5, eos_token_ids=[])
+    expected = GenerationSession(engine, device=DEV).generate(PROMPTS, cfg).token_ids
+    assert GenerationSession(engine, device=DEV, executor=ex).generate(PROMPTS, cfg).token_ids == expected
+    single = GenerationSession(engine, device=DEV).generate(PROMPTS[:1], cfg).token_ids
+    assert GenerationSession(engine, device=DEV, executor=ex).generate(PROMPTS[:1], cfg).token_ids == single
+    if method in ("int8_wo", "int4_wo"):  # the activation computed inside the down projection's GEMV
+        gated = CudaExecutor(engine, DEV, gemv=GemvPolicy("cublas", gated=True))
+        assert gated.program.source.count("_gated_quant_linear(") == 2
+        assert GenerationSession(engine, device=DEV, executor=gated).generate(PROMPTS[:1], cfg).token_ids == single
+
+
+def test_quantized_gemv_takes_the_policy_table(checkpoint):
+    from workbench.runtime.cuda_executor import GemvPolicy
+
+    sweep = [{"format": "w8a16", "rows": 1, "n": 768, "k": 256, "config": [64, 64, 2, 4, 2, False]},
+             {"format": "w8a16", "rows": 1, "n": 256, "k": 512, "config": [16, 64, 1, 4, 2, False], "gated": True},
+             {"format": "bf16", "rows": 8, "n": 768, "k": 256, "config": [32, 128, 1, 4, 3]}]
+    policy = GemvPolicy(table=GemvPolicy.table_from_sweep(sweep))
+    assert policy.quant_config("w8a16", 1, 768, 256) == (64, 64, 2, 4, 2, False)
+    assert policy.quant_config("w8a16", 4, 768, 256)[:2] == (32, 256)  # not in the table: the default
+    assert policy.quant_config("w4a16", 9, 768, 256) is None  # more rows than a decode step: the GEMM
+    assert policy.config(5, 768, 256) == (32, 128, 1, 4, 3) and policy.config(1, 768, 256) is None  # cuBLAS
+    assert policy.gated_config(1, 256, 512, "w8a16") == (16, 64, 1, 4, 2, False)  # measured faster fused
+    assert policy.gated_config(1, 768, 256, "w8a16") is None
+    assert GemvPolicy.parse("table-nogated").gated_config(1, 256, 512, "w8a16") is None
