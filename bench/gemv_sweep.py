@@ -1,16 +1,23 @@
-"""The decode step's linear layers (few rows) through cuBLAS and through the Triton GEMV plugin's configs.
+"""The decode step's linear layers (few rows): cuBLAS beside the GEMV plugin's configs, for bf16 weights
+and for the weight-only quantized formats (int8 per channel, int4 per group of 128).
 
-    python bench/gemv_sweep.py
+    python bench/gemv_sweep.py                            # all formats, both shapes
+    python bench/gemv_sweep.py --formats bf16 --models 8b
 
-Shapes of Llama-3.2-1B and Llama-3-8B (qkv, o, gate_up, down, logits) at 1 and 8 rows, bf16. Each
-variant is timed as 20 calls captured in one CUDA graph (as the decode step runs them), cycling
-through weight copies larger than L2 together so every call reads device memory. Reports microseconds
-per call and GB/s of weights; bench/results/gemv_sweep_h100.json records which config wins per shape
-(what runtime.cuda_executor's GEMV table is made from).
+Shapes of Llama-3.2-1B and Llama-3-8B (qkv, o, gate_up, down, logits; the logits layer in bf16 only,
+as the quantization passes leave it) at 1 and 8 rows. Each variant is timed as 20 calls captured in
+one CUDA graph (as the decode step runs them), cycling through weight copies larger than L2 together
+so every call reads device memory. Configs: tensor-core dot tiles (any rows) and, for one row, fp32
+multiply-add tiles. For the MLP's down projection at one row it also times the activation fused
+into the GEMV (`gated`) against the activation kernel followed by the best GEMV.
+
+Reports microseconds per call and GB/s of weights read; the JSON's `table` is the winning config per
+(format, rows, N, K), what runtime.cuda_executor's GEMV table is made from (bench/decode*.py read it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -26,9 +33,14 @@ from gpu_models import cuda_time_ms, device_name  # noqa: E402
 
 SHAPES = {"1b": [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (128256, 2048)],
           "8b": [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)]}
-CONFIGS = [(16, 256, 1, 4, 4), (32, 256, 1, 4, 4), (64, 128, 1, 4, 4), (16, 512, 1, 4, 3), (32, 512, 1, 8, 3),
-           (64, 256, 1, 8, 3), (16, 256, 2, 4, 4), (32, 256, 4, 4, 4), (16, 512, 4, 4, 3)]
+DOWN = {"1b": (2048, 8192), "8b": (4096, 14336)}
+DOT = [(16, 256, 1, 4, 4), (32, 256, 1, 4, 4), (64, 128, 1, 4, 4), (16, 512, 1, 4, 3), (32, 512, 1, 8, 3),
+       (64, 256, 1, 8, 3), (16, 256, 2, 4, 4), (32, 256, 4, 4, 4), (16, 512, 4, 4, 3)]
+FMA = [(8, 512, 1, 4, 4), (16, 256, 1, 4, 4), (16, 512, 1, 4, 3), (32, 256, 1, 4, 4), (32, 256, 1, 8, 3),
+       (64, 256, 1, 8, 3), (32, 512, 1, 8, 3), (16, 1024, 1, 8, 2), (16, 256, 2, 4, 4), (32, 256, 4, 4, 4),
+       (16, 512, 4, 4, 3)]
 CALLS = 20
+GROUP = 128
 
 
 def time_graph(fn_list) -> float:
@@ -46,46 +58,124 @@ def time_graph(fn_list) -> float:
     return cuda_time_ms(g.replay, warmup=3, repeats=10) * 1e3 / len(fn_list)
 
 
+def make_weights(fmt: str, n: int, k: int, copies: int) -> list[dict]:
+    """`copies` random weight sets of one format (dequantized values of std about 1/sqrt(k))."""
+    out = []
+    for _ in range(copies):
+        if fmt == "bf16":
+            out.append({"w": torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5})
+        elif fmt == "w8a16":
+            out.append({"q": torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8),
+                        "s": torch.full((n,), 1 / (73 * k ** 0.5), device="cuda")})
+        else:
+            out.append({"q": torch.randint(0, 256, (n, k // 2), device="cuda", dtype=torch.uint8),
+                        "s": torch.full((n, k // GROUP), 1 / (4.6 * k ** 0.5), device="cuda"),
+                        "z": torch.full((n, k // GROUP), 8, device="cuda", dtype=torch.uint8)})
+    return out
+
+
+def dense(fmt: str, w: dict) -> torch.Tensor:
+    """The fp32 weights a set stands for (the reference product's)."""
+    from workbench.builder.quantization import numerics as nq
+
+    if fmt == "bf16":
+        return w["w"].float()
+    if fmt == "w8a16":
+        return w["q"].float() * w["s"][:, None]
+    return nq.dequantize_int4(nq.unpack_int4(w["q"]), w["s"], w["z"], GROUP)
+
+
+def call(fmt: str, x, w: dict, cfg, gated: bool = False):
+    """One GEMV of the format (cfg None: cuBLAS, bf16 only)."""
+    from workbench.plugins.gemv import gemv, w4a16_gemv, w8a16_gemv
+
+    if fmt == "bf16":
+        return TF.linear(x, w["w"]) if cfg is None else gemv(x, w["w"], None, cfg, gated)
+    if fmt == "w8a16":
+        return w8a16_gemv(x, w["q"], w["s"], None, cfg, gated)
+    return w4a16_gemv(x, w["q"], w["s"], w["z"], GROUP, None, cfg, gated)
+
+
+def best_config(fmt, x, ws, n, m, ref, gated=False):
+    """(us, config) of the fastest correct config, and the errors of any wrong ones."""
+    best, errors = None, {}
+    configs = ([] if gated else DOT) + ([c + (False,) for c in FMA] if m == 1 else [])
+    for cfg in configs:
+        if cfg[2] > 1 and n >= 16384:
+            continue  # big N has enough programs without splitting K
+        y = call(fmt, x, ws[0], cfg, gated).float()
+        err = ((y - ref).norm() / ref.norm()).item()
+        if not err < 1e-2:
+            errors[str(cfg)] = err
+            continue
+        us = time_graph([lambda i=i: call(fmt, x, ws[i % len(ws)], cfg, gated) for i in range(CALLS)])
+        if best is None or us < best[0]:
+            best = (us, cfg)
+    return best, errors
+
+
 @torch.inference_mode()
 def main() -> None:
-    from workbench.plugins.gemv import gemv
+    from workbench.plugins.activation import silu_and_mul
 
-    rows_out = []
-    for model, shapes in SHAPES.items():
-        for n, k in shapes:
-            size = n * k * 2
-            copies = max(2, min(CALLS, -(-(160 << 20) // size)))
-            ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5 for _ in range(copies)]
-            for m in (1, 8):
-                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                ref = TF.linear(x, ws[0]).float()
-                res = {"model": model, "n": n, "k": k, "rows": m}
-                res["cublas_us"] = round(time_graph([lambda i=i: TF.linear(x, ws[i % copies]) for i in range(CALLS)]), 2)
-                best = None
-                for cfg in CONFIGS:
-                    if cfg[2] > 1 and n >= 16384:
-                        continue  # big N has enough programs without splitting K
-                    y = gemv(x, ws[0], None, cfg).float()
-                    err = ((y - ref).norm() / ref.norm()).item()
-                    if not err < 1e-2:
-                        res[f"error_{cfg}"] = err
-                        continue
-                    us = time_graph([lambda i=i: gemv(x, ws[i % copies], None, cfg) for i in range(CALLS)])
-                    if best is None or us < best[0]:
-                        best = (us, cfg)
-                res["triton_us"], res["triton_config"] = round(best[0], 2), list(best[1])
-                res["cublas_GBps"] = round(size / res["cublas_us"] / 1e3, 1)
-                res["triton_GBps"] = round(size / res["triton_us"] / 1e3, 1)
-                rows_out.append(res)
-                print(f"{model} N={n:6d} K={k:5d} M={m}: cuBLAS {res['cublas_us']:8.2f} us ({res['cublas_GBps']:6.0f} GB/s)"
-                      f"  Triton {res['triton_us']:8.2f} us ({res['triton_GBps']:6.0f} GB/s) {best[1]}", flush=True)
-            del ws
-            torch.cuda.empty_cache()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", default="bf16,w8a16,w4a16")
+    ap.add_argument("--models", default="1b,8b")
+    ap.add_argument("--name", default="gemv_sweep_h100")
+    args = ap.parse_args()
+    rows_out, table = [], []
+    for model in args.models.split(","):
+        for fmt in args.formats.split(","):
+            for n, k in SHAPES[model]:
+                if fmt != "bf16" and n == 128256:
+                    continue  # the logits layer stays in the engine dtype
+                size = n * k * {"bf16": 2, "w8a16": 1, "w4a16": 0.5}[fmt]
+                copies = max(2, min(CALLS, -(-(160 << 20) // int(size))))
+                ws = make_weights(fmt, n, k, copies)
+                w0 = dense(fmt, ws[0])
+                for m in (1, 8):
+                    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                    ref = x.float() @ w0.T
+                    res = {"model": model, "format": fmt, "n": n, "k": k, "rows": m}
+                    if fmt == "bf16":
+                        res["cublas_us"] = round(time_graph([lambda i=i: call(fmt, x, ws[i % copies], None)
+                                                             for i in range(CALLS)]), 2)
+                    best, errors = best_config(fmt, x, ws, n, m, ref)
+                    if errors:
+                        res["errors"] = errors
+                    res["triton_us"], res["triton_config"] = round(best[0], 2), list(best[1])
+                    res["triton_GBps"] = round(size / res["triton_us"] / 1e3, 1)
+                    line = f"{model} {fmt:5s} N={n:6d} K={k:5d} M={m}: Triton {res['triton_us']:8.2f} us " \
+                           f"({res['triton_GBps']:6.0f} GB/s) {tuple(best[1])}"
+                    if fmt == "bf16":
+                        res["cublas_GBps"] = round(size / res["cublas_us"] / 1e3, 1)
+                        line += f"  cuBLAS {res['cublas_us']:8.2f} us ({res['cublas_GBps']:6.0f} GB/s)"
+                    if m == 1 and (n, k) == DOWN[model]:  # the activation fused into the down GEMV, or not
+                        gu = torch.randn(1, 2 * k, device="cuda", dtype=torch.bfloat16)
+                        gref = silu_and_mul(gu).float() @ w0.T
+                        gbest, _ = best_config(fmt, gu, ws, n, m, gref, gated=True)
+                        plain = best[1] if fmt != "bf16" or best[0] < res["cublas_us"] else None
+                        unfused = time_graph([lambda i=i: call(fmt, silu_and_mul(gu), ws[i % copies], plain)
+                                              for i in range(CALLS)])
+                        if gbest is not None:
+                            res["gated_us"], res["gated_config"] = round(gbest[0], 2), list(gbest[1])
+                        res["activation_then_gemv_us"] = round(unfused, 2)
+                        line += f"  | gated {res.get('gated_us')} us vs activation + GEMV {res['activation_then_gemv_us']} us"
+                    rows_out.append(res)
+                    wins = fmt != "bf16" or res["triton_us"] < res["cublas_us"]
+                    if wins:
+                        table.append({"format": fmt, "rows": m, "n": n, "k": k, "config": list(best[1])})
+                    if "gated_us" in res and res["gated_us"] < res["activation_then_gemv_us"]:
+                        table.append({"format": fmt, "rows": m, "n": n, "k": k, "config": res["gated_config"],
+                                      "gated": True})
+                    print(line, flush=True)
+                del ws
+                torch.cuda.empty_cache()
     result = {"benchmark": "gemv_sweep", "device": device_name(), "machine": machine(), "calls_per_graph": CALLS,
-              "rows": rows_out}
-    path = write_result("gemv_sweep_h100", result)
+              "rows": rows_out, "table": table}
+    path = write_result(args.name, result)
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gemv_sweep_h100.json").write_text(json.dumps(result, indent=2))
+        Path(os.environ["OUT"], f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(f"-> {path}")
 
 
