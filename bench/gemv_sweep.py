@@ -169,14 +169,19 @@ def main() -> None:
                         table.append({"format": fmt, "rows": m, "n": n, "k": k, "config": res["gated_config"],
                                       "gated": True})
                     print(line, flush=True)
-                del ws
+                ws = None  # frees the copies before the next shape
                 torch.cuda.empty_cache()
-    result = {"benchmark": "gemv_sweep", "device": device_name(), "machine": machine(), "calls_per_graph": CALLS,
-              "rows": rows_out, "table": table}
-    path = write_result(args.name, result)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"{args.name}.json").write_text(json.dumps(result, indent=2))
+                path = save(args.name, rows_out, table)  # after every shape: a run cut short keeps its numbers
     print(f"-> {path}")
+
+
+def save(name: str, rows: list, table: list) -> Path:
+    """Write the sweep so far (bench/results and $OUT)."""
+    result = {"benchmark": "gemv_sweep", "device": device_name(), "machine": machine(), "calls_per_graph": CALLS,
+              "rows": rows, "table": table}
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"{name}.json").write_text(json.dumps(result, indent=2))
+    return write_result(name, result)
 
 
 if __name__ == "__main__":

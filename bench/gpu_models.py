@@ -121,12 +121,13 @@ def gemm_rate(n: int = 8192) -> float:
 
 
 def weight_bytes(engine) -> dict:
-    """Bytes of the weights a step reads: every linear's weight (the logits one too) and the norms; the
+    """Bytes of the weights a step reads: every linear's weight (the logits one too; a quantized one's stored
+    operands) and the norms; the
     embedding table is only gathered (one row per token), so it counts per token, not whole."""
     net = engine.network
     linear, norms = 0, 0
     for node in net.nodes.values():
-        if node.op == "linear":
+        if node.op in ("linear", "quant_linear"):  # quantized: qweight, scales, zeros, ... as stored
             for i in node.inputs[1:]:
                 w = net.weights[i]
                 linear += w.numel() * w.element_size()
