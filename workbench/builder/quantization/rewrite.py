@@ -50,10 +50,23 @@ def weight_of(net: Network, name: str) -> torch.Tensor:
     return net.weights[net.nodes[name].inputs[1]]
 
 
-def bias_of(net: Network, name: str) -> str | None:
-    """The bias param name of linear node `name`, if any."""
-    node = net.nodes[name]
-    return node.inputs[2] if len(node.inputs) == 3 else None
+def quant_linear_node(node: Node, q: QuantizedLinear) -> tuple[Node, dict[str, torch.Tensor]]:
+    """The `quant_linear` node that replaces linear `node`, and its operand params named `<node>.<role>`."""
+    if node.op != "linear":
+        raise WorkbenchError(f"quantization: node {node.name!r} is a {node.op}, not a linear")
+    inputs, roles, params = [node.inputs[0]], [], {}
+    for role, value in q.operands.items():
+        if role == "bias":
+            continue
+        pname = f"{node.name}.{role}"
+        params[pname] = value.contiguous()
+        inputs.append(pname)
+        roles.append(role)
+    if len(node.inputs) == 3:  # the linear's own bias param
+        inputs.append(node.inputs[2])
+        roles.append("bias")
+    attrs = {**q.attrs, "operands": roles}
+    return Node(node.name, "quant_linear", inputs, attrs, node.dtype, list(node.shape)), params
 
 
 def replace_linears(net: Network, replacements: dict[str, QuantizedLinear]) -> Network:
@@ -69,25 +82,13 @@ def replace_linears(net: Network, replacements: dict[str, QuantizedLinear]) -> N
         if q is None:
             nodes[name] = node
             continue
-        if node.op != "linear":
-            raise WorkbenchError(f"quantization: node {name!r} is a {node.op}, not a linear")
-        inputs, roles = [node.inputs[0]], []
-        for role, value in q.operands.items():
-            if role == "bias":
-                continue
-            pname = f"{name}.{role}"
+        qnode, params = quant_linear_node(node, q)
+        for pname, value in params.items():
             if pname in out.nodes or pname in nodes:
                 raise WorkbenchError(f"quantization: node {pname!r} already exists")
             nodes[pname] = Node(pname, "param", [], {}, dtype_name(value.dtype), list(value.shape))
-            out.weights[pname] = value.contiguous()
-            inputs.append(pname)
-            roles.append(role)
-        bias = bias_of(net, name)
-        if bias is not None:
-            inputs.append(bias)
-            roles.append("bias")
-        attrs = {**q.attrs, "operands": roles}
-        nodes[name] = Node(name, "quant_linear", inputs, attrs, node.dtype, list(node.shape))
+            out.weights[pname] = value
+        nodes[name] = qnode
     out.nodes = nodes
     used = {i for n in nodes.values() for i in n.inputs}
     for name in replacements:
