@@ -1,7 +1,12 @@
 """Gather calibration statistics: run a network through the torch executor with the inputs of
-the target linears (and k, v of every attention) marked as outputs, and reduce them as they come."""
+the target linears (and k, v of every attention) marked as outputs, and reduce them as they come.
+
+`quantize_sequentially` is the other way to run calibration data: node by node, quantizing each
+target linear when the run reaches it (sequential GPTQ)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -10,7 +15,10 @@ from workbench.builder.engine import Engine
 from workbench.builder.network import Network
 from workbench.builder.passes import eliminate_dead_code
 from workbench.builder.quantization.calibration import Calibration, InputStats, KVStats
+from workbench.builder.quantization.rewrite import QuantizedLinear, quant_linear_node
 from workbench.errors import WorkbenchError
+from workbench.runtime import torch_ops
+from workbench.runtime.attention_meta import AttentionMeta
 from workbench.runtime.executor import Executor
 
 
@@ -65,7 +73,7 @@ def calibrate(net: Network, sequences: list[list[int]], linears: list[str], *, k
                 kv_amax[attn] = [k, v] if old is None else [torch.maximum(old[0], k), torch.maximum(old[1], v)]
             seen += n
 
-    cal = Calibration(tokens=total, source=source)
+    cal = Calibration(tokens=total, source=source, sequences=[list(seq) for seq in sequences])
     for name, src in inputs.items():
         a = acc[src]
         cal.inputs[name] = InputStats(
@@ -75,6 +83,68 @@ def calibrate(net: Network, sequences: list[list[int]], linears: list[str], *, k
     for attn, (k, v) in kv_amax.items():
         cal.kv[attn] = KVStats(attn, k, v)
     return cal
+
+
+def quantize_sequentially(net: Network, sequences: list[list[int]], linears: list[str],
+                          quantize_one: Callable[[str, torch.Tensor], QuantizedLinear], *,
+                          batch_tokens: int = 1024) -> dict[str, QuantizedLinear]:
+    """Quantize `linears` in graph order, each from the Hessian X^T X / n of its input in the network
+    whose earlier linears are already quantized; returns `quantize_one(name, hessian)` per linear.
+
+    One pass over `sequences`, node by node with every batch in step: when the run reaches a
+    linear, its Hessian is reduced over all tokens, the linear is quantized, and the quantized
+    layer (the `quant_linear` op the engine will run) computes the output later nodes read.
+    Linears that read the same value share one Hessian.
+    """
+    if not sequences:
+        raise WorkbenchError("calibration: no token sequences")
+    wanted = set(linears)
+    probe = net.copy()
+    probe.outputs = list(linears)
+    probe = eliminate_dead_code(probe)  # drops what follows the last linear (the LM head)
+    # only the last linear stays an output: the executor's schedule then frees every other value after its last use
+    probe.outputs = [n for n in probe.nodes if n in wanted][-1:]
+    executor = Executor(Engine(network=probe, architecture="calibration", model_config={},
+                               build_config=BuildConfig(dtype=net.dtype)))
+    runs = [_start(executor, batch) for batch in _batches(sequences, batch_tokens)]
+    total = sum(len(s) for s in sequences)
+    hessians: dict[str, torch.Tensor] = {}
+    out: dict[str, QuantizedLinear] = {}
+    for step in executor.steps:
+        node, fn = step.node, step.fn
+        if step.name in wanted:
+            src = node.inputs[0]
+            if src not in hessians:
+                hessians[src] = _hessian([env[src] for env, _ in runs]) / total
+            out[step.name] = quantize_one(step.name, hessians[src])
+            node, params = quant_linear_node(node, out[step.name])
+            fn = torch_ops.OPS["quant_linear"]
+            for env, _ in runs:
+                env.update(params)
+        with torch.inference_mode():
+            for env, meta in runs:
+                env[step.name] = fn(node, [env[i] for i in node.inputs], meta)
+                for f in step.free_after:
+                    del env[f]
+    return out
+
+
+def _start(executor: Executor, sequences: list[list[int]]) -> tuple[dict[str, torch.Tensor], AttentionMeta]:
+    """The starting values (weights, packed input ids and positions) and attention metadata of one batch."""
+    lengths = [len(s) for s in sequences]
+    env = dict(executor.weights)
+    env["input_ids"] = torch.tensor([t for s in sequences for t in s], dtype=torch.int64)
+    env["positions"] = torch.cat([torch.arange(n, dtype=torch.int64) for n in lengths])
+    return env, AttentionMeta.prefill(lengths)
+
+
+def _hessian(xs: list[torch.Tensor]) -> torch.Tensor:
+    """X^T X [K, K] in float32 over the rows of every batch's value."""
+    h = None
+    for x in xs:
+        x = x.to(torch.float32).reshape(x.shape[0], -1)  # [T, K]
+        h = x.T @ x if h is None else h + x.T @ x
+    return h
 
 
 def _batches(sequences: list[list[int]], batch_tokens: int):

@@ -35,8 +35,9 @@ def calibrate_network(net: Network, config: QuantConfig, sequences: list[list[in
 
     if targets is None:
         targets = select_targets(net, config.targets, config.exclude)
+    one_pass_gptq = config.method == "gptq" and not config.gptq_sequential  # sequential GPTQ makes its own
     return calibrate(net, sequences, targets, kv=config.kv_cache_dtype is not None or all_stats,
-                     hessian=config.method == "gptq" or all_stats,
+                     hessian=one_pass_gptq or all_stats,
                      samples=AWQ_SAMPLES if config.method == "awq" or all_stats else 0, seed=config.seed, source=source)
 
 

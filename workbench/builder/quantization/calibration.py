@@ -2,7 +2,8 @@
 
 The statistics are collected by running the network through the torch executor with the
 input of every target linear (and k, v of every attention) marked as an output: see
-workbench/runtime/calibration.py.
+workbench/runtime/calibration.py. Sequential GPTQ cannot use statistics of the unquantized
+network; it runs the token ids again, quantizing as it goes (runtime.calibration.quantize_sequentially).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Calibration:
     kv: dict[str, KVStats] = field(default_factory=dict)
     tokens: int = 0
     source: str = ""  # where the token ids came from
+    sequences: list[list[int]] = field(default_factory=list)  # the token ids (sequential GPTQ runs them again)
 
 
 def calibration_texts(config: QuantConfig) -> tuple[list[str], str]:

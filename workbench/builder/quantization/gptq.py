@@ -8,8 +8,12 @@ act-order (columns in decreasing order of H's diagonal). With act-order the grou
 zeros are computed up front on contiguous groups ("static groups"), so the stored layout is the
 same as round-to-nearest's and the W4A16 kernel needs no permutation index.
 
-Calibration inputs come from the full-precision network (every layer calibrated at once), not
-from the already-quantized earlier layers as in the sequential original.
+Calibration is sequential, as in the paper: linears are quantized in graph order, and each
+one's Hessian comes from the calibration tokens run through the network whose earlier linears
+are already quantized (so a layer compensates for the error the layers before it made; within
+a decoder layer o_proj sees the quantized qkv, down the quantized gate_up). One pass over the
+calibration tokens does it (runtime.calibration.quantize_sequentially). `gptq_sequential=False`
+takes every Hessian from the one calibration pass of the full-precision network instead.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from workbench.builder.quantization import numerics as nq
 from workbench.builder.quantization.calibration import Calibration
 from workbench.builder.quantization.config import QuantConfig
 from workbench.builder.quantization.int4_wo import check_groups, w4a16
-from workbench.builder.quantization.rewrite import replace_linears, weight_of
+from workbench.builder.quantization.rewrite import QuantizedLinear, replace_linears, weight_of
+from workbench.errors import WorkbenchError
 
 
 def gptq(w: torch.Tensor, hessian: torch.Tensor, group_size: int, *, act_order: bool = False, damp: float = 0.01,
@@ -92,11 +97,18 @@ def _column_loop(W, Hinv, Q, scales, zeros, perm, group_size: int, block_size: i
 
 def quantize(net: Network, config: QuantConfig, targets: list[str], calib: Calibration) -> Network:
     """Replace each target linear by a w4a16 quant_linear with GPTQ weights."""
-    out = {}
-    for name in targets:
-        w = weight_of(net, name)
-        check_groups(name, w, config.group_size)
-        q, s, z = gptq(w, calib.inputs[name].hessian, config.group_size, act_order=config.act_order,
+    for name in targets:  # before any work: a layer that cannot be packed fails the build at once
+        check_groups(name, weight_of(net, name), config.group_size)
+
+    def one(name: str, hessian: torch.Tensor) -> QuantizedLinear:
+        q, s, z = gptq(weight_of(net, name), hessian, config.group_size, act_order=config.act_order,
                        damp=config.gptq_damp, block_size=config.gptq_block_size)
-        out[name] = w4a16(q, s, z, config.group_size, "gptq")
-    return replace_linears(net, out)
+        return w4a16(q, s, z, config.group_size, "gptq")
+
+    if not config.gptq_sequential:
+        return replace_linears(net, {name: one(name, calib.inputs[name].hessian) for name in targets})
+    if not calib.sequences:
+        raise WorkbenchError("gptq: sequential calibration needs the calibration token ids (Calibration.sequences)")
+    from workbench.runtime.calibration import quantize_sequentially  # running the graph needs an executor
+
+    return replace_linears(net, quantize_sequentially(net, calib.sequences, targets, one))
