@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workbench.builder.quantization import awq
 from workbench.builder.quantization import numerics as nq
 from workbench.builder.quantization.awq import search_scales
 from workbench.builder.quantization.config import QuantConfig
@@ -71,6 +72,30 @@ def test_awq_beats_round_to_nearest(layer):
     awq_err = float((y - test @ w.T).norm() / (test @ w.T).norm())
     rtn_err = _err(test, w, nq.dequantize_int4(*rtn(w, GS), GS))
     assert awq_err < 0.9 * rtn_err, (awq_err, rtn_err)
+
+
+def test_awq_clipping_lowers_the_error_on_calibration_rows(layer):
+    w, calib, test = layer
+    rows = calib[torch.randperm(len(calib), generator=torch.Generator().manual_seed(0))[:256]]
+    errs = {}
+    for clip in (False, True):
+        q = awq.quantize_layer(w, rows, calib.abs().mean(0), QuantConfig(method="awq", awq_clip=clip))
+        errs[clip] = [float((quant_ops.w4a16(x, q.operands, GS) - x @ w.T).norm() / (x @ w.T).norm()) for x in (rows, test)]
+    assert errs[True][0] < 0.95 * errs[False][0], errs  # on the rows the search saw
+    assert errs[True][1] < 0.95 * errs[False][1], errs  # and on held-out rows
+    shrink, per_ratio = awq.search_clip(w, rows, GS)
+    assert shrink.shape == (N, K // GS) and 0.5 <= shrink.min() and shrink.max() <= 1.0 and (shrink < 1).float().mean() > 0.5
+    assert torch.all(per_ratio.min(0).values <= per_ratio[0])  # ratio 1.0 (no clipping) is always a candidate
+
+
+def test_awq_clip_search_handles_a_short_last_group():
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(8, 160, generator=g), torch.randn(64, 160, generator=g)  # groups of 128 and 32
+    shrink, per_ratio = awq.search_clip(w, x, GS)
+    assert shrink.shape == (8, 2) and per_ratio.shape == (len(awq.CLIP_RATIOS), 8, 2)
+    scales, zeros = nq.int4_group_params(w, GS, shrink)
+    full_s, _ = nq.int4_group_params(w, GS)
+    assert torch.all(scales <= full_s + 1e-7) and scales.shape == (8, 2)
 
 
 def test_smoothquant_migration_helps_static_int8(layer):

@@ -66,6 +66,27 @@ def test_methods_rank_as_expected_end_to_end(quantized, fp_logits):
     assert kl["int8_wo"] < kl["smoothquant"] < kl["gptq"] < kl["int4_wo"]  # 8-bit < 4-bit; GPTQ beats round-to-nearest
 
 
+def test_awq_clipping_lowers_every_linears_error_on_its_calibration_rows(fp_engine, quantized, fp_logits):
+    from workbench.builder.quantization import calibrate_network
+    from workbench.builder.quantization.calibration import calibration_ids
+    from workbench.runtime.quant_ops import w4a16
+
+    net = fp_engine.network
+    ids, _ = calibration_ids(QuantConfig(), None, 128)  # what the `quantized` builds calibrated on
+    calib = calibrate_network(net, QuantConfig(method="awq"), ids)
+    engines = {clip: quantized(method="awq", awq_clip=clip) for clip in (True, False)}
+    for name in LINEARS:
+        x = calib.inputs[name].samples
+        ref = x @ net.weights[f"{name}.weight"].T
+        err = {}
+        for clip, engine in engines.items():
+            ops = {role: engine.network.weights[f"{name}.{role}"] for role in ("qweight", "scales", "zeros", "smooth")}
+            err[clip] = float((w4a16(x, ops, 128) - ref).norm())
+        assert err[True] < 0.97 * err[False], (name, err)
+    kl = {clip: _kl(fp_logits, run_logits(engine, SEQUENCES)) for clip, engine in engines.items()}
+    assert kl[True] < kl[False], kl  # and end to end, on sequences it was not calibrated on
+
+
 @pytest.mark.parametrize("kw", [dict(method="smoothquant", sq_acts="per_tensor", sq_weights="per_tensor"),
                                 dict(method="gptq", act_order=True), dict(kv_cache_dtype="int8"),
                                 dict(kv_cache_dtype="fp8", kv_scale="per_tensor")])

@@ -28,6 +28,7 @@ class QuantConfig:
     gptq_block_size: int = 32  # gptq: columns per lazy batch update (same result for any size; 32 is fastest on CPU)
     gptq_sequential: bool = True  # gptq: each linear's Hessian from the network with the earlier linears quantized
     awq_grid: int = 20  # awq: points of the scale-exponent grid in [0, 1)
+    awq_clip: bool = True  # awq: after scaling, search a range shrink per output channel and group
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # linear nodes to quantize
     exclude: list[str] = field(default_factory=list)  # patterns kept in the engine dtype
     calib_prompts: list[str] = field(default_factory=list)  # text; empty: the built-in prompts
@@ -46,7 +47,7 @@ class QuantConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise WorkbenchError(f"quant config: {key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
-        for key in ("act_order", "gptq_sequential"):
+        for key in ("act_order", "gptq_sequential", "awq_clip"):
             if not isinstance(getattr(self, key), bool):  # from JSON, "false" would be truthy
                 raise WorkbenchError(f"quant config: {key} must be true or false, got {getattr(self, key)!r}")
         for key in ("group_size", "gptq_block_size", "awq_grid", "calib_samples", "calib_seq_len"):

@@ -75,14 +75,17 @@ def unpack_int4(p: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), dim=-1).reshape(*p.shape[:-1], p.shape[-1] * 2)
 
 
-def int4_params(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def int4_params(w: torch.Tensor, shrink: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Asymmetric scale and integer zero per row of w [R, G] (one group): ([R], [R]) float32.
 
-    The range always includes 0 (so that 0 is exact), as in GPTQ's quantizer.
+    The range always includes 0 (so that 0 is exact), as in GPTQ's quantizer. `shrink` [R], in
+    (0, 1], narrows the range first: weights outside it then saturate at 0 or 15 (AWQ's clipping).
     """
     w = w.to(torch.float32)
     wmin = torch.clamp(w.amin(dim=-1), max=0.0)
     wmax = torch.clamp(w.amax(dim=-1), min=0.0)
+    if shrink is not None:
+        wmin, wmax = wmin * shrink, wmax * shrink
     flat = (wmin == 0) & (wmax == 0)
     wmin, wmax = torch.where(flat, -1.0, wmin), torch.where(flat, 1.0, wmax)
     scale = (wmax - wmin) / INT4_LEVELS
@@ -90,13 +93,18 @@ def int4_params(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, zero
 
 
-def int4_group_params(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group asymmetric params of w [out, in]: scales, zeros [out, ceil(in/g)] float32 (last group may be short)."""
+def int4_group_params(w: torch.Tensor, group_size: int,
+                      shrink: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group asymmetric params of w [out, in]: scales, zeros [out, ceil(in/g)] float32 (last group may be short).
+
+    `shrink` [out, ceil(in/g)] narrows each group's range (see int4_params).
+    """
     out_f, in_f = w.shape
     full = in_f // group_size
-    scale, zero = int4_params(w[:, :full * group_size].reshape(out_f, full, group_size))
+    scale, zero = int4_params(w[:, :full * group_size].reshape(out_f, full, group_size),
+                              None if shrink is None else shrink[:, :full])
     if in_f % group_size:
-        s_last, z_last = int4_params(w[:, full * group_size:])
+        s_last, z_last = int4_params(w[:, full * group_size:], None if shrink is None else shrink[:, full])
         scale, zero = torch.cat([scale, s_last[:, None]], 1), torch.cat([zero, z_last[:, None]], 1)
     return scale, zero
 
