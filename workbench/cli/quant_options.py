@@ -24,6 +24,11 @@ _OPTIONS = [
                  help="smoothquant: activation scales, dynamic per token or static per tensor."),
     click.option("--act-order", is_flag=True, help="gptq: quantize columns in decreasing Hessian order."),
     click.option("--gptq-damp", type=float, default=0.01, show_default=True, help="gptq: damping fraction."),
+    click.option("--gptq-sequential/--no-gptq-sequential", default=True, show_default=True,
+                 help="gptq: calibrate each linear on the outputs of the already-quantized earlier ones "
+                      "(off: every Hessian from the full-precision network)."),
+    click.option("--awq-clip/--no-awq-clip", default=True, show_default=True,
+                 help="awq: after scaling, search how far to shrink each output channel's int4 range per group."),
     click.option("--calib-prompts", multiple=True, help="Calibration prompt (repeatable); default: built-in text."),
     click.option("--calib-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
                  help="Calibration text file, cut into --calib-samples pieces of --calib-seq-len tokens."),
@@ -33,19 +38,22 @@ _OPTIONS = [
                  help="Keep these linears in the engine dtype: layers.0.mlp.down, '*.down', 3-5.attn (repeatable)."),
 ]
 _KEYS = ("quant_method", "kv_cache_dtype", "kv_scale", "group_size", "sq_alpha", "sq_weights", "sq_acts", "act_order",
-         "gptq_damp", "calib_prompts", "calib_file", "calib_samples", "calib_seq_len", "quant_exclude")
+         "gptq_damp", "gptq_sequential", "awq_clip", "calib_prompts", "calib_file", "calib_samples", "calib_seq_len",
+         "quant_exclude")
 
 
 def quant_config(quant_method=None, kv_cache_dtype=None, kv_scale="per_head", group_size=128, sq_alpha=0.5,
-                 sq_weights="per_channel", sq_acts="per_token", act_order=False, gptq_damp=0.01, calib_prompts=(),
-                 calib_file=None, calib_samples=16, calib_seq_len=128, quant_exclude=()) -> QuantConfig | None:
+                 sq_weights="per_channel", sq_acts="per_token", act_order=False, gptq_damp=0.01, gptq_sequential=True,
+                 awq_clip=True, calib_prompts=(), calib_file=None, calib_samples=16, calib_seq_len=128,
+                 quant_exclude=()) -> QuantConfig | None:
     """The QuantConfig of the command-line options, or None when nothing is quantized."""
     if quant_method is None and kv_cache_dtype is None:
         return None
     exclude = [p.strip() for item in quant_exclude for p in item.split(",") if p.strip()]
     return QuantConfig(method=quant_method, kv_cache_dtype=kv_cache_dtype, kv_scale=kv_scale, group_size=group_size,
                        sq_alpha=sq_alpha, sq_weights=sq_weights, sq_acts=sq_acts, act_order=act_order,
-                       gptq_damp=gptq_damp, calib_prompts=list(calib_prompts),
+                       gptq_damp=gptq_damp, gptq_sequential=gptq_sequential, awq_clip=awq_clip,
+                       calib_prompts=list(calib_prompts),
                        calib_file=str(calib_file) if calib_file else None, calib_samples=calib_samples,
                        calib_seq_len=calib_seq_len, exclude=exclude)
 
