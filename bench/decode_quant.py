@@ -123,16 +123,20 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sweep", default=str(RESULTS / "gemv_sweep_h100.json"),
-                    help="bench/gemv_sweep.py's JSON whose `table` sets the GEMV configs (absent: the built-in table)")
+                    help="comma list of bench/gemv_sweep.py JSON files whose `table`s set the GEMV configs, later "
+                         "files overriding earlier ones (none there: the built-in table)")
     ap.add_argument("--name", default="decode_quant_h100")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     from workbench.runtime.cuda_executor import GemvPolicy
 
-    table, table_from = None, "built-in H100_GEMV"
-    sweep = Path(args.sweep)
-    if sweep.is_file() and "table" in json.loads(sweep.read_text()):
-        table, table_from = GemvPolicy.table_from_sweep(json.loads(sweep.read_text())["table"]), str(sweep)
+    table, used = {}, []
+    for sweep in map(Path, args.sweep.split(",")):
+        if sweep.is_file() and "table" in json.loads(sweep.read_text()):
+            table.update(GemvPolicy.table_from_sweep(json.loads(sweep.read_text())["table"]))
+            used.append(sweep.name)
+    table_from = ", ".join(used) if used else "built-in H100_GEMV"
+    table = table if used else None
     bw = copy_bandwidth()
     result = {"benchmark": "decode_quant", "device": device_name(), "machine": machine(), "prompt_tokens": args.prompt,
               "new_tokens": args.new_tokens, "repeats": args.repeats, "gemv_table": table_from,

@@ -39,6 +39,8 @@ DOT = [(16, 256, 1, 4, 4), (32, 256, 1, 4, 4), (64, 128, 1, 4, 4), (16, 512, 1, 
 FMA = [(8, 512, 1, 4, 4), (16, 256, 1, 4, 4), (16, 512, 1, 4, 3), (32, 256, 1, 4, 4), (32, 256, 1, 8, 3),
        (64, 256, 1, 8, 3), (32, 512, 1, 8, 3), (16, 1024, 1, 8, 2), (16, 256, 2, 4, 4), (32, 256, 4, 4, 4),
        (16, 512, 4, 4, 3)]
+FMA_QUANT = [(16, 1024, 1, 4, 3), (32, 1024, 1, 8, 3), (64, 512, 1, 8, 3), (8, 1024, 1, 4, 4), (16, 512, 2, 4, 4),
+             (32, 512, 1, 4, 4), (16, 128, 1, 4, 4), (32, 128, 1, 4, 4), (64, 128, 1, 8, 3), (16, 2048, 1, 8, 3)]
 CALLS = 20
 GROUP = 128
 
@@ -99,7 +101,8 @@ def call(fmt: str, x, w: dict, cfg, gated: bool = False):
 def best_config(fmt, x, ws, n, m, ref, gated=False):
     """(us, config) of the fastest correct config, and the errors of any wrong ones."""
     best, errors = None, {}
-    configs = ([] if gated else DOT) + ([c + (False,) for c in FMA] if m == 1 else [])
+    fma = FMA + (FMA_QUANT if fmt != "bf16" else [])
+    configs = ([] if gated else DOT) + ([c + (False,) for c in fma] if m == 1 else [])
     for cfg in configs:
         if cfg[2] > 1 and n >= 16384:
             continue  # big N has enough programs without splitting K

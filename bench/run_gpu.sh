@@ -28,8 +28,15 @@ if [ "$stage" = check ]; then
 elif [ "$stage" = quant ]; then
   step 120 python -m pytest tests/gpu/test_cuda_backend.py tests/plugins/test_gemv.py tests/plugins/test_quant_gemm.py \
     tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
-  step 200 python bench/gemv_sweep.py
-  step 240 python bench/decode_quant.py --repeats 3
+  if [ -n "$QUANT_ONLY" ]; then  # bf16 configs from an earlier sweep (bench/results/gemv_sweep_h100.json)
+    step 200 python bench/gemv_sweep.py --formats w8a16,w4a16 --name gemv_sweep_quant_h100
+    step 200 python bench/decode_quant.py --repeats 3 \
+      --sweep bench/results/gemv_sweep_h100.json,bench/results/gemv_sweep_quant_h100.json
+    step 80 python bench/prefill.py --repeats 3 --name prefill_h100_call4
+  else
+    step 200 python bench/gemv_sweep.py
+    step 240 python bench/decode_quant.py --repeats 3
+  fi
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -100,6 +100,14 @@ def test_gated_quantized_gemv_uses_silu_and_mul_values():
                            gm.w8a16_gemv(silu_and_mul(gu), ops["qweight"], ops["scales"], None, cfg))
 
 
+def test_quantized_gemv_rows_not_whole_words():
+    """K = 70 is not a whole number of int32 words of int8: the one-row multiply-add config takes the dot instead."""
+    ops = _int8(24, 70)
+    x = _x(1, 70, torch.float32)
+    y = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (16, 32, 1, 4, 1, False))
+    assert rel_err(y, quant_ops.w8a16(x, ops)) < TOL[torch.float32]
+
+
 def test_gemv_rejects_mismatched_shapes():
     ops = _int8(8, 64)
     with pytest.raises(ValueError, match="do not fit"):

@@ -76,4 +76,6 @@ def test_fp8():
     sw = nq.safe_scale(w.abs().amax().reshape(1), 448)
     ops = {"qweight": nq.quantize_fp8(w, sw), "scales": sw, "act_scale": torch.tensor([0.02]), "bias": bias}
     got, ref = _both(_node("fp8", list(ops), act="per_tensor"), [_x(5, 256, torch.float32)] + list(ops.values()))
-    assert rel_err(got, ref) < 1e-5
+    # the same e4m3 products; Hopper's FP8 tensor cores accumulate with fewer bits than fp32 (8.7e-5 measured on an
+    # H100), the CPU's _scaled_mm in fp32
+    assert rel_err(got, ref) < (2e-4 if DEV == "cuda" else 1e-5)

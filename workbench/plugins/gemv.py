@@ -6,9 +6,10 @@ pieces for small N so that enough programs stream the weights at once, with a se
 fixed-order pass adding the pieces (no atomics, so results do not vary between runs).
 
 Two ways to multiply a tile (the config's `dot`): the tensor cores (`tl.dot`, x padded to 16
-rows), or, for one row, fp32 multiply-adds into a [BLOCK_N, BLOCK_K] accumulator reduced once at
-the end (no padding, no layout change of the weight tile: what suits int8 weights converted in
-registers).
+rows), or, for one row, fp32 multiply-adds into an accumulator tile reduced once at the end (no
+padding, no layout change of the weight tile). Quantized weights on the second way are read as
+int32 words and unpacked with integer operations (`_gemv_words`): int8 -> float conversions are
+slow on the GPU, and whole words are what the loads should move.
 
 Quantized weights, as `runtime.quant_ops` computes them: int8 values are exact in any float
 dtype, the per-channel scale is applied to the fp32 sum; int4 values are unpacked from two per
@@ -36,7 +37,6 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: 
           GATED: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    XDT: tl.constexpr = X.dtype.element_ty
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     nmask = offs_n < N
@@ -53,12 +53,9 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: 
         kmask = offs_k < k_hi
         wmask = nmask[:, None] & kmask[None, :]
         # the weight tile [BLOCK_N, BLOCK_K]: `w` in x's dtype for the dot, `wf` in fp32 for multiply-adds
-        if WQ == 8:
+        if WQ == 8:  # (quantized weights take the dot here; one row takes _gemv_words)
             q = tl.load(w_rows + offs_k[None, :], mask=wmask, other=0)
-            if DOT:
-                w = q.to(tl.float32).to(XDT)  # exact
-            else:
-                wf = q.to(tl.float32)
+            w = q.to(tl.float32).to(X.dtype.element_ty)  # exact
         elif WQ == 4:
             byte = tl.load(w_rows + offs_k[None, :] // 2, mask=wmask, other=0)
             q = ((byte >> ((offs_k[None, :] % 2) * 4).to(tl.uint8)) & 0xF).to(tl.float32)
@@ -71,11 +68,10 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: 
                 s = tl.load(S + offs_n[:, None] * G + g, mask=wmask, other=0.0)
                 z = tl.load(Z + offs_n[:, None] * G + g, mask=wmask, other=0).to(tl.float32)
             v = (q - z) * s
-            if DOT and not FP32:
-                w = v.to(XDT)  # round to nearest even on the device
+            if FP32:
+                w = rounded(v, X.dtype.element_ty)
             else:
-                wf = rounded(v, XDT)
-                w = wf
+                w = v.to(X.dtype.element_ty)  # round to nearest even on the device
         else:
             w = tl.load(w_rows + offs_k[None, :], mask=wmask, other=0.0)
             if not DOT:
@@ -104,6 +100,66 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: 
     else:
         part = P + (pid_k * 16 * N).to(tl.int64)
         tl.store(part + offs_m[:, None] * N + offs_n[None, :], acc, mask=mmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _x_at(X, ko, kmask, K, GATED: tl.constexpr):
+    """x[0, ko] in fp32; gated: silu(gate) * up at those columns, rounded as activation.silu_and_mul."""
+    if GATED:
+        gt = tl.load(X + ko, mask=kmask, other=0.0).to(tl.float32)
+        u = tl.load(X + K + ko, mask=kmask, other=0.0)
+        a = rounded(gt / (1.0 + tl.exp(-gt)), u.dtype)
+        return rounded(a * u.to(tl.float32), u.dtype)
+    else:
+        return tl.load(X + ko, mask=kmask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _gemv_words(X, Wd, S, Z, B, Y, P, N, K, G, swn, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, WQ: tl.constexpr,
+                GROUP: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr):
+    """One row of x times quantized weights read as int32 words (PER_WORD values each): value j of every word
+    is taken at once, against x's columns j, j + PER_WORD, ...; converted to fp32 with integer operations
+    (the exponent-bias trick: the value's bits under the exponent of 2^23, minus 2^23), fp32 multiply-adds."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < N
+    acc2 = tl.zeros([BLOCK_N, WORDS], tl.float32)
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(K, k_lo + k_per_split)
+    w_rows = Wd + offs_n[:, None].to(tl.int64) * swn
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
+        wkmask = offs_w < k_hi // PER_WORD
+        words = tl.load(w_rows + offs_w[None, :], mask=nmask[:, None] & wkmask[None, :], other=0)
+        if WQ == 4:
+            if GROUP % BLOCK_K == 0:  # one group per tile: a scale and a zero per row
+                s = tl.load(S + offs_n * G + k0 // GROUP, mask=nmask, other=0.0)[:, None]
+                z = tl.load(Z + offs_n * G + k0 // GROUP, mask=nmask, other=0).to(tl.float32)[:, None]
+            else:  # PER_WORD divides GROUP: one group per word
+                g = (offs_w[None, :] * PER_WORD) // GROUP
+                s = tl.load(S + offs_n[:, None] * G + g, mask=nmask[:, None] & wkmask[None, :], other=0.0)
+                z = tl.load(Z + offs_n[:, None] * G + g, mask=nmask[:, None] & wkmask[None, :], other=0).to(tl.float32)
+        for j in tl.static_range(PER_WORD):
+            x = _x_at(X, offs_w * PER_WORD + j, wkmask, K, GATED)
+            if WQ == 8:  # byte j, two's complement: (b ^ 0x80) = q + 128 under 2^23's exponent
+                bits = ((words >> (8 * j)) & 0xFF) ^ 0x80
+                wf = (bits | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
+            else:  # nibble j (low nibble of each byte first): q under 2^23's exponent
+                bits = (words >> (4 * j)) & 0xF
+                q = (bits | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                wf = rounded((q - z) * s, X.dtype.element_ty)
+            acc2 += wf * x[None, :]
+    acc = tl.sum(acc2, axis=1)
+    if SPLIT_K == 1:
+        if WQ == 8:
+            acc = acc * tl.load(S + offs_n, mask=nmask, other=0.0)
+        if HAS_BIAS:
+            acc += tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=nmask)
+    else:
+        tl.store(P + (pid_k * 16 * N).to(tl.int64) + offs_n, acc, mask=nmask)
 
 
 @triton.jit
@@ -140,7 +196,9 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         raise ValueError(f"gemv: x {tuple(shape)} (gated={gated}) and weights {tuple(w.shape)} do not fit, or more "
                          f"than 16 rows, or the weights are not row-major")
     bn, bk, split, warps, stages, dot = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
-    dot = bool(dot) or m > 1
+    per_word = 32 // wq if wq else 0
+    # multiply-adds for one row; quantized weights then go as words, which needs whole words per row and group
+    dot = bool(dot) or m > 1 or (wq and (k % per_word or group % per_word))
     if interpreting():
         bn, bk, warps, stages = 16, 32, 4, 1
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -153,11 +211,18 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     s = scales if scales is not None else y
     z = zeros if zeros is not None else y
     groups = scales.shape[-1] if wq == INT4 else 1
-    _gemv[(triton.cdiv(n, bn), split)](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0),
-                                       y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk,
-                                       SPLIT_K=split, HAS_BIAS=bias is not None, GATED=gated,
-                                       FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot,
-                                       num_warps=warps, num_stages=stages)
+    if wq and not dot:
+        _gemv_words[(triton.cdiv(n, bn), split)](x2, w.view(torch.int32), s, z, b, y, part, n, k, groups,
+                                                 k // per_word, k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
+                                                 HAS_BIAS=bias is not None, GATED=gated, WQ=wq, GROUP=max(group, 1),
+                                                 PER_WORD=per_word, WORDS=bk // per_word, num_warps=warps,
+                                                 num_stages=stages)
+    else:
+            _gemv[(triton.cdiv(n, bn), split)](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0),
+                                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk,
+                                           SPLIT_K=split, HAS_BIAS=bias is not None, GATED=gated,
+                                           FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=bool(dot),
+                                           num_warps=warps, num_stages=stages)
     if split > 1:
         block = 1024 if not interpreting() else 64
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split,
