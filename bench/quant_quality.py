@@ -8,7 +8,9 @@ as tests/bench/test_quant_quality_script.py does on a tiny one).
 
 The network is built once in fp32 and calibrated once (on the built-in calibration text,
 which is not the evaluation text); every mode then runs the same quantization passes that
-`wb build --quant MODE` runs, on the same calibration statistics.
+`wb build --quant MODE` runs, on the same calibration statistics (sequential GPTQ runs the
+same calibration tokens again, quantizing layer after layer). The "one-pass Hessians" and
+"no clipping" rows are `--no-gptq-sequential` and `--no-awq-clip`.
 """
 
 from __future__ import annotations
@@ -41,13 +43,33 @@ MODES = {
     "int4_wo (RTN, g128)": {"method": "int4_wo"},
     "gptq (g128)": {"method": "gptq"},
     "gptq (g128, act-order)": {"method": "gptq", "act_order": True},
+    "gptq (g128, one-pass Hessians)": {"method": "gptq", "gptq_sequential": False},
+    "gptq (g128, act-order, one-pass Hessians)": {"method": "gptq", "act_order": True, "gptq_sequential": False},
     "awq (g128)": {"method": "awq"},
+    "awq (g128, no clipping)": {"method": "awq", "awq_clip": False},
     "smoothquant (a0.5, per-channel W, per-token A)": {"method": "smoothquant"},
     "smoothquant (a0.5, per-tensor W, static A)": {"method": "smoothquant", "sq_weights": "per_tensor", "sq_acts": "per_tensor"},
     "fp8 (per-tensor)": {"method": "fp8"},
     "kv cache int8 (per head)": {"kv_cache_dtype": "int8"},
     "kv cache fp8 (per head)": {"kv_cache_dtype": "fp8"},
 }
+
+
+def split_modes(text: str) -> list[str]:
+    """`a,b (x, y),c` -> the mode names: commas inside parentheses belong to the name."""
+    names, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            names.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    names.append(current.strip())
+    unknown = [n for n in names if n and n not in MODES]
+    if unknown:
+        raise SystemExit(f"unknown modes {unknown}; choose from {list(MODES)}")
+    return [n for n in names if n]
 
 
 def evaluate(net, windows: list[list[int]], ref: list[torch.Tensor] | None):
@@ -97,7 +119,7 @@ def main() -> None:
                               source=calib_source, all_stats=True)
     calib_s = time.perf_counter() - t
 
-    chosen = list(MODES) if not args.modes else ["fp32"] + [m.strip() for m in args.modes.split(",") if m.strip() != "fp32"]
+    chosen = list(MODES) if not args.modes else ["fp32"] + [m for m in split_modes(args.modes) if m != "fp32"]
     rows, ref = [], None
     for name in chosen:
         t = time.perf_counter()
@@ -142,7 +164,9 @@ def markdown(data: dict) -> str:
              f"Perplexity on `bench/{data['text']}` ({data['eval_tokens']} predicted tokens, {data['windows']} windows of "
              f"{data['window']}), top-1 agreement and mean KL(fp32 || mode) per token against the fp32 engine. "
              f"{data['quantized_layers']} decoder linears quantized (embeddings, norms and the tied LM head stay fp32). "
-             f"Calibration: {data['calibration']['source']}.", "",
+             f"Calibration: {data['calibration']['source']}. GPTQ calibrates sequentially (each linear on the "
+             "outputs of the already-quantized earlier ones) and AWQ clips after scaling, except in the rows "
+             "marked one-pass Hessians (`--no-gptq-sequential`) and no clipping (`--no-awq-clip`).", "",
              "| mode | perplexity | vs fp32 | top-1 agreement | KL (nats) | decoder linears MiB | all weights MiB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
