@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
-from gpu_models import (copy_bandwidth, device_name, engine_from_hf, hf_model, wall_s,  # noqa: E402
+from gpu_models import (copy_bandwidth, device_name, engine_from_hf, hf_model, sweep_table, wall_s,  # noqa: E402
                         weight_bytes)
 
 
@@ -43,7 +43,7 @@ def kv_bytes_per_step(engine, batch: int, prompt: int, new: int) -> float:
     return batch * per_token * (mean_read + 1)  # + the one it writes
 
 
-def bench_engine(hf, name, args, bw, out, deadline, gemv: str, key: str, debug: bool):
+def bench_engine(hf, name, args, bw, out, deadline, gemv: str, key: str, debug: bool, table=None):
     from workbench.builder.build import debug_engine
     from workbench.builder.config import BuildConfig
     from workbench.names import canonical_names
@@ -58,7 +58,7 @@ def bench_engine(hf, name, args, bw, out, deadline, gemv: str, key: str, debug: 
     cache = PagedKVCache.for_budget(layers, hf.config.num_key_value_heads, hf.config.head_dim,
                                     max_tokens=max_batch * bc.max_seq_len + 64, page_size=16, dtype=torch.bfloat16,
                                     device="cuda")
-    policy = GemvPolicy.parse(gemv)
+    policy = GemvPolicy.parse(gemv, table)
     ex = CudaExecutor(engine, "cuda", gemv=policy)
     wb = weight_bytes(engine)
     res = out.setdefault(key, {"gemv": gemv})
@@ -160,8 +160,10 @@ def main() -> None:
                     help="comma list of hf_eager, hf_static_compile, or none")
     ap.add_argument("--compile-models", default="llama-3.2-1b", help="models the compiled peer runs on (compile time)")
     ap.add_argument("--gemv", default="table,cublas",
-                    help="GEMV policies to time (runtime.cuda_executor.GemvPolicy.parse: cublas, table, table-gated, "
+                    help="GEMV policies to time (runtime.cuda_executor.GemvPolicy.parse: cublas, table, table-swiglu, table-noswiglu, "
                          "triton); the first is reported as `engine`")
+    ap.add_argument("--sweep", default="", help="comma list of bench/gemv_sweep.py JSON files whose `table`s set the "
+                    "GEMV configs (default: the built-in table)")
     ap.add_argument("--budget-s", type=float, default=400, help="skip what would start after this many seconds")
     ap.add_argument("--name", default="decode_h100")
     args = ap.parse_args()
@@ -169,7 +171,9 @@ def main() -> None:
     start = time.perf_counter()
     deadline = start + args.budget_s
     bw = copy_bandwidth()
+    table, table_from = sweep_table(args.sweep)
     result = {"benchmark": "decode", "device": device_name(), "machine": machine(), "dtype": "bfloat16",
+              "gemv_table": table_from,
               "prompt_tokens": args.prompt, "new_tokens": args.new_tokens, "repeats": args.repeats, "gemv": args.gemv,
               "copy_bandwidth_TBps": round(bw / 1e12, 3), "models": {}}
     print(f"{device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
@@ -187,7 +191,8 @@ def main() -> None:
             hf = hf_model(name)
             if engine_too:
                 for i, gemv in enumerate(args.gemv.split(",")):  # the first is the engine's default, timed in full
-                    bench_engine(hf, name, args, bw, out, deadline, gemv, "engine" if i == 0 else f"engine_{gemv}", i == 0)
+                    bench_engine(hf, name, args, bw, out, deadline, gemv, "engine" if i == 0 else f"engine_{gemv}", i == 0,
+                                 table)
             for peer in phase_peers:
                 try:
                     bench_hf(hf, name, args, out, peer, deadline)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS, machine, write_result  # noqa: E402
 from decode import kv_bytes_per_step  # noqa: E402
-from gpu_models import copy_bandwidth, device_name, engine_from_hf, hf_model, weight_bytes  # noqa: E402
+from gpu_models import copy_bandwidth, device_name, engine_from_hf, hf_model, sweep_table, weight_bytes  # noqa: E402
 
 MODES = {"bf16": None, "int8_wo": "int8_wo", "int4_wo": "int4_wo"}
 
@@ -128,15 +128,7 @@ def main() -> None:
     ap.add_argument("--name", default="decode_quant_h100")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
-    from workbench.runtime.cuda_executor import GemvPolicy
-
-    table, used = {}, []
-    for sweep in map(Path, args.sweep.split(",")):
-        if sweep.is_file() and "table" in json.loads(sweep.read_text()):
-            table.update(GemvPolicy.table_from_sweep(json.loads(sweep.read_text())["table"]))
-            used.append(sweep.name)
-    table_from = ", ".join(used) if used else "built-in H100_GEMV"
-    table = table if used else None
+    table, table_from = sweep_table(args.sweep)
     bw = copy_bandwidth()
     result = {"benchmark": "decode_quant", "device": device_name(), "machine": machine(), "prompt_tokens": args.prompt,
               "new_tokens": args.new_tokens, "repeats": args.repeats, "gemv_table": table_from,

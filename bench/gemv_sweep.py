@@ -8,8 +8,8 @@ Shapes of Llama-3.2-1B and Llama-3-8B (qkv, o, gate_up, down, logits; the logits
 as the quantization passes leave it) at 1 and 8 rows. Each variant is timed as 20 calls captured in
 one CUDA graph (as the decode step runs them), cycling through weight copies larger than L2 together
 so every call reads device memory. Configs: tensor-core dot tiles (any rows) and, for one row, fp32
-multiply-add tiles. For the MLP's down projection at one row it also times the activation fused
-into the GEMV (`gated`) against the activation kernel followed by the best GEMV.
+multiply-add tiles. For the MLP's gate_up projection it also times the GEMV writing silu(gate) * up
+(`swiglu`) against the best GEMV followed by the activation kernel.
 
 Reports microseconds per call and GB/s of weights read; the JSON's `table` is the winning config per
 (format, rows, N, K), what runtime.cuda_executor's GEMV table is made from (bench/decode*.py read it).
@@ -33,7 +33,7 @@ from gpu_models import cuda_time_ms, device_name  # noqa: E402
 
 SHAPES = {"1b": [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (128256, 2048)],
           "8b": [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)]}
-DOWN = {"1b": (2048, 8192), "8b": (4096, 14336)}
+GATE_UP = {"1b": (16384, 2048), "8b": (28672, 4096)}
 DOT = [(16, 256, 1, 4, 4), (32, 256, 1, 4, 4), (64, 128, 1, 4, 4), (16, 512, 1, 4, 3), (32, 512, 1, 8, 3),
        (64, 256, 1, 8, 3), (16, 256, 2, 4, 4), (32, 256, 4, 4, 4), (16, 512, 4, 4, 3)]
 FMA = [(8, 512, 1, 4, 4), (16, 256, 1, 4, 4), (16, 512, 1, 4, 3), (32, 256, 1, 4, 4), (32, 256, 1, 8, 3),
@@ -87,31 +87,39 @@ def dense(fmt: str, w: dict) -> torch.Tensor:
     return nq.dequantize_int4(nq.unpack_int4(w["q"]), w["s"], w["z"], GROUP)
 
 
-def call(fmt: str, x, w: dict, cfg, gated: bool = False):
-    """One GEMV of the format (cfg None: cuBLAS, bf16 only)."""
+def call(fmt: str, x, w: dict, cfg, swiglu: bool = False):
+    """One GEMV of the format (cfg None: cuBLAS, bf16 only, then the activation kernel when swiglu)."""
+    from workbench.plugins.activation import silu_and_mul
     from workbench.plugins.gemv import gemv, w4a16_gemv, w8a16_gemv
 
     if fmt == "bf16":
-        return TF.linear(x, w["w"]) if cfg is None else gemv(x, w["w"], None, cfg, gated)
+        if cfg is None:
+            y = TF.linear(x, w["w"])
+            return silu_and_mul(y) if swiglu else y
+        return gemv(x, w["w"], None, cfg, swiglu)
     if fmt == "w8a16":
-        return w8a16_gemv(x, w["q"], w["s"], None, cfg, gated)
-    return w4a16_gemv(x, w["q"], w["s"], w["z"], GROUP, None, cfg, gated)
+        return w8a16_gemv(x, w["q"], w["s"], None, cfg, swiglu)
+    return w4a16_gemv(x, w["q"], w["s"], w["z"], GROUP, None, cfg, swiglu)
 
 
-def best_config(fmt, x, ws, n, m, ref, gated=False):
-    """(us, config) of the fastest correct config, and the errors of any wrong ones."""
+def best_config(fmt, x, ws, n, m, ref, swiglu=False):
+    """(us, config) of the fastest correct config, and the errors of any wrong ones (or that do not compile)."""
     best, errors = None, {}
     fma = FMA + (FMA_QUANT if fmt != "bf16" else [])
-    configs = ([] if gated else DOT) + ([c + (False,) for c in fma] if m == 1 else [])
+    configs = DOT + ([c + (False,) for c in fma] if m == 1 else [])
     for cfg in configs:
         if cfg[2] > 1 and n >= 16384:
             continue  # big N has enough programs without splitting K
-        y = call(fmt, x, ws[0], cfg, gated).float()
+        try:
+            y = call(fmt, x, ws[0], cfg, swiglu).float()
+        except Exception as e:  # e.g. more shared memory than the device has
+            errors[str(cfg)] = f"{type(e).__name__}: {e}"[:200]
+            continue
         err = ((y - ref).norm() / ref.norm()).item()
         if not err < 1e-2:
             errors[str(cfg)] = err
             continue
-        us = time_graph([lambda i=i: call(fmt, x, ws[i % len(ws)], cfg, gated) for i in range(CALLS)])
+        us = time_graph([lambda i=i: call(fmt, x, ws[i % len(ws)], cfg, swiglu) for i in range(CALLS)])
         if best is None or us < best[0]:
             best = (us, cfg)
     return best, errors
@@ -153,24 +161,23 @@ def main() -> None:
                     if fmt == "bf16":
                         res["cublas_GBps"] = round(size / res["cublas_us"] / 1e3, 1)
                         line += f"  cuBLAS {res['cublas_us']:8.2f} us ({res['cublas_GBps']:6.0f} GB/s)"
-                    if m == 1 and (n, k) == DOWN[model]:  # the activation fused into the down GEMV, or not
-                        gu = torch.randn(1, 2 * k, device="cuda", dtype=torch.bfloat16)
-                        gref = silu_and_mul(gu).float() @ w0.T
-                        gbest, _ = best_config(fmt, gu, ws, n, m, gref, gated=True)
+                    if (n, k) == GATE_UP[model]:  # the activation written by the gate_up GEMV, or a kernel of its own
+                        sref = silu_and_mul(ref.to(torch.bfloat16)).float()
+                        sbest, _ = best_config(fmt, x, ws, n, m, sref, swiglu=True)
                         plain = best[1] if fmt != "bf16" or best[0] < res["cublas_us"] else None
-                        unfused = time_graph([lambda i=i: call(fmt, silu_and_mul(gu), ws[i % copies], plain)
+                        unfused = time_graph([lambda i=i: silu_and_mul(call(fmt, x, ws[i % copies], plain))
                                               for i in range(CALLS)])
-                        if gbest is not None:
-                            res["gated_us"], res["gated_config"] = round(gbest[0], 2), list(gbest[1])
-                        res["activation_then_gemv_us"] = round(unfused, 2)
-                        line += f"  | gated {res.get('gated_us')} us vs activation + GEMV {res['activation_then_gemv_us']} us"
+                        if sbest is not None:
+                            res["swiglu_us"], res["swiglu_config"] = round(sbest[0], 2), list(sbest[1])
+                        res["gemv_then_activation_us"] = round(unfused, 2)
+                        line += f"  | swiglu {res.get('swiglu_us')} us vs GEMV + activation {unfused:.2f} us"
                     rows_out.append(res)
                     wins = fmt != "bf16" or res["triton_us"] < res["cublas_us"]
                     if wins:
                         table.append({"format": fmt, "rows": m, "n": n, "k": k, "config": list(best[1])})
-                    if "gated_us" in res and res["gated_us"] < res["activation_then_gemv_us"]:
-                        table.append({"format": fmt, "rows": m, "n": n, "k": k, "config": res["gated_config"],
-                                      "gated": True})
+                    if "swiglu_us" in res and res["swiglu_us"] < res["gemv_then_activation_us"]:
+                        table.append({"format": fmt, "rows": m, "n": n, "k": k, "config": res["swiglu_config"],
+                                      "swiglu": True})
                     print(line, flush=True)
                 ws = None  # frees the copies before the next shape
                 torch.cuda.empty_cache()

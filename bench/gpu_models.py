@@ -147,3 +147,19 @@ def linear_flops_per_token(engine) -> int:
 def device_name() -> str:
     """The GPU's name."""
     return torch.cuda.get_device_name()
+
+
+def sweep_table(paths: str) -> tuple[dict | None, str]:
+    """The GEMV table of bench/gemv_sweep.py JSON files (a comma list, later ones overriding earlier ones) and
+    where it came from; (None, "built-in ...") when none is there."""
+    import json
+    from pathlib import Path
+
+    from workbench.runtime.cuda_executor import GemvPolicy
+
+    table, used = {}, []
+    for path in map(Path, filter(None, paths.split(","))):
+        if path.is_file() and "table" in json.loads(path.read_text()):
+            table.update(GemvPolicy.table_from_sweep(json.loads(path.read_text())["table"]))
+            used.append(path.name)
+    return (table, ", ".join(used)) if used else (None, "built-in H100_GEMV")

@@ -4,6 +4,8 @@
 #   bash bench/run_gpu.sh full    # GPU tests, decode and prefill with the HF peers, the profiler's benchmark
 #   bash bench/run_gpu.sh final   # GPU tests, engine-only decode: table GEMVs (not gated) against cuBLAS
 #   bash bench/run_gpu.sh quant   # GPU tests incl. quantized GEMV/engines, GEMV sweep of every format, quantized decode
+#   bash bench/run_gpu.sh swiglu  # the same after the gate_up GEMV writes the activation, and bf16 decode + debug
+#                                 # engines with the sweep's table, against the table without that fusion
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -37,6 +39,13 @@ elif [ "$stage" = quant ]; then
     step 200 python bench/gemv_sweep.py
     step 240 python bench/decode_quant.py --repeats 3
   fi
+elif [ "$stage" = swiglu ]; then
+  step 90 python -m pytest tests/gpu/test_cuda_backend.py tests/plugins/test_gemv.py tests/plugins/test_quant_gemm.py \
+    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
+  step 170 python bench/gemv_sweep.py
+  step 140 python bench/decode_quant.py --repeats 3
+  step 150 python bench/decode.py --peers none --repeats 2 --gemv table,table-noswiglu \
+    --sweep bench/results/gemv_sweep_h100.json --name decode_engine_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

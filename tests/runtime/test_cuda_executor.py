@@ -46,7 +46,7 @@ def test_program_fuses_and_reads_like_the_graph(engines):
     ex = _cuda(engines("llama_gqa"))
     src = ex.program.source
     assert src.count("_add_rms_norm(") == 4  # post_norm of each layer, input_norm of layer 1, final_norm
-    assert src.count("_rope_qkv(") == 2 and src.count("_gated_linear(") == 2  # silu * up inside the down GEMV
+    assert src.count("_rope_qkv(") == 2 and src.count("_swiglu_linear(") == 2  # silu * up from the gate_up GEMV
     assert "_silu_and_mul(" not in src  # the activation alone is computed only when something reads it
     assert "_op(" not in src  # every op of the family has a direct line
     assert ex.program.fusions["layers.1.input_norm"] == "add_rms_norm"
@@ -67,7 +67,7 @@ def test_session_greedy_matches_reference(engines, family):
     engine = engines(family)
     cfg = GenerationConfig(max_new_tokens=6, eos_token_ids=[])
     expected = GenerationSession(engine, device=DEV).generate(BATCH, cfg).token_ids
-    ex = _cuda(engine, "triton-gated")  # decode steps (4 rows) through the Triton GEMV, gated for the MLP's down
+    ex = _cuda(engine, "triton-swiglu")  # decode steps (4 rows) through the Triton GEMV, the activation in gate_up's
     got = GenerationSession(engine, device=DEV, executor=ex).generate(BATCH, cfg)
     assert got.token_ids == expected
     # the device-side loop (one staged step per token, no host work in between) agrees
@@ -81,10 +81,10 @@ def test_marks_change_nothing_and_match_the_reference(engines):
     # half precision, where fusions could change roundings (fp16: Triton's interpreter rounds bf16 by truncation)
     engine = engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
     dbg = debug_engine(engine, ["all"])
-    plain, marked = _cuda(engine, "triton-gated"), _cuda(dbg, "triton-gated")
+    plain, marked = _cuda(engine, "triton-swiglu"), _cuda(dbg, "triton-swiglu")
     assert "layers.0.mlp.gate_act" in dbg.marked
     assert "_silu(" in marked.program.source  # gate_act is fused away: computed on the side when marked
-    assert marked.program.source.count("_gated_linear(") == 2  # the same kernels as the plain engine
+    assert marked.program.source.count("_swiglu_linear(") == 2  # the same kernels as the plain engine
     a, b = plain.forward(BATCH), marked.forward(BATCH)
     ref = Executor(dbg, DEV).forward(BATCH)
     for x, y, r in zip(a, b, ref):

@@ -15,9 +15,10 @@ Quantized weights, as `runtime.quant_ops` computes them: int8 values are exact i
 dtype, the per-channel scale is applied to the fp32 sum; int4 values are unpacked from two per
 byte (low nibble first), (q - zero) * scale per group in fp32, rounded to x's dtype.
 
-`gated`: x is the gated MLP's gate_up [M, 2K] and the product is taken with silu(gate) * up,
-computed while loading, with the rounding of `activation.silu_and_mul` (bit for bit the same
-values): the MLP's down projection without its activation kernel.
+`swiglu`: the weights are the gated MLP's fused gate_up [2I, K]; each program takes a block of
+output columns from the gate rows and the same block from the up rows, and writes silu(gate) * up
+[M, I] with the roundings of the unfused product followed by `activation.silu_and_mul`: the MLP's
+activation without a kernel of its own (and gate_up is never written).
 """
 
 from __future__ import annotations
@@ -32,234 +33,308 @@ FLOAT, INT8, INT4 = 0, 8, 4  # weight formats (the kernel's WQ)
 
 
 @triton.jit
+def _tile(W, S, Z, rows, rmask, offs_k, kmask, k0, G, swn, WQ: tl.constexpr, GROUP: tl.constexpr,
+          BLOCK_K: tl.constexpr, FP32: tl.constexpr, DT: tl.constexpr):
+    """The weight tile [rows, BLOCK_K] in DT (fp32 values rounded to DT when FP32): float weights as stored, int8
+    exact, int4 unpacked from two per byte and dequantized per group."""
+    mask = rmask[:, None] & kmask[None, :]
+    ptrs = W + rows[:, None].to(tl.int64) * swn
+    if WQ == 8:
+        q = tl.load(ptrs + offs_k[None, :], mask=mask, other=0)
+        w = q.to(tl.float32).to(DT)  # exact
+    elif WQ == 4:
+        byte = tl.load(ptrs + offs_k[None, :] // 2, mask=mask, other=0)
+        q = ((byte >> ((offs_k[None, :] % 2) * 4).to(tl.uint8)) & 0xF).to(tl.float32)
+        if GROUP % BLOCK_K == 0:  # one group per tile: a scale and a zero per row
+            s = tl.load(S + rows * G + k0 // GROUP, mask=rmask, other=0.0)[:, None]
+            z = tl.load(Z + rows * G + k0 // GROUP, mask=rmask, other=0).to(tl.float32)[:, None]
+        else:
+            g = offs_k[None, :] // GROUP
+            s = tl.load(S + rows[:, None] * G + g, mask=mask, other=0.0)
+            z = tl.load(Z + rows[:, None] * G + g, mask=mask, other=0).to(tl.float32)
+        v = (q - z) * s
+        if FP32:
+            w = rounded(v, DT)
+        else:
+            w = v.to(DT)  # round to nearest even on the device
+    else:
+        w = tl.load(ptrs + offs_k[None, :], mask=mask, other=0.0)
+    return w
+
+
+@triton.jit
+def _accumulate(acc, x, w, DOT: tl.constexpr, FP32: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] += x @ w^T on the tensor cores, or acc [BLOCK_N, BLOCK_K] += w * x (one row)."""
+    if DOT:
+        return acc + mma(x, tl.trans(w), FP32)
+    else:
+        return acc + w.to(tl.float32) * x.to(tl.float32)
+
+
+@triton.jit
+def _epilogue(acc, S, B, cols, cmask, WQ: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] with the int8 per-channel scale and the bias of those output columns."""
+    if WQ == 8:
+        acc = acc * tl.load(S + cols, mask=cmask, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _swiglu(g, u, DT: tl.constexpr):
+    """silu(g) * u from fp32 sums, with the roundings of the unfused path: the projection's outputs rounded to DT,
+    then activation.silu_and_mul's (silu rounded, the product rounded)."""
+    g = rounded(g, DT)
+    u = rounded(u, DT)
+    a = rounded(g / (1.0 + tl.exp(-g)), DT)
+    return rounded(a * u, DT)
+
+
+@triton.jit
 def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-          GATED: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr):
+          SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    DT = X.dtype.element_ty
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     nmask = offs_n < N
     mmask = offs_m < M
     if DOT:
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        accu = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     else:
-        acc2 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        accu = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    w_rows = W + offs_n[:, None].to(tl.int64) * swn
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < k_hi
-        wmask = nmask[:, None] & kmask[None, :]
-        # the weight tile [BLOCK_N, BLOCK_K]: `w` in x's dtype for the dot, `wf` in fp32 for multiply-adds
-        if WQ == 8:  # (quantized weights take the dot here; one row takes _gemv_words)
-            q = tl.load(w_rows + offs_k[None, :], mask=wmask, other=0)
-            w = q.to(tl.float32).to(X.dtype.element_ty)  # exact
-        elif WQ == 4:
-            byte = tl.load(w_rows + offs_k[None, :] // 2, mask=wmask, other=0)
-            q = ((byte >> ((offs_k[None, :] % 2) * 4).to(tl.uint8)) & 0xF).to(tl.float32)
-            if GROUP % BLOCK_K == 0:  # one group per tile: a scale and a zero per row
-                g = k0 // GROUP
-                s = tl.load(S + offs_n * G + g, mask=nmask, other=0.0)[:, None]
-                z = tl.load(Z + offs_n * G + g, mask=nmask, other=0).to(tl.float32)[:, None]
-            else:
-                g = offs_k[None, :] // GROUP
-                s = tl.load(S + offs_n[:, None] * G + g, mask=wmask, other=0.0)
-                z = tl.load(Z + offs_n[:, None] * G + g, mask=wmask, other=0).to(tl.float32)
-            v = (q - z) * s
-            if FP32:
-                w = rounded(v, X.dtype.element_ty)
-            else:
-                w = v.to(X.dtype.element_ty)  # round to nearest even on the device
-        else:
-            w = tl.load(w_rows + offs_k[None, :], mask=wmask, other=0.0)
-            if not DOT:
-                wf = w.to(tl.float32)
-        xmask = mmask[:, None] & kmask[None, :]
-        if GATED:  # as activation.silu_and_mul: silu rounded, then the product rounded
-            gt = tl.load(X + offs_m[:, None] * sxm + offs_k[None, :], mask=xmask, other=0.0).to(tl.float32)
-            u = tl.load(X + offs_m[:, None] * sxm + K + offs_k[None, :], mask=xmask, other=0.0)
-            a = rounded(gt / (1.0 + tl.exp(-gt)), u.dtype)
-            x = rounded(a * u.to(tl.float32), u.dtype).to(u.dtype)
-        else:
-            x = tl.load(X + offs_m[:, None] * sxm + offs_k[None, :], mask=xmask, other=0.0)
-        if DOT:
-            acc += mma(x, tl.trans(w), FP32)
-        else:  # BLOCK_M == 1
-            acc2 += wf * x.to(tl.float32)
+        x = tl.load(X + offs_m[:, None] * sxm + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        w = _tile(W, S, Z, offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
+        acc = _accumulate(acc, x, w, DOT, FP32)
+        if SWIGLU:  # the up rows, N below the gate rows
+            wu = _tile(W, S, Z, N + offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
+            accu = _accumulate(accu, x, wu, DOT, FP32)
     if not DOT:
-        acc = tl.sum(acc2, axis=1)[None, :]
+        acc = tl.sum(acc, axis=1)[None, :]
+        accu = tl.sum(accu, axis=1)[None, :]
+    omask = mmask[:, None] & nmask[None, :]
     if SPLIT_K == 1:
-        if WQ == 8:
-            acc = acc * tl.load(S + offs_n, mask=nmask, other=0.0)[None, :]
-        if HAS_BIAS:
-            acc += tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        tl.store(Y + offs_m[:, None] * sym + offs_n[None, :], acc.to(Y.dtype.element_ty),
-                 mask=mmask[:, None] & nmask[None, :])
-    else:
-        part = P + (pid_k * 16 * N).to(tl.int64)
-        tl.store(part + offs_m[:, None] * N + offs_n[None, :], acc, mask=mmask[:, None] & nmask[None, :])
+        acc = _epilogue(acc, S, B, offs_n, nmask, WQ, HAS_BIAS)
+        if SWIGLU:
+            acc = _swiglu(acc, _epilogue(accu, S, B, N + offs_n, nmask, WQ, HAS_BIAS), Y.dtype.element_ty)
+        tl.store(Y + offs_m[:, None] * sym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=omask)
+    else:  # partial sums [SPLIT_K, 16, N or 2N]; the gate's, then the up's
+        width = 2 * N if SWIGLU else N
+        part = P + (pid_k * 16 * width).to(tl.int64) + offs_m[:, None] * width
+        tl.store(part + offs_n[None, :], acc, mask=omask)
+        if SWIGLU:
+            tl.store(part + N + offs_n[None, :], accu, mask=omask)
 
 
 @triton.jit
-def _x_at(X, ko, kmask, K, GATED: tl.constexpr):
-    """x[0, ko] in fp32; gated: silu(gate) * up at those columns, rounded as activation.silu_and_mul."""
-    if GATED:
-        gt = tl.load(X + ko, mask=kmask, other=0.0).to(tl.float32)
-        u = tl.load(X + K + ko, mask=kmask, other=0.0)
-        a = rounded(gt / (1.0 + tl.exp(-gt)), u.dtype)
-        return rounded(a * u.to(tl.float32), u.dtype)
+def _word_values(words, j, s, z, WQ: tl.constexpr, DT: tl.constexpr):
+    """Value j of every int32 word in fp32, converted with integer operations: its bits put under the exponent
+    of 2^23, minus 2^23 (int8: two's complement, b ^ 0x80 = q + 128; int4: low nibble first, then dequantized)."""
+    if WQ == 8:
+        bits = ((words >> (8 * j)) & 0xFF) ^ 0x80
+        return (bits | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
     else:
-        return tl.load(X + ko, mask=kmask, other=0.0).to(tl.float32)
+        bits = (words >> (4 * j)) & 0xF
+        q = (bits | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        return rounded((q - z) * s, DT)
+
+
+@triton.jit
+def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
+                  PER_WORD: tl.constexpr):
+    """int4 scales and zeros of a word tile: per row when one group covers the tile, else per word."""
+    if GROUP % BLOCK_K == 0:
+        s = tl.load(S + rows * G + k0 // GROUP, mask=rmask, other=0.0)[:, None]
+        z = tl.load(Z + rows * G + k0 // GROUP, mask=rmask, other=0).to(tl.float32)[:, None]
+    else:  # PER_WORD divides GROUP: one group per word
+        g = (offs_w[None, :] * PER_WORD) // GROUP
+        mask = rmask[:, None] & wkmask[None, :]
+        s = tl.load(S + rows[:, None] * G + g, mask=mask, other=0.0)
+        z = tl.load(Z + rows[:, None] * G + g, mask=mask, other=0).to(tl.float32)
+    return s, z
 
 
 @triton.jit
 def _gemv_words(X, Wd, S, Z, B, Y, P, N, K, G, swn, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, WQ: tl.constexpr,
+                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, WQ: tl.constexpr,
                 GROUP: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr):
     """One row of x times quantized weights read as int32 words (PER_WORD values each): value j of every word
-    is taken at once, against x's columns j, j + PER_WORD, ...; converted to fp32 with integer operations
-    (the exponent-bias trick: the value's bits under the exponent of 2^23, minus 2^23), fp32 multiply-adds."""
+    is taken at once, against x's columns j, j + PER_WORD, ...; fp32 multiply-adds."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    DT = X.dtype.element_ty
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
-    acc2 = tl.zeros([BLOCK_N, WORDS], tl.float32)
+    acc = tl.zeros([BLOCK_N, WORDS], tl.float32)
+    accu = tl.zeros([BLOCK_N, WORDS], tl.float32)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    w_rows = Wd + offs_n[:, None].to(tl.int64) * swn
+    gate_rows = Wd + offs_n[:, None].to(tl.int64) * swn
+    up_rows = Wd + (N + offs_n[:, None]).to(tl.int64) * swn
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
         wkmask = offs_w < k_hi // PER_WORD
-        words = tl.load(w_rows + offs_w[None, :], mask=nmask[:, None] & wkmask[None, :], other=0)
+        mask = nmask[:, None] & wkmask[None, :]
+        words = tl.load(gate_rows + offs_w[None, :], mask=mask, other=0)
+        if SWIGLU:
+            words_u = tl.load(up_rows + offs_w[None, :], mask=mask, other=0)
         if WQ == 4:
-            if GROUP % BLOCK_K == 0:  # one group per tile: a scale and a zero per row
-                s = tl.load(S + offs_n * G + k0 // GROUP, mask=nmask, other=0.0)[:, None]
-                z = tl.load(Z + offs_n * G + k0 // GROUP, mask=nmask, other=0).to(tl.float32)[:, None]
-            else:  # PER_WORD divides GROUP: one group per word
-                g = (offs_w[None, :] * PER_WORD) // GROUP
-                s = tl.load(S + offs_n[:, None] * G + g, mask=nmask[:, None] & wkmask[None, :], other=0.0)
-                z = tl.load(Z + offs_n[:, None] * G + g, mask=nmask[:, None] & wkmask[None, :], other=0).to(tl.float32)
+            s, z = _group_params(S, Z, offs_n, nmask, offs_w, wkmask, k0, G, GROUP, BLOCK_K, PER_WORD)
+            su, zu = _group_params(S, Z, N + offs_n, nmask, offs_w, wkmask, k0, G, GROUP, BLOCK_K, PER_WORD)
+        else:  # int8: scaled after the sum
+            s = 0.0
+            z = 0.0
+            su = 0.0
+            zu = 0.0
         for j in tl.static_range(PER_WORD):
-            x = _x_at(X, offs_w * PER_WORD + j, wkmask, K, GATED)
-            if WQ == 8:  # byte j, two's complement: (b ^ 0x80) = q + 128 under 2^23's exponent
-                bits = ((words >> (8 * j)) & 0xFF) ^ 0x80
-                wf = (bits | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0
-            else:  # nibble j (low nibble of each byte first): q under 2^23's exponent
-                bits = (words >> (4 * j)) & 0xF
-                q = (bits | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-                wf = rounded((q - z) * s, X.dtype.element_ty)
-            acc2 += wf * x[None, :]
-    acc = tl.sum(acc2, axis=1)
+            x = tl.load(X + offs_w * PER_WORD + j, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+            acc += _word_values(words, j, s, z, WQ, DT) * x
+            if SWIGLU:
+                accu += _word_values(words_u, j, su, zu, WQ, DT) * x
+    acc = tl.sum(acc, axis=1)[None, :]
+    accu = tl.sum(accu, axis=1)[None, :]
+    offs_m = tl.arange(0, 1)
     if SPLIT_K == 1:
-        if WQ == 8:
-            acc = acc * tl.load(S + offs_n, mask=nmask, other=0.0)
-        if HAS_BIAS:
-            acc += tl.load(B + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        tl.store(Y + offs_n, acc.to(Y.dtype.element_ty), mask=nmask)
+        acc = _epilogue(acc, S, B, offs_n, nmask, WQ, HAS_BIAS)
+        if SWIGLU:
+            acc = _swiglu(acc, _epilogue(accu, S, B, N + offs_n, nmask, WQ, HAS_BIAS), Y.dtype.element_ty)
+        tl.store(Y + offs_m[:, None] * 0 + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=nmask[None, :])
     else:
-        tl.store(P + (pid_k * 16 * N).to(tl.int64) + offs_n, acc, mask=nmask)
+        width = 2 * N if SWIGLU else N
+        part = P + (pid_k * 16 * width).to(tl.int64) + offs_m[:, None] * 0
+        tl.store(part + offs_n[None, :], acc, mask=nmask[None, :])
+        if SWIGLU:
+            tl.store(part + N + offs_n[None, :], accu, mask=nmask[None, :])
 
 
 @triton.jit
-def _gemv_reduce(P, S, B, Y, M, N, sym, BLOCK: tl.constexpr, SPLIT_K: tl.constexpr, HAS_SCALE: tl.constexpr,
-                 HAS_BIAS: tl.constexpr):
+def _gemv_reduce(P, S, B, Y, M, N, sym, BLOCK: tl.constexpr, SPLIT_K: tl.constexpr, WQ: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr):
     m = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    acc = tl.zeros([BLOCK], tl.float32)
-    for s in range(SPLIT_K):
-        acc += tl.load(P + (s * 16 + m) * N + offs, mask=mask, other=0.0)
-    if HAS_SCALE:
-        acc = acc * tl.load(S + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + m * sym + offs, acc.to(Y.dtype.element_ty), mask=mask)
+    width = 2 * N if SWIGLU else N
+    acc = tl.zeros([1, BLOCK], tl.float32)
+    accu = tl.zeros([1, BLOCK], tl.float32)
+    for s in range(SPLIT_K):  # a fixed order: results do not vary between runs
+        row = P + (s * 16 + m) * width
+        acc += tl.load(row + offs, mask=mask, other=0.0)[None, :]
+        if SWIGLU:
+            accu += tl.load(row + N + offs, mask=mask, other=0.0)[None, :]
+    acc = _epilogue(acc, S, B, offs, mask, WQ, HAS_BIAS)
+    if SWIGLU:
+        acc = _swiglu(acc, _epilogue(accu, S, B, N + offs, mask, WQ, HAS_BIAS), Y.dtype.element_ty)
+    tl.store(Y + m * sym + offs[None, :], acc.to(Y.dtype.element_ty), mask=mask[None, :])
 
 
 # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, dot]: a 5-tuple means dot=True
 DEFAULT = (32, 256, 1, 4, 4)
 DEFAULT_QUANT = (32, 256, 1, 4, 4, False)  # one row; more rows take the dot with this tiling
+SHARED_BYTES = 220 * 1024  # about what the dot's pipelined operand tiles may take (an H100 SM has 227 KiB)
 
 
 def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales, zeros, group: int,
-            bias: torch.Tensor | None, config, gated: bool) -> torch.Tensor:
+            bias: torch.Tensor | None, config, swiglu: bool) -> torch.Tensor:
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, k = x2.shape
-    if gated:
-        k //= 2
+    if swiglu:
+        n //= 2
     if m > 16 or w.stride(-1) != 1 or k != k_w:
-        raise ValueError(f"gemv: x {tuple(shape)} (gated={gated}) and weights {tuple(w.shape)} do not fit, or more "
-                         f"than 16 rows, or the weights are not row-major")
+        raise ValueError(f"gemv: x {tuple(shape)} and weights {tuple(w.shape)} do not fit, or more than 16 rows, or "
+                         f"the weights are not row-major")
     bn, bk, split, warps, stages, dot = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
     # multiply-adds for one row; quantized weights then go as words, which needs whole words per row and group
-    dot = bool(dot) or m > 1 or (wq and (k % per_word or group % per_word))
+    dot = bool(dot) or m > 1 or bool(wq and (k % per_word or group % per_word))
     if interpreting():
-        bn, bk, warps, stages = 16, 32, 4, 1
+        bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
+    elif dot:  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two weight tiles take more)
+        size = 4 if dot_in_fp32(x.dtype) else 2
+        while stages > 1 and stages * ((2 if swiglu else 1) * bn + 16) * bk * size > SHARED_BYTES:
+            stages -= 1
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return y.view(*shape[:-1], n)
     k_per = triton.cdiv(triton.cdiv(k, split), bk) * bk
     split = triton.cdiv(k, k_per)
-    part = torch.empty(split, 16, n, dtype=torch.float32, device=x.device) if split > 1 else y
+    width = 2 * n if swiglu else n
+    part = torch.empty(split, 16, width, dtype=torch.float32, device=x.device) if split > 1 else y
     b = bias if bias is not None else y
     s = scales if scales is not None else y
     z = zeros if zeros is not None else y
     groups = scales.shape[-1] if wq == INT4 else 1
+    grid = (triton.cdiv(n, bn), split)
     if wq and not dot:
-        _gemv_words[(triton.cdiv(n, bn), split)](x2, w.view(torch.int32), s, z, b, y, part, n, k, groups,
-                                                 k // per_word, k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
-                                                 HAS_BIAS=bias is not None, GATED=gated, WQ=wq, GROUP=max(group, 1),
-                                                 PER_WORD=per_word, WORDS=bk // per_word, num_warps=warps,
-                                                 num_stages=stages)
+        _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, n, k, groups, k // per_word, k_per,
+                          BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None, SWIGLU=swiglu, WQ=wq,
+                          GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, num_warps=warps,
+                          num_stages=stages)
     else:
-            _gemv[(triton.cdiv(n, bn), split)](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0),
-                                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk,
-                                           SPLIT_K=split, HAS_BIAS=bias is not None, GATED=gated,
-                                           FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=bool(dot),
-                                           num_warps=warps, num_stages=stages)
+        _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
+                    BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
+                    SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot, num_warps=warps,
+                    num_stages=stages)
     if split > 1:
         block = 1024 if not interpreting() else 64
-        _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split,
-                                                 HAS_SCALE=wq == INT8, HAS_BIAS=bias is not None, num_warps=4)
+        _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
+                                                 HAS_BIAS=bias is not None, SWIGLU=swiglu, num_warps=4)
     return y.view(*shape[:-1], n)
 
 
+def _check_swiglu(w: torch.Tensor, swiglu: bool) -> None:
+    if swiglu and w.shape[0] % 2:
+        raise ValueError(f"gemv: swiglu needs gate and up rows, got an odd {w.shape[0]} rows")
+
+
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config: tuple | None = None,
-         gated: bool = False) -> torch.Tensor:
-    """x [..., K] @ w[N, K]^T (+ bias) for at most 16 rows of x; gated: silu(x[..., :K]) * x[..., K:] @ w^T."""
+         swiglu: bool = False) -> torch.Tensor:
+    """x [..., K] @ w[N, K]^T (+ bias) for at most 16 rows of x; swiglu: w is the gated MLP's gate_up [2I, K] and the
+    result is silu(gate) * up [..., I], as activation.silu_and_mul of the unfused product."""
     if w.dim() != 2:
         raise ValueError(f"gemv: weights of shape {tuple(w.shape)} are not a matrix")
-    return _launch(x, w, w.shape[0], w.shape[1], FLOAT, None, None, 1, bias, config, gated)
+    _check_swiglu(w, swiglu)
+    return _launch(x, w, w.shape[0], w.shape[1], FLOAT, None, None, 1, bias, config, swiglu)
 
 
 def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-               config: tuple | None = None, gated: bool = False) -> torch.Tensor:
-    """x [..., K] @ (int8 qweight [N, K] * per-channel scales [N])^T (+ bias), at most 16 rows."""
+               config: tuple | None = None, swiglu: bool = False) -> torch.Tensor:
+    """x [..., K] @ (int8 qweight [N, K] * per-channel scales [N])^T (+ bias), at most 16 rows; swiglu as gemv."""
+    _check_swiglu(qweight, swiglu)
     return _launch(x, qweight, qweight.shape[0], qweight.shape[1], INT8, scales, None, 1, bias,
-                   config or DEFAULT_QUANT, gated)
+                   config or DEFAULT_QUANT, swiglu)
 
 
 def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-               bias: torch.Tensor | None = None, config: tuple | None = None, gated: bool = False) -> torch.Tensor:
-    """x [..., K] @ int4 weights (packed [N, K/2], per-group scales and zeros [N, G])^T (+ bias), at most 16 rows."""
+               bias: torch.Tensor | None = None, config: tuple | None = None, swiglu: bool = False) -> torch.Tensor:
+    """x [..., K] @ int4 weights (packed [N, K/2], per-group scales and zeros [N, G])^T (+ bias), at most 16 rows;
+    swiglu as gemv."""
+    _check_swiglu(qweight, swiglu)
     return _launch(x, qweight, qweight.shape[0], 2 * qweight.shape[1], INT4, scales, zeros, group_size, bias,
-                   config or DEFAULT_QUANT, gated)
+                   config or DEFAULT_QUANT, swiglu)
 
 
 def gemv_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config=None,
-             gated: bool = False) -> torch.Tensor:
-    """torch's linear in fp32, rounded to x's dtype."""
-    if gated:
-        from workbench.plugins.activation import silu_and_mul_ref
-
-        x = silu_and_mul_ref(x)
+             swiglu: bool = False) -> torch.Tensor:
+    """torch's linear in fp32, rounded to x's dtype (swiglu: then silu(gate) * up)."""
     y = x.float() @ w.float().T
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype)
+    y = y.to(x.dtype)
+    if swiglu:
+        from workbench.plugins.activation import silu_and_mul_ref
+
+        y = silu_and_mul_ref(y)
+    return y

@@ -169,22 +169,23 @@ def quant_linear(node, xs, meta=None, gemv_config=default_gemv_config) -> torch.
     raise ValueError(f"quant_linear {node.name}: unknown method {method!r}")
 
 
-def gated_quant_linear(node, xs, gemv_config=default_gemv_config, gated_config=None) -> torch.Tensor:
-    """`quant_linear` of silu(gate) * up, with xs[0] the gated MLP's gate_up: the activation computed inside the
-    GEMV where `gated_config(rows, n, k, method)` gives a config, else by the activation kernel first."""
+def swiglu_quant_linear(node, xs, gemv_config=default_gemv_config, swiglu_config=None) -> torch.Tensor:
+    """silu(gate) * up of a weight-only quantized gate_up projection (the node, its inputs): one GEMV writing the
+    activation where `swiglu_config(rows, n, k, method)` gives a config, else the projection then the activation."""
     from workbench.plugins.activation import silu_and_mul
 
     a = node.attrs
     ops = dict(zip(["x"] + list(a["operands"]), xs))
-    gu = ops["x"]
-    method = a["method"]
-    if gated_config is not None and method in ("w8a16", "w4a16") and gu.dim() == 2 and "smooth" not in ops:
-        cfg = gated_config(gu.shape[0], ops["qweight"].shape[0], gu.shape[1] // 2, method)
+    x, method = ops["x"], a["method"]
+    if swiglu_config is not None and method in ("w8a16", "w4a16") and x.dim() == 2:
+        cfg = swiglu_config(x.shape[0], ops["qweight"].shape[0], x.shape[1], method)
         if cfg is not None:
             from workbench.plugins.gemv import w4a16_gemv, w8a16_gemv
 
+            if "smooth" in ops:  # as quant_linear
+                x = (x.to(torch.float32) / ops["smooth"]).to(x.dtype)
             if method == "w8a16":
-                return w8a16_gemv(gu, ops["qweight"], ops["scales"], ops.get("bias"), cfg, gated=True)
-            return w4a16_gemv(gu, ops["qweight"], ops["scales"], ops["zeros"], a["group_size"], ops.get("bias"), cfg,
-                              gated=True)
-    return quant_linear(node, [silu_and_mul(gu)] + list(xs[1:]), None, gemv_config)
+                return w8a16_gemv(x, ops["qweight"], ops["scales"], ops.get("bias"), cfg, swiglu=True)
+            return w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], a["group_size"], ops.get("bias"), cfg,
+                              swiglu=True)
+    return silu_and_mul(quant_linear(node, xs, None, gemv_config))

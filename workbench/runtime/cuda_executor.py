@@ -66,35 +66,38 @@ class GemvPolicy:
     none. Weight-only quantized layers (w8a16, w4a16) have no cuBLAS: they always take the GEMV for
     few rows, the table's config or the default one. Table keys are (rows bucket, N, K) for float
     weights and (rows bucket, N, K, method) for quantized ones; rows bucket 1 is one row, 8 covers
-    2..8 rows; a key ending in "gated" is the config of the MLP's down projection with the activation
-    computed while loading. The choice depends on shapes only, so a debug engine makes the same
-    choices as its plain engine.
+    2..8 rows; a key ending in "swiglu" is the config of the MLP's gate_up projection writing
+    silu(gate) * up. The choice depends on shapes only, so a debug engine makes the same choices as
+    its plain engine.
 
-    `gated`: None (default) fuses the activation where the table has a gated config (where the sweep
-    measured it faster); True wherever a GEMV runs; False never.
+    `swiglu`: None (default) fuses the activation into the gate_up GEMV where the table has a swiglu
+    config (where the sweep measured it faster than the GEMV and the activation kernel); True
+    wherever a GEMV runs the projection; False never.
     """
 
-    def __init__(self, mode: str = "table", table: dict | None = None, max_rows: int = 8, gated: bool | None = None):
+    def __init__(self, mode: str = "table", table: dict | None = None, max_rows: int = 8, swiglu: bool | None = None):
         if mode not in ("cublas", "triton", "table"):
             raise WorkbenchError(f"gemv mode must be cublas, triton or table, got {mode!r}")
         self.mode = mode
         self.table = dict(H100_GEMV if table is None else table)
         self.max_rows = max_rows
-        self.gated = gated
+        self.swiglu = swiglu
 
     @classmethod
     def parse(cls, spec: str, table: dict | None = None) -> "GemvPolicy":
-        """`table`, `triton`, `cublas`, optionally with `-gated` or `-nogated` (benchmark option strings)."""
+        """`table`, `triton`, `cublas`, optionally with `-swiglu` or `-noswiglu` (benchmark option strings)."""
         mode, _, extra = spec.partition("-")
-        return cls(mode, table, gated={"gated": True, "nogated": False}.get(extra))
+        if extra not in ("", "swiglu", "noswiglu"):
+            raise WorkbenchError(f"gemv policy {spec!r}: the suffix must be -swiglu or -noswiglu")
+        return cls(mode, table, swiglu={"swiglu": True, "noswiglu": False}.get(extra))
 
     @staticmethod
     def table_from_sweep(entries: list[dict]) -> dict:
-        """A table from bench/gemv_sweep.py's `table` entries (format, rows, n, k, config[, gated])."""
+        """A table from bench/gemv_sweep.py's `table` entries (format, rows, n, k, config[, swiglu])."""
         out = {}
         for e in entries:
             key = (e["rows"], e["n"], e["k"]) + (() if e["format"] == "bf16" else (e["format"],))
-            out[key + (("gated",) if e.get("gated") else ())] = tuple(e["config"])
+            out[key + (("swiglu",) if e.get("swiglu") else ())] = tuple(e["config"])
         return out
 
     def config(self, rows: int, n: int, k: int, method: str | None = None):
@@ -110,13 +113,14 @@ class GemvPolicy:
             return None
         return self.table.get(key, DEFAULT if self.mode == "triton" else None)
 
-    def gated_config(self, rows: int, n: int, k: int, method: str | None = None):
-        """The config of the down projection with its activation fused in, or None: the activation kernel first."""
-        if self.gated is False or rows > self.max_rows or (self.mode == "cublas" and not method):
+    def swiglu_config(self, rows: int, n: int, k: int, method: str | None = None):
+        """The config of the gate_up projection [n = 2I, k] writing silu(gate) * up, or None: projection, then
+        the activation kernel."""
+        if self.swiglu is False or rows > self.max_rows or (self.mode == "cublas" and not method):
             return None
-        if self.gated:
+        if self.swiglu:
             return self.config(rows, n, k, method)
-        return self.table.get((1 if rows == 1 else 8, n, k) + ((method,) if method else ()) + ("gated",))
+        return self.table.get((1 if rows == 1 else 8, n, k) + ((method,) if method else ()) + ("swiglu",))
 
     def quant_config(self, method: str, rows: int, n: int, k: int):
         """`config` in the argument order of plugins.quant_gemm.quant_linear's `gemv_config`."""
@@ -156,11 +160,11 @@ class CudaExecutor(Executor):
             cfg = policy.config(x.shape[0], w.shape[0], w.shape[1]) if x.dim() == 2 else None
             return TF.linear(x, w, b) if cfg is None else gemv(x, w, b, cfg)
 
-        def gated_linear(gate_up, w, b):  # linear(silu(gate) * up), the activation fused into the GEMV if chosen
-            cfg = policy.gated_config(gate_up.shape[0], w.shape[0], w.shape[1]) if gate_up.dim() == 2 else None
+        def swiglu_linear(x, w, b):  # silu(gate) * up of the gate_up projection, in its GEMV if chosen
+            cfg = policy.swiglu_config(x.shape[0], w.shape[0], w.shape[1]) if x.dim() == 2 else None
             if cfg is not None:
-                return gemv(gate_up, w, b, cfg, gated=True)
-            return linear(silu_and_mul(gate_up), w, b)
+                return gemv(x, w, b, cfg, swiglu=True)
+            return silu_and_mul(linear(x, w, b))
 
         def op(node, xs, ctx):
             return cuda_ops.OPS[node.op](node, xs, ctx.meta)
@@ -170,15 +174,15 @@ class CudaExecutor(Executor):
 
             return kernel(node, xs, None, policy.quant_config)
 
-        def gated_quant_linear(node, xs):  # quant_linear(silu(gate) * up, ...), fused as gated_linear
-            from workbench.plugins.quant_gemm import gated_quant_linear as kernel
+        def swiglu_quant_linear(node, xs):  # as swiglu_linear, for a weight-only quantized gate_up
+            from workbench.plugins.quant_gemm import swiglu_quant_linear as kernel
 
-            return kernel(node, xs, policy.quant_config, policy.gated_config)
+            return kernel(node, xs, policy.quant_config, policy.swiglu_config)
 
-        return {"_torch": torch, "_embedding": TF.embedding, "_linear": linear, "_gated_linear": gated_linear, "_silu": TF.silu,
+        return {"_torch": torch, "_embedding": TF.embedding, "_linear": linear, "_swiglu_linear": swiglu_linear, "_silu": TF.silu,
                 "_rms_norm": rms_norm, "_add_rms_norm": add_rms_norm, "_silu_and_mul": silu_and_mul,
                 "_rope_qkv": cuda_ops.rope_qkv, "_attention": cuda_ops.attention, "_op": op,
-                "_quant_linear": quant_linear, "_gated_quant_linear": gated_quant_linear}
+                "_quant_linear": quant_linear, "_swiglu_quant_linear": swiglu_quant_linear}
 
     def _ensure_tables(self, length: int) -> None:
         from workbench.plugins.rotary import rope_table

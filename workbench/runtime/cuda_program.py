@@ -4,9 +4,10 @@ The graph interpreter pays a dict lookup, a closure call and bookkeeping per nod
 becomes one line of generated source (readable: `Program.source`), with three fusions:
 
 - `add` -> `rms_norm` of its sum: one pass writing both the sum (the residual stream) and the norm;
-- `slice` gate/up -> `silu(gate) * up`: one pass from the fused projection, and when it feeds a
-  linear (or a weight-only quantized one), computed inside that linear's GEMV where the decode
-  step's GEMV policy chooses it (no activation kernel);
+- gate_up projection -> `slice` gate/up -> `silu(gate) * up`: computed from the projection's
+  input by one call that, where the decode step's GEMV policy chooses it, is one GEMV writing the
+  activation (gate_up never written, no activation kernel), else the projection then one
+  activation pass (`silu_and_mul`, also used when the projection is something else);
 - `slice` q/k/v -> `rope(q)`, `rope(k)` -> `attention`: one kernel rotates q and k straight from the
   fused projection and stores k, v in the paged KV cache.
 
@@ -117,11 +118,19 @@ class _Compiler:
         n = gate.attrs["end"] - gate.attrs["start"]
         if gate.attrs["start"] != 0 or _slice_of(self.nodes, up.name, n, 2 * n) != gu or self.nodes[gu].shape[-1] != 2 * n:
             return
-        self.emit_at[mul.name] = ("silu_and_mul", (gu,))
-        self.fusions[mul.name] = "silu_and_mul"
+        kind = "swiglu_linear" if self._projection(gu) else "silu_and_mul"
+        self.emit_at[mul.name] = (kind, (gu,))
+        self.fusions[mul.name] = kind
         if self.consumers[act.name] == [mul.name] and act.name not in self.outputs:
             self.absorbed.add(act.name)  # else computed on the side, for whoever else reads it
-            self.fusions[act.name] = "silu_and_mul"
+            self.fusions[act.name] = kind
+
+    def _projection(self, name: str) -> bool:
+        """Whether `name` is a linear layer the GEMV can fuse the activation into (float or weight-only)."""
+        node = self.nodes[name]
+        if node.op == "linear":
+            return len(self.nodes[node.inputs[0]].shape) == 2
+        return node.op == "quant_linear" and node.attrs["method"] in ("w8a16", "w4a16")
 
     def _match_rope_qkv(self, attn: Node) -> None:
         if len(attn.inputs) != 3 or attn.attrs.get("kv_cache_dtype"):
@@ -194,15 +203,8 @@ class _Compiler:
             code = f"{out} = {xs[0]}.narrow({a['dim']}, {a['start']}, {a['end'] - a['start']})"
         elif op == "embedding":
             code = f"{out} = _embedding({xs[0]}, {xs[1]})"
-        elif op == "linear" and self.emit_at.get(node.inputs[0], ("",))[0] == "silu_and_mul":
-            gu = var[self.emit_at[node.inputs[0]][1][0]]  # the activation is computed on the side only if read
-            return _Stmt(f"{out} = _gated_linear({gu}, {xs[1]}, {xs[2] if len(xs) == 3 else None})", (out,), (gu,))
         elif op == "linear":
             code = f"{out} = _linear({xs[0]}, {xs[1]}, {xs[2] if len(xs) == 3 else None})"
-        elif op == "quant_linear" and self.emit_at.get(node.inputs[0], ("",))[0] == "silu_and_mul":
-            gu = var[self.emit_at[node.inputs[0]][1][0]]
-            return _Stmt(f"{out} = _gated_quant_linear(N[{node.name!r}], [{', '.join([gu] + xs[1:])}])", (out,),
-                         (gu,) + reads[1:])
         elif op == "quant_linear":
             code = f"{out} = _quant_linear(N[{node.name!r}], [{', '.join(xs)}])"
         elif op in ("add", "sub", "mul", "div") and len(xs) == 2:
@@ -231,6 +233,14 @@ class _Compiler:
         if kind == "silu_and_mul":
             gu = var[info[0]]
             return _Stmt(f"{out} = _silu_and_mul({gu})", (out,), (gu,))
+        if kind == "swiglu_linear":  # from the projection's inputs: gate_up itself is only computed if read
+            proj = self.nodes[info[0]]
+            xs = [var[i] for i in proj.inputs]
+            reads = tuple(x for x in xs if not x.startswith("W["))
+            if proj.op == "linear":
+                return _Stmt(f"{out} = _swiglu_linear({xs[0]}, {xs[1]}, {xs[2] if len(xs) == 3 else None})", (out,),
+                             reads)
+            return _Stmt(f"{out} = _swiglu_quant_linear(N[{proj.name!r}], [{', '.join(xs)}])", (out,), reads)
         if kind == "rope_qkv":
             k_name, qkv, pos, hq, hkv, d, layer, key = info
             var[k_name] = _ident(k_name, taken)
