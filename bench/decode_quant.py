@@ -19,6 +19,7 @@ Writes bench/results/decode_quant_h100.json (and $OUT/ when set).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -61,6 +62,20 @@ def check(engine, prompt: list[int]) -> dict:
             "argmax_agreement": round((got.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4)}
 
 
+class _pdl_off:
+    """Plain kernel launches inside the block (graphs captured there keep them): the comparison without PDL."""
+
+    def __enter__(self):
+        from workbench.plugins import common
+
+        self.saved, common._PDL = common.use_pdl(), False
+
+    def __exit__(self, *exc):
+        from workbench.plugins import common
+
+        common._PDL = self.saved
+
+
 def run_model(name: str, args, bw: float, policy_table: dict | None, out: dict) -> None:
     from workbench.builder.config import BuildConfig
     from workbench.runtime.cuda_executor import CudaExecutor, GemvPolicy
@@ -79,16 +94,20 @@ def run_model(name: str, args, bw: float, policy_table: dict | None, out: dict) 
     prompts = {b: torch.randint(0, base.model_config["vocab_size"], (b, args.prompt), generator=g).tolist()
                for b in args.batches}
     tokens = {}
-    for mode in args.modes.split(","):
+    runs_of = [(mode, False) for mode in args.modes.split(",")]
+    if args.no_pdl:  # the same engines with plain launches, after the others
+        runs_of += [(mode, True) for mode in args.no_pdl.split(",")]
+    for mode, plain in runs_of:
         engine = base if MODES[mode] is None else quantized(base, MODES[mode])
-        row = out.setdefault(mode, {})
-        if mode != "bf16":
+        row = out.setdefault(mode + ("_no_pdl" if plain else ""), {})
+        if mode != "bf16" and not plain:
             row["check"] = check(engine, prompts[args.batches[0]][0])
         ex = CudaExecutor(engine, "cuda", gemv=GemvPolicy("table", policy_table))
         wb = weight_bytes(engine)
         row["weight_bytes_per_step"] = wb["linear"] + wb["norms"]
         for b in args.batches:
-            ex.generate_greedy(cache, prompts[b], 8)  # capture + compile
+            with _pdl_off() if plain else contextlib.nullcontext():
+                ex.generate_greedy(cache, prompts[b], 8)  # capture + compile
             runs = [ex.generate_greedy(cache, prompts[b], args.new_tokens) for _ in range(args.repeats)]
             ms = sorted(r.decode_ms for r in runs)[len(runs) // 2]
             step = ms / (args.new_tokens - 1)
@@ -97,6 +116,13 @@ def run_model(name: str, args, bw: float, policy_table: dict | None, out: dict) 
             floor = nbytes / bw * 1e3
             r = {"decode_tokens_per_s": round(b * (args.new_tokens - 1) / (ms / 1e3), 1), "step_ms": round(step, 4),
                  "bytes_per_step": int(nbytes), "roofline_fraction": round(floor / step, 4)}
+            if plain:
+                r["pdl_speedup"] = round(out[mode][f"batch{b}"]["step_ms"] / step, 3) if mode in out else None
+                r["same_tokens_as_pdl"] = bool(torch.equal(runs[0].tokens.cpu(), tokens[mode, b]))
+                row[f"batch{b}"] = r
+                print(f"[{name}] {mode} without PDL batch {b}: {r['decode_tokens_per_s']} tok/s, step {step:.3f} ms",
+                      flush=True)
+                continue
             tokens[mode, b] = runs[0].tokens.cpu()
             if mode != "bf16" and ("bf16", b) in tokens:
                 base_r = out["bf16"][f"batch{b}"]
@@ -125,12 +151,17 @@ def main() -> None:
     ap.add_argument("--sweep", default=str(RESULTS / "gemv_sweep_h100.json"),
                     help="comma list of bench/gemv_sweep.py JSON files whose `table`s set the GEMV configs, later "
                          "files overriding earlier ones (none there: the built-in table)")
+    ap.add_argument("--no-pdl", default="bf16,int8_wo",
+                    help="modes timed again with plain kernel launches (no programmatic dependent launch); empty: none")
     ap.add_argument("--name", default="decode_quant_h100")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     table, table_from = sweep_table(args.sweep)
     bw = copy_bandwidth()
+    from workbench.plugins.common import use_pdl
+
     result = {"benchmark": "decode_quant", "device": device_name(), "machine": machine(), "prompt_tokens": args.prompt,
+              "pdl": use_pdl(),
               "new_tokens": args.new_tokens, "repeats": args.repeats, "gemv_table": table_from,
               "copy_bandwidth_TBps": round(bw / 1e12, 3), "models": {}}
     print(f"{device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s; GEMV table {table_from}", flush=True)

@@ -6,6 +6,8 @@
 #   bash bench/run_gpu.sh quant   # GPU tests incl. quantized GEMV/engines, GEMV sweep of every format, quantized decode
 #   bash bench/run_gpu.sh swiglu  # the same after the gate_up GEMV writes the activation, and bf16 decode + debug
 #                                 # engines with the sweep's table, against the table without that fusion
+#   bash bench/run_gpu.sh pdl     # GPU tests; decode (bf16, int8, int4) with programmatic dependent launch
+#                                 # against plain launches, with the sweep's table; bf16 decode + debug engines
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -46,6 +48,12 @@ elif [ "$stage" = swiglu ]; then
   step 140 python bench/decode_quant.py --repeats 3
   step 150 python bench/decode.py --peers none --repeats 2 --gemv table,table-noswiglu \
     --sweep bench/results/gemv_sweep_h100.json --name decode_engine_h100
+elif [ "$stage" = pdl ]; then
+  step 100 python -m pytest tests/gpu/test_cuda_backend.py tests/plugins/test_gemv.py tests/plugins/test_quant_gemm.py \
+    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
+  step 200 python bench/decode_quant.py --repeats 3 --no-pdl bf16,int8_wo
+  step 120 python bench/decode.py --peers none --repeats 2 --gemv table --sweep bench/results/gemv_sweep_h100.json \
+    --name decode_engine_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -172,3 +172,21 @@ def test_marks_change_nothing_on_the_gpu(engines):
         for y, r in zip(marked.forward(BATCH), ref):
             for name in dbg.marked:
                 assert rel_err(y[name], r[name]) < 3e-2, name
+
+
+def test_programmatic_dependent_launch_changes_nothing(engines):
+    from workbench.plugins import common
+    from workbench.runtime.cuda_executor import CudaExecutor
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs Hopper or later")
+    assert common.use_pdl(), "the PDL probe failed on a Hopper GPU"
+    engine = engines("llama_gqa", "bfloat16")
+    cache = GenerationSession(engine, device=DEV).cache
+    with_pdl = CudaExecutor(engine, DEV).generate_greedy(cache, BATCH, 16).tokens
+    saved, common._PDL = common._PDL, False
+    try:
+        plain = CudaExecutor(engine, DEV).generate_greedy(cache, BATCH, 16).tokens
+    finally:
+        common._PDL = saved
+    assert torch.equal(with_pdl, plain)

@@ -11,11 +11,12 @@ import torch.nn.functional as TF
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import interpreting, rounded
+from workbench.plugins.common import gdc, gdc_begin, interpreting, rounded
 
 
 @triton.jit
-def _silu_and_mul(GU, O, sg, so, n, BLOCK: tl.constexpr):
+def _silu_and_mul(GU, O, sg, so, n, BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -37,7 +38,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     if rows:
         block = 64 if interpreting() else 1024
-        _silu_and_mul[(rows, triton.cdiv(n, block))](x, out, x.stride(0), out.stride(0), n, BLOCK=block, num_warps=4)
+        _silu_and_mul[(rows, triton.cdiv(n, block))](x, out, x.stride(0), out.stride(0), n, BLOCK=block, num_warps=4, **gdc())
     return out.view(*shape[:-1], n)
 
 

@@ -78,5 +78,50 @@ def mma(a, b, FP32: tl.constexpr):
         return tl.dot(a, b)
 
 
+@triton.jit
+def gdc_begin(USE_GDC: tl.constexpr):
+    """With programmatic dependent launch: wait until the kernel before has finished (its writes visible),
+    then let the next kernel launch into SMs this one leaves free. First in every kernel that uses it, so
+    nothing is read or written before the wait."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def _pdl_probe(X, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
+    tl.store(X, tl.load(X) + 1)
+
+
+_PDL: bool | None = None
+
+
+def use_pdl() -> bool:
+    """Whether the decode-step kernels launch with programmatic dependent launch: on Hopper and later GPUs,
+    unless WB_PDL=0; the launch of each kernel then overlaps the end of the one before, which the decode step's
+    hundreds of short kernels otherwise pay one by one. Probed once with a tiny kernel, off if that fails."""
+    global _PDL
+    if _PDL is None:
+        if interpreting() or not torch.cuda.is_available() or os.environ.get("WB_PDL", "1") == "0" \
+                or torch.cuda.get_device_capability()[0] < 9:
+            _PDL = False
+        elif torch.cuda.is_current_stream_capturing():
+            return False  # the probe synchronizes: decide outside a capture
+        else:
+            try:
+                x = torch.zeros(1, dtype=torch.int32, device="cuda")
+                _pdl_probe[(1,)](x, USE_GDC=True, launch_pdl=True)
+                _PDL = int(x.item()) == 1
+            except Exception:  # an older Triton or driver: plain launches
+                _PDL = False
+    return _PDL
+
+
+def gdc() -> dict:
+    """The launch options of a kernel with a USE_GDC parameter: PDL on where `use_pdl()`."""
+    return {"USE_GDC": True, "launch_pdl": True} if use_pdl() else {"USE_GDC": False}
+
+
 if interpreting():
     _fix_interpreter_scalars()

@@ -12,13 +12,14 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import pow2
+from workbench.plugins.common import gdc, gdc_begin, pow2
 
 STAGING_COLUMNS = 3  # id, position, valid; the block table follows
 
 
 @triton.jit
-def _prologue(S, IDS, POS, LENS, SLOTS, B, ss, PAGE: tl.constexpr, BLOCK_B: tl.constexpr):
+def _prologue(S, IDS, POS, LENS, SLOTS, B, ss, PAGE: tl.constexpr, BLOCK_B: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     b = tl.arange(0, BLOCK_B)
     m = b < B
     row = S + b * ss
@@ -33,7 +34,8 @@ def _prologue(S, IDS, POS, LENS, SLOTS, B, ss, PAGE: tl.constexpr, BLOCK_B: tl.c
 
 
 @triton.jit
-def _advance(S, NEXT, HIST, STEP, B, ss, sh, hist_len, BLOCK_B: tl.constexpr):
+def _advance(S, NEXT, HIST, STEP, B, ss, sh, hist_len, BLOCK_B: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     b = tl.arange(0, BLOCK_B)
     m = b < B
     row = S + b * ss
@@ -52,14 +54,14 @@ def decode_prologue(staging: torch.Tensor, page_size: int, ids: torch.Tensor, po
     """Fill ids, positions (int64), seq_lens (int32, 0 for padding) and KV slots (int64, -1 for padding)."""
     b = staging.shape[0]
     _prologue[(1,)](staging, ids, positions, seq_lens, slots, b, staging.stride(0), PAGE=page_size,
-                    BLOCK_B=pow2(b), num_warps=1)
+                    BLOCK_B=pow2(b), num_warps=1, **gdc())
 
 
 def decode_advance(staging: torch.Tensor, next_ids: torch.Tensor, history: torch.Tensor, step: torch.Tensor) -> None:
     """Valid rows: id <- next_ids, position += 1, history[:, step] <- next_ids; then step += 1."""
     b = staging.shape[0]
     _advance[(1,)](staging, next_ids, history, step, b, staging.stride(0), history.stride(0), history.shape[1],
-                   BLOCK_B=pow2(b), num_warps=1)
+                   BLOCK_B=pow2(b), num_warps=1, **gdc())
 
 
 def decode_prologue_ref(staging, page_size, ids, positions, seq_lens, slots) -> None:

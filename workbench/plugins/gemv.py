@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import dot_in_fp32, interpreting, mma, rounded
+from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, rounded
 
 FLOAT, INT8, INT4 = 0, 8, 4  # weight formats (the kernel's WQ)
 
@@ -94,7 +94,8 @@ def _swiglu(g, u, DT: tl.constexpr):
 @triton.jit
 def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-          SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr):
+          SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = X.dtype.element_ty
@@ -167,9 +168,10 @@ def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr,
 @triton.jit
 def _gemv_words(X, Wd, S, Z, B, Y, P, N, K, G, swn, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                 SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, WQ: tl.constexpr,
-                GROUP: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr):
+                GROUP: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr, USE_GDC: tl.constexpr):
     """One row of x times quantized weights read as int32 words (PER_WORD values each): value j of every word
     is taken at once, against x's columns j, j + PER_WORD, ...; fp32 multiply-adds."""
+    gdc_begin(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = X.dtype.element_ty
@@ -219,7 +221,8 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, N, K, G, swn, k_per_split, BLOCK_N: tl.con
 
 @triton.jit
 def _gemv_reduce(P, S, B, Y, M, N, sym, BLOCK: tl.constexpr, SPLIT_K: tl.constexpr, WQ: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     m = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -281,16 +284,16 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, n, k, groups, k // per_word, k_per,
                           BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None, SWIGLU=swiglu, WQ=wq,
                           GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, num_warps=warps,
-                          num_stages=stages)
+                          num_stages=stages, **gdc())
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
                     SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot, num_warps=warps,
-                    num_stages=stages)
+                    num_stages=stages, **gdc())
     if split > 1:
         block = 1024 if not interpreting() else 64
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
-                                                 HAS_BIAS=bias is not None, SWIGLU=swiglu, num_warps=4)
+                                                 HAS_BIAS=bias is not None, SWIGLU=swiglu, num_warps=4, **gdc())
     return y.view(*shape[:-1], n)
 
 

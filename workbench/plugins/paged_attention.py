@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import dot_in_fp32, interpreting, mma, pow2
+from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, pow2
 from workbench.plugins.flash_attention import LOG2E
 
 
@@ -25,7 +25,8 @@ from workbench.plugins.flash_attention import LOG2E
 def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, sqb, sqh, s_blk, s_kv, s_pg, s_h, sbt, sob, soh,
                   scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr,
                   D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
-                  NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr):
+                  NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -74,7 +75,8 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, sqb, sqh, s_blk, 
 
 
 @triton.jit
-def _paged_reduce(O, PACC, PML, sob, soh, D: tl.constexpr, D_PAD: tl.constexpr, NUM_PARTS: tl.constexpr):
+def _paged_reduce(O, PACC, PML, sob, soh, D: tl.constexpr, D_PAD: tl.constexpr, NUM_PARTS: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_p = tl.arange(0, NUM_PARTS)
@@ -136,10 +138,10 @@ def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torc
         q, kv, out, pacc, pml, block_tables, seq_lens, q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
         kv.stride(2), kv.stride(3), block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E,
         int(window or 0), REP=rep, REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part,
-        NUM_PARTS=num_parts, WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), num_warps=4, num_stages=1 if interp else 3)
+        NUM_PARTS=num_parts, WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), num_warps=4, num_stages=1 if interp else 3, **gdc())
     if num_parts > 1:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
-                                 num_warps=4)
+                                 num_warps=4, **gdc())
     return out
 
 
@@ -167,7 +169,8 @@ def paged_decode_attention_ref(q: torch.Tensor, kv: torch.Tensor, block_tables: 
 
 @triton.jit
 def _write_kv(K, V, KV, slots, skt, skh, svt, svh, s_blk, s_kv, s_pg, s_h, HKV: tl.constexpr, H_PAD: tl.constexpr,
-              D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr):
+              D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     t = tl.program_id(0)
     slot = tl.load(slots + t).to(tl.int64)
     if slot >= 0:
@@ -187,7 +190,7 @@ def write_kv(kv: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Te
     if t == 0:
         return
     _write_kv[(t,)](k, v, kv, slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv.stride(0), kv.stride(1),
-                    kv.stride(2), kv.stride(3), HKV=hkv, H_PAD=pow2(hkv), D=d, D_PAD=pow2(d), PAGE=kv.shape[2])
+                    kv.stride(2), kv.stride(3), HKV=hkv, H_PAD=pow2(hkv), D=d, D_PAD=pow2(d), PAGE=kv.shape[2], **gdc())
 
 
 def write_kv_ref(kv: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -10,11 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import pow2, rounded
+from workbench.plugins.common import gdc, gdc_begin, pow2, rounded
 
 
 @triton.jit
-def _add_rms_norm(X, R, W, S, Y, sx, sr, ss, sy, n, eps, BLOCK: tl.constexpr, HAS_RES: tl.constexpr):
+def _add_rms_norm(X, R, W, S, Y, sx, sr, ss, sy, n, eps, BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < n
@@ -49,7 +50,7 @@ def _launch(x, r, w, eps):
         warps = min(16, max(1, block // 512))
         _add_rms_norm[(rows,)](x2, r2 if r is not None else x2, w, s if s is not None else x2, y, x2.stride(0),
                                r2.stride(0) if r is not None else 0, s.stride(0) if s is not None else 0, y.stride(0),
-                               n, float(eps), BLOCK=block, HAS_RES=r is not None, num_warps=warps)
+                               n, float(eps), BLOCK=block, HAS_RES=r is not None, num_warps=warps, **gdc())
     return (s.view(shape) if s is not None else None), y.view(shape)
 
 

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import pow2, rounded
+from workbench.plugins.common import gdc, gdc_begin, pow2, rounded
 
 
 def rope_table(inv_freq: torch.Tensor, max_pos: int, scaling: float, dtype: torch.dtype,
@@ -59,7 +59,8 @@ def _cos_sin(COS, SIN, pos, s_cos, HALF: tl.constexpr, HALF_PAD: tl.constexpr):
 
 @triton.jit
 def _rope(X, Y, COS, SIN, POS, sxt, sxh, syt, syh, s_cos, nh, H_PAD: tl.constexpr, HALF: tl.constexpr,
-          HALF_PAD: tl.constexpr):
+          HALF_PAD: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(POS + t).to(tl.int64)
     c1, c2, s1, s2 = _cos_sin(COS, SIN, pos, s_cos, HALF, HALF_PAD)
@@ -70,7 +71,8 @@ def _rope(X, Y, COS, SIN, POS, sxt, sxh, syt, syh, s_cos, nh, H_PAD: tl.constexp
 def _rope_qkv(QKV, QO, KO, COS, SIN, POS, SLOTS, KV, s_qkv, s_qo_t, s_qo_h, s_ko_t, s_ko_h, s_cos,
               s_blk, s_kv, s_pg, s_h, HQ: tl.constexpr, HKV: tl.constexpr, HQ_PAD: tl.constexpr,
               HKV_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, PAGE: tl.constexpr,
-              WRITE_CACHE: tl.constexpr):
+              WRITE_CACHE: tl.constexpr, USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(POS + t).to(tl.int64)
     c1, c2, s1, s2 = _cos_sin(COS, SIN, pos, s_cos, HALF, HALF_PAD)
@@ -102,7 +104,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch
     y = torch.empty(t, h, d, dtype=x.dtype, device=x.device)
     if t:
         _rope[(t,)](x, y, cos, sin, positions, x.stride(0), x.stride(1), y.stride(0), y.stride(1), cos.stride(0), h,
-                    H_PAD=pow2(h), HALF=d // 2, HALF_PAD=pow2(d // 2), num_warps=4)
+                    H_PAD=pow2(h), HALF=d // 2, HALF_PAD=pow2(d // 2), num_warps=4, **gdc())
     return y
 
 
@@ -125,7 +127,7 @@ def rope_qkv(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int
                     kvt.stride(0) if write else 0, kvt.stride(1) if write else 0, kvt.stride(2) if write else 0,
                     kvt.stride(3) if write else 0, HQ=num_heads, HKV=num_kv_heads, HQ_PAD=pow2(num_heads),
                     HKV_PAD=pow2(num_kv_heads), HALF=head_dim // 2, HALF_PAD=pow2(head_dim // 2),
-                    PAGE=kv.shape[2] if write else 1, WRITE_CACHE=write, num_warps=4)
+                    PAGE=kv.shape[2] if write else 1, WRITE_CACHE=write, num_warps=4, **gdc())
     return q, k
 
 
