@@ -19,7 +19,6 @@ Writes bench/results/decode_quant_h100.json (and $OUT/ when set).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -62,20 +61,6 @@ def check(engine, prompt: list[int]) -> dict:
             "argmax_agreement": round((got.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4)}
 
 
-class _pdl_off:
-    """Plain kernel launches inside the block (graphs captured there keep them): the comparison without PDL."""
-
-    def __enter__(self):
-        from workbench.plugins import common
-
-        self.saved, common._PDL = common.use_pdl(), False
-
-    def __exit__(self, *exc):
-        from workbench.plugins import common
-
-        common._PDL = self.saved
-
-
 def run_model(name: str, args, bw: float, policy_table: dict | None, out: dict) -> None:
     from workbench.builder.config import BuildConfig
     from workbench.runtime.cuda_executor import CudaExecutor, GemvPolicy
@@ -95,19 +80,17 @@ def run_model(name: str, args, bw: float, policy_table: dict | None, out: dict) 
                for b in args.batches}
     tokens = {}
     runs_of = [(mode, False) for mode in args.modes.split(",")]
-    if args.no_pdl:  # the same engines with plain launches, after the others
-        runs_of += [(mode, True) for mode in args.no_pdl.split(",")]
+    runs_of += [(mode, True) for mode in filter(None, args.plain_modes.split(","))]  # the same, PDL off
     for mode, plain in runs_of:
         engine = base if MODES[mode] is None else quantized(base, MODES[mode])
         row = out.setdefault(mode + ("_no_pdl" if plain else ""), {})
         if mode != "bf16" and not plain:
             row["check"] = check(engine, prompts[args.batches[0]][0])
-        ex = CudaExecutor(engine, "cuda", gemv=GemvPolicy("table", policy_table))
+        ex = CudaExecutor(engine, "cuda", gemv=GemvPolicy("table", policy_table), pdl=False if plain else "auto")
         wb = weight_bytes(engine)
         row["weight_bytes_per_step"] = wb["linear"] + wb["norms"]
         for b in args.batches:
-            with _pdl_off() if plain else contextlib.nullcontext():
-                ex.generate_greedy(cache, prompts[b], 8)  # capture + compile
+            ex.generate_greedy(cache, prompts[b], 8)  # capture + compile
             runs = [ex.generate_greedy(cache, prompts[b], args.new_tokens) for _ in range(args.repeats)]
             ms = sorted(r.decode_ms for r in runs)[len(runs) // 2]
             step = ms / (args.new_tokens - 1)
@@ -116,12 +99,13 @@ def run_model(name: str, args, bw: float, policy_table: dict | None, out: dict) 
             floor = nbytes / bw * 1e3
             r = {"decode_tokens_per_s": round(b * (args.new_tokens - 1) / (ms / 1e3), 1), "step_ms": round(step, 4),
                  "bytes_per_step": int(nbytes), "roofline_fraction": round(floor / step, 4)}
+            r["graph"] = ex.graph_report().get(ex.bucket(b))
             if plain:
-                r["pdl_speedup"] = round(out[mode][f"batch{b}"]["step_ms"] / step, 3) if mode in out else None
-                r["same_tokens_as_pdl"] = bool(torch.equal(runs[0].tokens.cpu(), tokens[mode, b]))
+                r["step_over_auto_pdl"] = round(step / out[mode][f"batch{b}"]["step_ms"], 3) if mode in out else None
+                r["same_tokens_as_auto_pdl"] = bool(torch.equal(runs[0].tokens.cpu(), tokens[mode, b]))
                 row[f"batch{b}"] = r
-                print(f"[{name}] {mode} without PDL batch {b}: {r['decode_tokens_per_s']} tok/s, step {step:.3f} ms",
-                      flush=True)
+                print(f"[{name}] {mode} without PDL batch {b}: {r['decode_tokens_per_s']} tok/s, step {step:.3f} ms "
+                      f"(x{r['step_over_auto_pdl']} the step of the auto choice)", flush=True)
                 continue
             tokens[mode, b] = runs[0].tokens.cpu()
             if mode != "bf16" and ("bf16", b) in tokens:
@@ -131,8 +115,8 @@ def run_model(name: str, args, bw: float, policy_table: dict | None, out: dict) 
                 r["greedy_prefix_equal_to_bf16"] = same.tolist()
             row[f"batch{b}"] = r
             print(f"[{name}] {mode} batch {b}: {r['decode_tokens_per_s']} tok/s, step {step:.3f} ms, "
-                  f"roofline {r['roofline_fraction']:.1%}" + (f", x{r['over_bf16']} bf16" if "over_bf16" in r else ""),
-                  flush=True)
+                  f"roofline {r['roofline_fraction']:.1%}" + (f", x{r['over_bf16']} bf16" if "over_bf16" in r else "")
+                  + f"; graph {r['graph']}", flush=True)
         ex.release_graphs()
         del ex
         if engine is not base:
@@ -151,8 +135,8 @@ def main() -> None:
     ap.add_argument("--sweep", default=str(RESULTS / "gemv_sweep_h100.json"),
                     help="comma list of bench/gemv_sweep.py JSON files whose `table`s set the GEMV configs, later "
                          "files overriding earlier ones (none there: the built-in table)")
-    ap.add_argument("--no-pdl", default="bf16,int8_wo",
-                    help="modes timed again with plain kernel launches (no programmatic dependent launch); empty: none")
+    ap.add_argument("--plain-modes", default="bf16,int8_wo",
+                    help="modes timed again with plain launches (no programmatic dependent launch); empty: none")
     ap.add_argument("--name", default="decode_quant_h100")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]

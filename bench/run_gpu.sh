@@ -8,6 +8,8 @@
 #                                 # engines with the sweep's table, against the table without that fusion
 #   bash bench/run_gpu.sh pdl     # GPU tests; decode (bf16, int8, int4) with programmatic dependent launch
 #                                 # against plain launches, with the sweep's table; bf16 decode + debug engines
+#   bash bench/run_gpu.sh defaults # every GPU test; decode, debug engines and prefill with the built-in defaults
+#                                 # (GEMV table, PDL chosen per captured step)
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -49,11 +51,16 @@ elif [ "$stage" = swiglu ]; then
   step 150 python bench/decode.py --peers none --repeats 2 --gemv table,table-noswiglu \
     --sweep bench/results/gemv_sweep_h100.json --name decode_engine_h100
 elif [ "$stage" = pdl ]; then
-  step 100 python -m pytest tests/gpu/test_cuda_backend.py tests/plugins/test_gemv.py tests/plugins/test_quant_gemm.py \
-    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
-  step 200 python bench/decode_quant.py --repeats 3 --no-pdl bf16,int8_wo
-  step 120 python bench/decode.py --peers none --repeats 2 --gemv table --sweep bench/results/gemv_sweep_h100.json \
+  step 80 python -m pytest tests/gpu/test_cuda_backend.py tests/plugins/test_gemv.py -q -n 4 -p no:cacheprovider -rA
+  step 300 python bench/decode_quant.py --repeats 3
+  step 100 python bench/decode.py --peers none --repeats 2 --gemv table --sweep bench/results/gemv_sweep_h100.json \
     --name decode_engine_h100
+elif [ "$stage" = defaults ]; then
+  step 120 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
+  step 230 python bench/decode_quant.py --repeats 3 --sweep ""
+  step 60 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
+  step 60 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -183,10 +183,13 @@ def test_programmatic_dependent_launch_changes_nothing(engines):
     assert common.use_pdl(), "the PDL probe failed on a Hopper GPU"
     engine = engines("llama_gqa", "bfloat16")
     cache = GenerationSession(engine, device=DEV).cache
-    with_pdl = CudaExecutor(engine, DEV).generate_greedy(cache, BATCH, 16).tokens
-    saved, common._PDL = common._PDL, False
-    try:
-        plain = CudaExecutor(engine, DEV).generate_greedy(cache, BATCH, 16).tokens
-    finally:
-        common._PDL = saved
-    assert torch.equal(with_pdl, plain)
+    tokens = {}
+    for pdl in (True, False, "auto"):
+        ex = CudaExecutor(engine, DEV, pdl=pdl)
+        tokens[pdl] = ex.generate_greedy(cache, BATCH, 16).tokens
+        report = ex.graph_report()[4]
+        assert report["pdl"] == (pdl if pdl != "auto" else report["pdl"])
+        if pdl == "auto":  # captured both ways, the faster replay kept
+            ms = report["replay_ms"]
+            assert set(ms) == {"True", "False"} and ms[str(report["pdl"])] == min(ms.values())
+    assert torch.equal(tokens[True], tokens[False]) and torch.equal(tokens["auto"], tokens[False])

@@ -103,3 +103,16 @@ def test_marks_change_nothing_and_match_the_reference(engines):
     assert greedy.tokens.tolist() == r1.token_ids
     assert len(greedy.step_outputs) == 3 and greedy.step_outputs[1]["layers.1.mlp"].shape == (2, 64)
     assert torch.equal(greedy.step_outputs[1]["layers.1.mlp"][0], step.tensors[0]["layers.1.mlp"][0])
+
+
+def test_pdl_option(engines):
+    from workbench.errors import WorkbenchError
+    from workbench.runtime.cuda_executor import CudaExecutor
+
+    engine = engines("llama_gqa")
+    with pytest.raises(WorkbenchError, match="pdl must be"):
+        CudaExecutor(engine, DEV, pdl="sometimes")
+    ex = CudaExecutor(engine, DEV, pdl=False)
+    ex.generate_greedy(GenerationSession(engine, device=DEV).cache, BATCH[:1], 2)
+    if DEV == "cpu":  # no graphs without CUDA: nothing was chosen
+        assert ex.graph_report() == {1: {"pdl": None, "replay_ms": {}}}

@@ -102,6 +102,8 @@ def use_pdl() -> bool:
     unless WB_PDL=0; the launch of each kernel then overlaps the end of the one before, which the decode step's
     hundreds of short kernels otherwise pay one by one. Probed once with a tiny kernel, off if that fails."""
     global _PDL
+    if _PDL_OVERRIDE is False:
+        return False
     if _PDL is None:
         if interpreting() or not torch.cuda.is_available() or os.environ.get("WB_PDL", "1") == "0" \
                 or torch.cuda.get_device_capability()[0] < 9:
@@ -118,9 +120,31 @@ def use_pdl() -> bool:
     return _PDL
 
 
-def gdc() -> dict:
-    """The launch options of a kernel with a USE_GDC parameter: PDL on where `use_pdl()`."""
-    return {"USE_GDC": True, "launch_pdl": True} if use_pdl() else {"USE_GDC": False}
+PDL_FAMILIES = {"gemv", "norm", "rope", "attention", "activation", "step"}  # kernels that launch with PDL
+_PDL_OVERRIDE: bool | None = None  # set by `pdl_launches`
+
+
+class pdl_launches:
+    """Kernels launched inside the block use PDL if `enabled` (and the GPU has it), whatever use_pdl() says
+    outside: how a decode graph is captured both ways to keep the faster (runtime.cuda_executor)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        global _PDL_OVERRIDE
+        self.saved, _PDL_OVERRIDE = _PDL_OVERRIDE, self.enabled
+        return self
+
+    def __exit__(self, *exc):
+        global _PDL_OVERRIDE
+        _PDL_OVERRIDE = self.saved
+
+
+def gdc(family: str) -> dict:
+    """The launch options of a kernel with a USE_GDC parameter: PDL on where `use_pdl()` and its family is in
+    PDL_FAMILIES (a switch for measuring which kernels gain from it)."""
+    return {"USE_GDC": True, "launch_pdl": True} if use_pdl() and family in PDL_FAMILIES else {"USE_GDC": False}
 
 
 if interpreting():

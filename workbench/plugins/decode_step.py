@@ -54,14 +54,14 @@ def decode_prologue(staging: torch.Tensor, page_size: int, ids: torch.Tensor, po
     """Fill ids, positions (int64), seq_lens (int32, 0 for padding) and KV slots (int64, -1 for padding)."""
     b = staging.shape[0]
     _prologue[(1,)](staging, ids, positions, seq_lens, slots, b, staging.stride(0), PAGE=page_size,
-                    BLOCK_B=pow2(b), num_warps=1, **gdc())
+                    BLOCK_B=pow2(b), num_warps=1, **gdc("step"))
 
 
 def decode_advance(staging: torch.Tensor, next_ids: torch.Tensor, history: torch.Tensor, step: torch.Tensor) -> None:
     """Valid rows: id <- next_ids, position += 1, history[:, step] <- next_ids; then step += 1."""
     b = staging.shape[0]
     _advance[(1,)](staging, next_ids, history, step, b, staging.stride(0), history.stride(0), history.shape[1],
-                   BLOCK_B=pow2(b), num_warps=1, **gdc())
+                   BLOCK_B=pow2(b), num_warps=1, **gdc("step"))
 
 
 def decode_prologue_ref(staging, page_size, ids, positions, seq_lens, slots) -> None:

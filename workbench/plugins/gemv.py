@@ -94,7 +94,8 @@ def _swiglu(g, u, DT: tl.constexpr):
 @triton.jit
 def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-          SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr, USE_GDC: tl.constexpr):
+          SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr,
+          USE_GDC: tl.constexpr):
     gdc_begin(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -280,20 +281,21 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     z = zeros if zeros is not None else y
     groups = scales.shape[-1] if wq == INT4 else 1
     grid = (triton.cdiv(n, bn), split)
+    launch = gdc("gemv")
     if wq and not dot:
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, n, k, groups, k // per_word, k_per,
                           BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None, SWIGLU=swiglu, WQ=wq,
                           GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, num_warps=warps,
-                          num_stages=stages, **gdc())
+                          num_stages=stages, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
                     SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot, num_warps=warps,
-                    num_stages=stages, **gdc())
+                    num_stages=stages, **launch)
     if split > 1:
         block = 1024 if not interpreting() else 64
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
-                                                 HAS_BIAS=bias is not None, SWIGLU=swiglu, num_warps=4, **gdc())
+                                                 HAS_BIAS=bias is not None, SWIGLU=swiglu, num_warps=4, **gdc("gemv"))
     return y.view(*shape[:-1], n)
 
 

@@ -138,10 +138,10 @@ def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torc
         q, kv, out, pacc, pml, block_tables, seq_lens, q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
         kv.stride(2), kv.stride(3), block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E,
         int(window or 0), REP=rep, REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part,
-        NUM_PARTS=num_parts, WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), num_warps=4, num_stages=1 if interp else 3, **gdc())
+        NUM_PARTS=num_parts, WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), num_warps=4, num_stages=1 if interp else 3, **gdc("attention"))
     if num_parts > 1:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
-                                 num_warps=4, **gdc())
+                                 num_warps=4, **gdc("attention"))
     return out
 
 
@@ -190,7 +190,7 @@ def write_kv(kv: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Te
     if t == 0:
         return
     _write_kv[(t,)](k, v, kv, slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1), kv.stride(0), kv.stride(1),
-                    kv.stride(2), kv.stride(3), HKV=hkv, H_PAD=pow2(hkv), D=d, D_PAD=pow2(d), PAGE=kv.shape[2], **gdc())
+                    kv.stride(2), kv.stride(3), HKV=hkv, H_PAD=pow2(hkv), D=d, D_PAD=pow2(d), PAGE=kv.shape[2], **gdc("attention"))
 
 
 def write_kv_ref(kv: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

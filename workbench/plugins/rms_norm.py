@@ -50,7 +50,7 @@ def _launch(x, r, w, eps):
         warps = min(16, max(1, block // 512))
         _add_rms_norm[(rows,)](x2, r2 if r is not None else x2, w, s if s is not None else x2, y, x2.stride(0),
                                r2.stride(0) if r is not None else 0, s.stride(0) if s is not None else 0, y.stride(0),
-                               n, float(eps), BLOCK=block, HAS_RES=r is not None, num_warps=warps, **gdc())
+                               n, float(eps), BLOCK=block, HAS_RES=r is not None, num_warps=warps, **gdc("norm"))
     return (s.view(shape) if s is not None else None), y.view(shape)
 
 

@@ -104,7 +104,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch
     y = torch.empty(t, h, d, dtype=x.dtype, device=x.device)
     if t:
         _rope[(t,)](x, y, cos, sin, positions, x.stride(0), x.stride(1), y.stride(0), y.stride(1), cos.stride(0), h,
-                    H_PAD=pow2(h), HALF=d // 2, HALF_PAD=pow2(d // 2), num_warps=4, **gdc())
+                    H_PAD=pow2(h), HALF=d // 2, HALF_PAD=pow2(d // 2), num_warps=4, **gdc("rope"))
     return y
 
 
@@ -127,7 +127,7 @@ def rope_qkv(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int
                     kvt.stride(0) if write else 0, kvt.stride(1) if write else 0, kvt.stride(2) if write else 0,
                     kvt.stride(3) if write else 0, HQ=num_heads, HKV=num_kv_heads, HQ_PAD=pow2(num_heads),
                     HKV_PAD=pow2(num_kv_heads), HALF=head_dim // 2, HALF_PAD=pow2(head_dim // 2),
-                    PAGE=kv.shape[2] if write else 1, WRITE_CACHE=write, num_warps=4, **gdc())
+                    PAGE=kv.shape[2] if write else 1, WRITE_CACHE=write, num_warps=4, **gdc("rope"))
     return q, k
 
 

@@ -41,20 +41,76 @@ class GreedyOutput:
     step_outputs: list[dict[str, torch.Tensor]] | None = None  # per generation step: name -> [B, ...]
 
 
-# (rows bucket, N, K) -> Triton GEMV config, where it beat cuBLAS in bench/gemv_sweep.py on an H100
-# (bench/results/gemv_sweep_h100.json: 20 calls in one CUDA graph, weights rotated past L2); rows
-# bucket 1 is one row, 8 covers 2..8 rows. Shapes not listed (and more rows) stay on cuBLAS.
+# (rows bucket, N, K[, method][, "swiglu"]) -> GEMV config, the winners of bench/gemv_sweep.py on an H100
+# (bench/results/gemv_sweep_h100.json: 20 calls in one CUDA graph, weights rotated past L2). Float keys are
+# listed only where the GEMV beat cuBLAS; rows bucket 1 is one row, 8 covers 2..8 rows; a config of six
+# entries ends with `dot` (False: fp32 multiply-adds for one row).
 H100_GEMV = {
-    # Llama-3.2-1B: gate_up, down, logits (qkv and o: cuBLAS was as fast or faster)
-    (1, 16384, 2048): (64, 128, 1, 4, 4), (8, 16384, 2048): (64, 128, 1, 4, 4),
-    (1, 2048, 8192): (32, 256, 4, 4, 4), (8, 2048, 8192): (32, 256, 4, 4, 4),
-    (1, 128256, 2048): (32, 256, 1, 4, 4), (8, 128256, 2048): (32, 256, 1, 4, 4),
-    # Llama-3-8B: qkv, o, gate_up, down, logits
-    (1, 6144, 4096): (16, 256, 1, 4, 4), (8, 6144, 4096): (64, 256, 1, 8, 3),
-    (1, 4096, 4096): (32, 256, 1, 4, 4), (8, 4096, 4096): (32, 256, 1, 4, 4),
-    (1, 28672, 4096): (64, 256, 1, 8, 3), (8, 28672, 4096): (64, 256, 1, 8, 3),
-    (1, 4096, 14336): (32, 256, 1, 4, 4), (8, 4096, 14336): (16, 256, 1, 4, 4),
-    (1, 128256, 4096): (16, 512, 1, 4, 3), (8, 128256, 4096): (16, 512, 1, 4, 3),
+    # Llama-3.2-1B, bf16
+    (1, 3072, 2048): (8, 512, 1, 4, 4, False),  # qkv
+    (1, 2048, 2048): (16, 1024, 1, 8, 2, False),  # o
+    (1, 16384, 2048): (8, 512, 1, 4, 4, False),  # gate_up
+    (1, 16384, 2048, "swiglu"): (32, 256, 1, 8, 3, False),  # gate_up
+    (8, 16384, 2048): (64, 128, 1, 4, 4),  # gate_up
+    (8, 16384, 2048, "swiglu"): (64, 128, 1, 4, 4),  # gate_up
+    (1, 2048, 8192): (16, 1024, 1, 8, 2, False),  # down
+    (1, 128256, 2048): (8, 512, 1, 4, 4, False),  # logits
+    (8, 128256, 2048): (32, 256, 1, 4, 4),  # logits
+    # Llama-3.2-1B, w8a16
+    (1, 3072, 2048, "w8a16"): (32, 256, 1, 4, 4),  # qkv
+    (8, 3072, 2048, "w8a16"): (32, 256, 1, 4, 4),  # qkv
+    (1, 2048, 2048, "w8a16"): (32, 256, 1, 4, 4),  # o
+    (8, 2048, 2048, "w8a16"): (16, 512, 1, 4, 3),  # o
+    (1, 16384, 2048, "w8a16"): (32, 128, 1, 4, 4, False),  # gate_up
+    (1, 16384, 2048, "w8a16", "swiglu"): (32, 128, 1, 4, 4, False),  # gate_up
+    (8, 16384, 2048, "w8a16"): (64, 256, 1, 8, 3),  # gate_up
+    (8, 16384, 2048, "w8a16", "swiglu"): (32, 256, 1, 4, 4),  # gate_up
+    (1, 2048, 8192, "w8a16"): (32, 256, 4, 4, 4, False),  # down
+    (8, 2048, 8192, "w8a16"): (32, 256, 4, 4, 4),  # down
+    # Llama-3.2-1B, w4a16
+    (1, 3072, 2048, "w4a16"): (8, 1024, 1, 4, 4, False),  # qkv
+    (8, 3072, 2048, "w4a16"): (16, 256, 2, 4, 4),  # qkv
+    (1, 2048, 2048, "w4a16"): (16, 1024, 1, 8, 2, False),  # o
+    (8, 2048, 2048, "w4a16"): (16, 256, 2, 4, 4),  # o
+    (1, 16384, 2048, "w4a16"): (64, 128, 1, 8, 3, False),  # gate_up
+    (1, 16384, 2048, "w4a16", "swiglu"): (32, 128, 1, 4, 4, False),  # gate_up
+    (8, 16384, 2048, "w4a16"): (64, 128, 1, 4, 4),  # gate_up
+    (1, 2048, 8192, "w4a16"): (8, 1024, 1, 4, 4, False),  # down
+    (8, 2048, 8192, "w4a16"): (16, 256, 2, 4, 4),  # down
+    # Llama-3-8B, bf16
+    (1, 6144, 4096): (8, 512, 1, 4, 4, False),  # qkv
+    (8, 6144, 4096): (64, 256, 1, 8, 3),  # qkv
+    (1, 4096, 4096): (8, 512, 1, 4, 4, False),  # o
+    (8, 4096, 4096): (32, 256, 1, 4, 4),  # o
+    (1, 28672, 4096): (8, 512, 1, 4, 4, False),  # gate_up
+    (1, 28672, 4096, "swiglu"): (16, 1024, 1, 8, 2, False),  # gate_up
+    (8, 28672, 4096): (64, 256, 1, 8, 3),  # gate_up
+    (8, 28672, 4096, "swiglu"): (64, 256, 1, 8, 3),  # gate_up
+    (1, 4096, 14336): (8, 512, 1, 4, 4, False),  # down
+    (8, 4096, 14336): (16, 256, 1, 4, 4),  # down
+    (1, 128256, 4096): (8, 512, 1, 4, 4, False),  # logits
+    (8, 128256, 4096): (32, 256, 1, 4, 4),  # logits
+    # Llama-3-8B, w8a16
+    (1, 6144, 4096, "w8a16"): (32, 256, 1, 4, 4),  # qkv
+    (8, 6144, 4096, "w8a16"): (32, 256, 1, 4, 4),  # qkv
+    (1, 4096, 4096, "w8a16"): (32, 256, 1, 4, 4),  # o
+    (8, 4096, 4096, "w8a16"): (32, 256, 1, 4, 4),  # o
+    (1, 28672, 4096, "w8a16"): (32, 256, 1, 4, 4, False),  # gate_up
+    (1, 28672, 4096, "w8a16", "swiglu"): (64, 128, 1, 8, 3, False),  # gate_up
+    (8, 28672, 4096, "w8a16"): (32, 256, 1, 4, 4),  # gate_up
+    (1, 4096, 14336, "w8a16"): (32, 512, 1, 4, 4, False),  # down
+    (8, 4096, 14336, "w8a16"): (32, 256, 4, 4, 4),  # down
+    # Llama-3-8B, w4a16
+    (1, 6144, 4096, "w4a16"): (8, 1024, 1, 4, 4, False),  # qkv
+    (8, 6144, 4096, "w4a16"): (64, 128, 1, 4, 4),  # qkv
+    (1, 4096, 4096, "w4a16"): (8, 1024, 1, 4, 4, False),  # o
+    (8, 4096, 4096, "w4a16"): (16, 512, 1, 4, 3),  # o
+    (1, 28672, 4096, "w4a16"): (32, 128, 1, 4, 4, False),  # gate_up
+    (1, 28672, 4096, "w4a16", "swiglu"): (16, 128, 1, 4, 4, False),  # gate_up
+    (8, 28672, 4096, "w4a16"): (64, 128, 1, 4, 4),  # gate_up
+    (8, 28672, 4096, "w4a16", "swiglu"): (64, 128, 1, 4, 4),  # gate_up
+    (1, 4096, 14336, "w4a16"): (8, 1024, 1, 4, 4, False),  # down
+    (8, 4096, 14336, "w4a16"): (16, 512, 1, 4, 3),  # down
 }
 
 
@@ -131,9 +187,12 @@ class CudaExecutor(Executor):
     """An engine on the `cuda` backend: compiled program, fused plugins, CUDA-graph decode steps."""
 
     def __init__(self, engine: Engine, device: str | torch.device = "cuda", *, graphs: bool = True,
-                 gemv: GemvPolicy | None = None):
+                 gemv: GemvPolicy | None = None, pdl: bool | str = "auto"):
         super().__init__(engine, device, backend="cuda")
+        if pdl not in (True, False, "auto"):
+            raise WorkbenchError(f"pdl must be True, False or 'auto', got {pdl!r}")
         self.gemv = gemv or GemvPolicy()
+        self.pdl = pdl
         self.program: Program = compile_network(engine.network, self._helpers())
         bc = engine.build_config
         self.max_seq_len = bc.max_seq_len
@@ -241,6 +300,11 @@ class CudaExecutor(Executor):
         for b in sorted({self.bucket(x) for x in (batches or [self.max_batch])}, reverse=True):
             self._graph_for(cache, b)
 
+    def graph_report(self) -> dict[int, dict]:
+        """Per captured batch bucket: whether its step launches with PDL, and the replay times that chose it."""
+        return {b: {"pdl": g.pdl, "replay_ms": {str(k): round(v, 4) for k, v in g.replay_ms.items()}}
+                for (_, b), g in self._graphs.items()}
+
     def release_graphs(self) -> None:
         """Drop every captured graph (and the caches they hold on to)."""
         self._graphs.clear()
@@ -334,19 +398,41 @@ class _DecodeGraph:
 
         self.graph = None
         self._body = body
+        self.pdl: bool | None = None
+        self.replay_ms: dict[bool, float] = {}
         if dev.type != "cuda":
             return
-        # warm up (Triton compiles here, not under capture) with every row marked padding: no cache writes
+        from workbench.plugins.common import pdl_launches, use_pdl
+
+        # programmatic dependent launch speeds some steps up and slows others down (measured on an H100: it
+        # depends on the engine and the batch), so where the GPU has it the step is captured both ways and the
+        # faster replay is kept
+        choices = [True, False] if ex.pdl == "auto" and use_pdl() else [bool(ex.pdl) and use_pdl()]
+        captured = {}
+        for flag in choices:
+            with pdl_launches(flag):
+                captured[flag] = self._capture(body, pool)
+            self.step.zero_()
+        if len(captured) > 1:
+            self.replay_ms = {flag: _replay_ms(graph) for flag, (graph, _) in captured.items()}
+            self.step.zero_()
+        self.pdl = min(captured, key=lambda f: self.replay_ms.get(f, 0.0))
+        self.graph, (self.outputs, self.packed) = captured[self.pdl]
+
+    def _capture(self, body, pool):
+        """Warm up (Triton compiles here, not under capture) with every row marked padding (no cache writes),
+        then capture one step: (graph, its static outputs)."""
+        dev = self.staging.device
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
             for _ in range(2):
                 body()
         torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.outputs, self.packed = body()
-        self.step.zero_()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            outputs = body()
+        return graph, outputs
 
     def stage(self, ids: torch.Tensor | None, positions: list[int], seq_ids: list) -> None:
         """Write the step's rows to the staging tensor: token ids (None: set by the caller), positions, valid
@@ -393,6 +479,19 @@ class _DecodeGraph:
             return {k: out[k] for k in self.outputs}
 
         return unpack
+
+
+def _replay_ms(graph, warmup: int = 3, repeats: int = 10) -> float:
+    """Milliseconds per replay of a captured step (padding rows only: it writes no cache entry)."""
+    for _ in range(warmup):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
 
 
 def _pack(outs: dict[str, torch.Tensor], rows: int) -> list[tuple[torch.Tensor, list[str]]]:
