@@ -127,10 +127,13 @@ def test_swiglu_quantized_gemv(fmt, m, split, dot):
     if fmt == "int8":
         ops = _int8(48, 256)
         run = lambda sw: gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu=sw)  # noqa: E731
+        ref = gm.w8a16_gemv_ref(x, ops["qweight"], ops["scales"], swiglu=True)
     else:
         ops = _int4(48, 256, 32)
         run = lambda sw: gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 32, None, cfg, swiglu=sw)  # noqa: E731
+        ref = gm.w4a16_gemv_ref(x, ops["qweight"], ops["scales"], ops["zeros"], 32, swiglu=True)
     _same_as_unfused(run(True), silu_and_mul(run(False)), dtype)
+    assert rel_err(run(True), ref) < 2e-2
 
 
 def test_swiglu_needs_gate_and_up_rows():

@@ -40,7 +40,12 @@ PLUGINS = {p.name: p for p in [
     Plugin("rope", "rotary", "rope", "rope_ref", "rope"),
     Plugin("rope_qkv", "rotary", "rope_qkv", "rope_qkv_ref", "split qkv -> rope(q), rope(k) -> KV cache write"),
     Plugin("silu_and_mul", "activation", "silu_and_mul", "silu_and_mul_ref", "split gate_up -> silu(gate) * up"),
-    Plugin("gemv", "gemv", "gemv", "gemv_ref", "linear with few rows (decode), instead of cuBLAS where faster"),
+    Plugin("gemv", "gemv", "gemv", "gemv_ref", "linear with few rows (decode), instead of cuBLAS where faster; "
+           "with swiglu, gate_up linear -> silu(gate) * up"),
+    Plugin("w8a16_gemv", "gemv", "w8a16_gemv", "w8a16_gemv_ref", "int8 weight-only quant_linear with few rows"),
+    Plugin("w4a16_gemv", "gemv", "w4a16_gemv", "w4a16_gemv_ref", "int4 weight-only quant_linear with few rows"),
+    Plugin("quant_linear", "quant_gemm", "quant_linear", "quant_linear_ref",
+           "quant_linear: weight-only GEMMs (Triton), W8A8 (torch._int_mm), FP8 (torch._scaled_mm)"),
     Plugin("decode_prologue", "decode_step", "decode_prologue", "decode_prologue_ref",
            "the decode step's inputs from one staging tensor (ids, positions, lengths, KV slots)"),
     Plugin("decode_advance", "decode_step", "decode_advance", "decode_advance_ref",

@@ -343,3 +343,24 @@ def gemv_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
 
         y = silu_and_mul_ref(y)
     return y
+
+
+def w8a16_gemv_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
+                   config=None, swiglu: bool = False) -> torch.Tensor:
+    """runtime.quant_ops.w8a16 (then silu(gate) * up when swiglu)."""
+    from workbench.plugins.activation import silu_and_mul_ref
+    from workbench.runtime.quant_ops import w8a16
+
+    y = w8a16(x, {"qweight": qweight, "scales": scales, **({"bias": bias} if bias is not None else {})})
+    return silu_and_mul_ref(y) if swiglu else y
+
+
+def w4a16_gemv_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                   bias: torch.Tensor | None = None, config=None, swiglu: bool = False) -> torch.Tensor:
+    """runtime.quant_ops.w4a16 (then silu(gate) * up when swiglu)."""
+    from workbench.plugins.activation import silu_and_mul_ref
+    from workbench.runtime.quant_ops import w4a16
+
+    ops = {"qweight": qweight, "scales": scales, "zeros": zeros, **({"bias": bias} if bias is not None else {})}
+    y = w4a16(x, ops, group_size)
+    return silu_and_mul_ref(y) if swiglu else y

@@ -189,3 +189,10 @@ def swiglu_quant_linear(node, xs, gemv_config=default_gemv_config, swiglu_config
             return w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], a["group_size"], ops.get("bias"), cfg,
                               swiglu=True)
     return silu_and_mul(quant_linear(node, xs, None, gemv_config))
+
+
+def quant_linear_ref(node, xs, meta=None) -> torch.Tensor:
+    """The torch backend's `quant_linear` (runtime.quant_ops), what every kernel here computes."""
+    from workbench.runtime.quant_ops import quant_linear as reference
+
+    return reference(node, xs, meta)
