@@ -10,6 +10,7 @@
 #                                 # against plain launches, with the sweep's table; bf16 decode + debug engines
 #   bash bench/run_gpu.sh defaults # every GPU test; decode, debug engines and prefill with the built-in defaults
 #                                 # (GEMV table, PDL chosen per captured step)
+#   bash bench/run_gpu.sh peers8b # every GPU test; 8B decode at batch 1 beside HF eager and HF compiled
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -61,6 +62,11 @@ elif [ "$stage" = defaults ]; then
   step 230 python bench/decode_quant.py --repeats 3 --sweep ""
   step 60 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
   step 60 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
+elif [ "$stage" = peers8b ]; then
+  step 100 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
+  step 430 python bench/decode.py --models llama-3-8b --batches 1 --repeats 2 --gemv table \
+    --compile-models llama-3-8b --budget-s 400 --name decode_8b_peers_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
