@@ -11,6 +11,8 @@
 #   bash bench/run_gpu.sh defaults # every GPU test; decode, debug engines and prefill with the built-in defaults
 #                                 # (GEMV table, PDL chosen per captured step)
 #   bash bench/run_gpu.sh peers8b # every GPU test; 8B decode at batch 1 beside HF eager and HF compiled
+#   bash bench/run_gpu.sh words   # GPU tests; sweep of the int8/int4 GEMVs (word tiles with tensor cores for
+#                                 # several rows); quantized decode with that table
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -67,6 +69,12 @@ elif [ "$stage" = peers8b ]; then
     tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
   step 430 python bench/decode.py --models llama-3-8b --batches 1 --repeats 2 --gemv table \
     --compile-models llama-3-8b --budget-s 400 --name decode_8b_peers_h100
+elif [ "$stage" = words ]; then
+  step 90 python -m pytest tests/gpu/test_cuda_backend.py tests/plugins tests/runtime/test_cuda_executor_quant.py \
+    -q -n 4 -p no:cacheprovider -rA
+  step 150 python bench/gemv_sweep.py --formats w8a16,w4a16 --name gemv_sweep_quant_h100
+  step 170 python bench/decode_quant.py --repeats 3 --plain-modes "" \
+    --sweep bench/results/gemv_sweep_h100.json,bench/results/gemv_sweep_quant_h100.json
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -141,10 +141,11 @@ def test_swiglu_needs_gate_and_up_rows():
         gm.gemv(_x(1, 64, torch.float32), _w(7, 64).to(DEV), swiglu=True)
 
 
-def test_quantized_gemv_rows_not_whole_words():
-    """K = 70 is not a whole number of int32 words of int8: the one-row multiply-add config takes the dot instead."""
+@pytest.mark.parametrize("m", [1, 3])
+def test_quantized_gemv_rows_not_whole_words(m):
+    """K = 70 is not a whole number of int32 words of int8: the weights are read as bytes instead."""
     ops = _int8(24, 70)
-    x = _x(1, 70, torch.float32)
+    x = _x(m, 70, torch.float32)
     y = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (16, 32, 1, 4, 1, False))
     assert rel_err(y, quant_ops.w8a16(x, ops)) < TOL[torch.float32]
 

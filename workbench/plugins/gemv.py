@@ -7,9 +7,10 @@ fixed-order pass adding the pieces (no atomics, so results do not vary between r
 
 Two ways to multiply a tile (the config's `dot`): the tensor cores (`tl.dot`, x padded to 16
 rows), or, for one row, fp32 multiply-adds into an accumulator tile reduced once at the end (no
-padding, no layout change of the weight tile). Quantized weights on the second way are read as
-int32 words and unpacked with integer operations (`_gemv_words`): int8 -> float conversions are
-slow on the GPU, and whole words are what the loads should move.
+padding, no layout change of the weight tile). Quantized weights are read as int32 words and
+unpacked with integer operations (`_gemv_words`: int8 -> float conversions are slow on the GPU,
+and whole words are what the loads should move); value j of each word meets x's columns j,
+j + 4 (or 8), ..., so a dot takes one tensor-core product per j.
 
 Quantized weights, as `runtime.quant_ops` computes them: int8 values are exact in any float
 dtype, the per-channel scale is applied to the fp32 sum; int4 values are unpacked from two per
@@ -167,19 +168,27 @@ def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr,
 
 
 @triton.jit
-def _gemv_words(X, Wd, S, Z, B, Y, P, N, K, G, swn, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, WQ: tl.constexpr,
-                GROUP: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr, USE_GDC: tl.constexpr):
-    """One row of x times quantized weights read as int32 words (PER_WORD values each): value j of every word
-    is taken at once, against x's columns j, j + PER_WORD, ...; fp32 multiply-adds."""
+def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
+                PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, USE_GDC: tl.constexpr):
+    """x times quantized weights read as int32 words (PER_WORD values each): value j of every word is taken at
+    once, against x's columns j, j + PER_WORD, ...; for one row by fp32 multiply-adds, for more (DOT) by one
+    tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4)."""
     gdc_begin(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = X.dtype.element_ty
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
     nmask = offs_n < N
-    acc = tl.zeros([BLOCK_N, WORDS], tl.float32)
-    accu = tl.zeros([BLOCK_N, WORDS], tl.float32)
+    mmask = offs_m < M
+    if DOT:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        accu = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_N, WORDS], tl.float32)
+        accu = tl.zeros([BLOCK_N, WORDS], tl.float32)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
     gate_rows = Wd + offs_n[:, None].to(tl.int64) * swn
@@ -200,24 +209,32 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, N, K, G, swn, k_per_split, BLOCK_N: tl.con
             su = 0.0
             zu = 0.0
         for j in tl.static_range(PER_WORD):
-            x = tl.load(X + offs_w * PER_WORD + j, mask=wkmask, other=0.0).to(tl.float32)[None, :]
-            acc += _word_values(words, j, s, z, WQ, DT) * x
-            if SWIGLU:
-                accu += _word_values(words_u, j, su, zu, WQ, DT) * x
-    acc = tl.sum(acc, axis=1)[None, :]
-    accu = tl.sum(accu, axis=1)[None, :]
-    offs_m = tl.arange(0, 1)
+            cols = offs_w * PER_WORD + j
+            if DOT:
+                x = tl.load(X + offs_m[:, None] * sxm + cols[None, :], mask=mmask[:, None] & wkmask[None, :], other=0.0)
+                acc = _accumulate(acc, x, _word_values(words, j, s, z, WQ, DT).to(DT), True, FP32)
+                if SWIGLU:
+                    accu = _accumulate(accu, x, _word_values(words_u, j, su, zu, WQ, DT).to(DT), True, FP32)
+            else:
+                x = tl.load(X + cols, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+                acc += _word_values(words, j, s, z, WQ, DT) * x
+                if SWIGLU:
+                    accu += _word_values(words_u, j, su, zu, WQ, DT) * x
+    if not DOT:
+        acc = tl.sum(acc, axis=1)[None, :]
+        accu = tl.sum(accu, axis=1)[None, :]
+    omask = mmask[:, None] & nmask[None, :]
     if SPLIT_K == 1:
         acc = _epilogue(acc, S, B, offs_n, nmask, WQ, HAS_BIAS)
         if SWIGLU:
             acc = _swiglu(acc, _epilogue(accu, S, B, N + offs_n, nmask, WQ, HAS_BIAS), Y.dtype.element_ty)
-        tl.store(Y + offs_m[:, None] * 0 + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=nmask[None, :])
+        tl.store(Y + offs_m[:, None] * sym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=omask)
     else:
         width = 2 * N if SWIGLU else N
-        part = P + (pid_k * 16 * width).to(tl.int64) + offs_m[:, None] * 0
-        tl.store(part + offs_n[None, :], acc, mask=nmask[None, :])
+        part = P + (pid_k * 16 * width).to(tl.int64) + offs_m[:, None] * width
+        tl.store(part + offs_n[None, :], acc, mask=omask)
         if SWIGLU:
-            tl.store(part + N + offs_n[None, :], accu, mask=nmask[None, :])
+            tl.store(part + N + offs_n[None, :], accu, mask=omask)
 
 
 @triton.jit
@@ -261,14 +278,15 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
                          f"the weights are not row-major")
     bn, bk, split, warps, stages, dot = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
-    # multiply-adds for one row; quantized weights then go as words, which needs whole words per row and group
-    dot = bool(dot) or m > 1 or bool(wq and (k % per_word or group % per_word))
+    dot = bool(dot) or m > 1  # multiply-adds for one row only
     if interpreting():
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
     elif dot:  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two weight tiles take more)
         size = 4 if dot_in_fp32(x.dtype) else 2
         while stages > 1 and stages * ((2 if swiglu else 1) * bn + 16) * bk * size > SHARED_BYTES:
             stages -= 1
+    # quantized weights go as int32 words where rows and groups hold whole words (and a dot gets 16 of them)
+    words = bool(wq) and not (k % per_word or group % per_word) and (not dot or bk // per_word >= 16)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return y.view(*shape[:-1], n)
@@ -282,10 +300,11 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     groups = scales.shape[-1] if wq == INT4 else 1
     grid = (triton.cdiv(n, bn), split)
     launch = gdc("gemv")
-    if wq and not dot:
-        _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, n, k, groups, k // per_word, k_per,
-                          BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None, SWIGLU=swiglu, WQ=wq,
-                          GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, num_warps=warps,
+    if words:
+        _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
+                          y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
+                          HAS_BIAS=bias is not None, SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq,
+                          GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot, num_warps=warps,
                           num_stages=stages, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
