@@ -42,8 +42,9 @@ class GreedyOutput:
 
 
 # (rows bucket, N, K[, method][, "swiglu"]) -> GEMV config, the winners of bench/gemv_sweep.py on an H100
-# (bench/results/gemv_sweep_h100.json for bf16, gemv_sweep_quant_h100.json for int8/int4: 20 calls in one
-# CUDA graph, weights rotated past L2). Float keys are
+# (bench/results/gemv_sweep_h100.json, then gemv_sweep_quant_h100.json's int8/int4 winners over it, as
+# bench/decode_quant.py merged them in the run of h100_words_call9.log: 20 calls in one CUDA graph, weights
+# rotated past L2). Float keys are
 # listed only where the GEMV beat cuBLAS; rows bucket 1 is one row, 8 covers 2..8 rows; a config of six
 # entries ends with `dot` (False: fp32 multiply-adds for one row).
 H100_GEMV = {
@@ -97,6 +98,7 @@ H100_GEMV = {
     (1, 4096, 4096, "w8a16"): (8, 1024, 1, 4, 4, False),  # o
     (8, 4096, 4096, "w8a16"): (32, 256, 1, 4, 4),  # o
     (1, 28672, 4096, "w8a16"): (32, 256, 1, 4, 4),  # gate_up
+    (1, 28672, 4096, "w8a16", "swiglu"): (64, 128, 1, 8, 3, False),  # gate_up
     (8, 28672, 4096, "w8a16"): (32, 256, 1, 4, 4),  # gate_up
     (1, 4096, 14336, "w8a16"): (8, 1024, 1, 4, 4, False),  # down
     (8, 4096, 14336, "w8a16"): (32, 256, 4, 4, 4),  # down
