@@ -93,6 +93,25 @@ def _swiglu(g, u, DT: tl.constexpr):
 
 
 @triton.jit
+def _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K: tl.constexpr,
+            WQ: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr):
+    """Store the sums [BLOCK_M, BLOCK_N] (accu: the up rows' when SWIGLU): scaled, biased and activated into Y,
+    or as partial sums [SPLIT_K, 16, N or 2N] (the gate's, then the up's) for _gemv_reduce."""
+    omask = mmask[:, None] & nmask[None, :]
+    if SPLIT_K == 1:
+        acc = _epilogue(acc, S, B, offs_n, nmask, WQ, HAS_BIAS)
+        if SWIGLU:
+            acc = _swiglu(acc, _epilogue(accu, S, B, N + offs_n, nmask, WQ, HAS_BIAS), Y.dtype.element_ty)
+        tl.store(Y + offs_m[:, None] * sym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=omask)
+    else:
+        width = 2 * N if SWIGLU else N
+        part = P + (pid_k * 16 * width).to(tl.int64) + offs_m[:, None] * width
+        tl.store(part + offs_n[None, :], acc, mask=omask)
+        if SWIGLU:
+            tl.store(part + N + offs_n[None, :], accu, mask=omask)
+
+
+@triton.jit
 def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
           SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr,
@@ -125,18 +144,7 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: 
     if not DOT:
         acc = tl.sum(acc, axis=1)[None, :]
         accu = tl.sum(accu, axis=1)[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if SPLIT_K == 1:
-        acc = _epilogue(acc, S, B, offs_n, nmask, WQ, HAS_BIAS)
-        if SWIGLU:
-            acc = _swiglu(acc, _epilogue(accu, S, B, N + offs_n, nmask, WQ, HAS_BIAS), Y.dtype.element_ty)
-        tl.store(Y + offs_m[:, None] * sym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=omask)
-    else:  # partial sums [SPLIT_K, 16, N or 2N]; the gate's, then the up's
-        width = 2 * N if SWIGLU else N
-        part = P + (pid_k * 16 * width).to(tl.int64) + offs_m[:, None] * width
-        tl.store(part + offs_n[None, :], acc, mask=omask)
-        if SWIGLU:
-            tl.store(part + N + offs_n[None, :], accu, mask=omask)
+    _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
 
 
 @triton.jit
@@ -223,18 +231,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
     if not DOT:
         acc = tl.sum(acc, axis=1)[None, :]
         accu = tl.sum(accu, axis=1)[None, :]
-    omask = mmask[:, None] & nmask[None, :]
-    if SPLIT_K == 1:
-        acc = _epilogue(acc, S, B, offs_n, nmask, WQ, HAS_BIAS)
-        if SWIGLU:
-            acc = _swiglu(acc, _epilogue(accu, S, B, N + offs_n, nmask, WQ, HAS_BIAS), Y.dtype.element_ty)
-        tl.store(Y + offs_m[:, None] * sym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=omask)
-    else:
-        width = 2 * N if SWIGLU else N
-        part = P + (pid_k * 16 * width).to(tl.int64) + offs_m[:, None] * width
-        tl.store(part + offs_n[None, :], acc, mask=omask)
-        if SWIGLU:
-            tl.store(part + N + offs_n[None, :], accu, mask=omask)
+    _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
 
 
 @triton.jit
