@@ -155,7 +155,7 @@ def sweep_table(paths: str) -> tuple[dict | None, str]:
     import json
     from pathlib import Path
 
-    from workbench.runtime.cuda_executor import GemvPolicy
+    from workbench.runtime.gemv_policy import GemvPolicy
 
     table, used = {}, []
     for path in map(Path, filter(None, paths.split(","))):

@@ -69,20 +69,3 @@ def test_quantized_engine_matches_reference(checkpoint, method):
         fused = CudaExecutor(engine, DEV, gemv=GemvPolicy("cublas", swiglu=True))
         assert fused.program.source.count("_swiglu_quant_linear(") == 2
         assert GenerationSession(engine, device=DEV, executor=fused).generate(PROMPTS[:1], cfg).token_ids == single
-
-
-def test_quantized_gemv_takes_the_policy_table(checkpoint):
-    from workbench.runtime.cuda_executor import GemvPolicy
-
-    sweep = [{"format": "w8a16", "rows": 1, "n": 768, "k": 256, "config": [64, 64, 2, 4, 2, False]},
-             {"format": "w8a16", "rows": 1, "n": 1024, "k": 256, "config": [16, 64, 1, 4, 2, False], "swiglu": True},
-             {"format": "bf16", "rows": 8, "n": 768, "k": 256, "config": [32, 128, 1, 4, 3]}]
-    policy = GemvPolicy(table=GemvPolicy.table_from_sweep(sweep))
-    assert policy.quant_config("w8a16", 1, 768, 256) == (64, 64, 2, 4, 2, False)
-    assert policy.quant_config("w8a16", 4, 768, 256)[:2] == (32, 256)  # not in the table: the default
-    assert policy.quant_config("w4a16", 9, 768, 256) is None  # more rows than a decode step: the GEMM
-    assert policy.config(5, 768, 256) == (32, 128, 1, 4, 3) and policy.config(1, 768, 256) is None  # cuBLAS
-    assert policy.swiglu_config(1, 1024, 256, "w8a16") == (16, 64, 1, 4, 2, False)  # measured faster fused
-    assert policy.swiglu_config(1, 768, 256, "w8a16") is None
-    assert GemvPolicy.parse("table-noswiglu", policy.table).swiglu_config(1, 1024, 256, "w8a16") is None
-    assert GemvPolicy.parse("table-swiglu").swiglu_config(1, 768, 256, "w8a16")[:2] == (32, 256)
