@@ -156,3 +156,24 @@ def test_gemv_rejects_mismatched_shapes():
         gm.w8a16_gemv(_x(1, 32, torch.float32), ops["qweight"], ops["scales"])
     with pytest.raises(ValueError, match="do not fit"):
         gm.gemv(_x(17, 64, torch.float32), _w(8, 64).to(DEV))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEV != "cuda", reason="the byte-permute unpacking is inline PTX: GPU only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("split,swiglu,bn", [(1, False, 8), (3, False, 32), (1, True, 16), (2, True, 32)])
+def test_int8_byte_permute_unpacking_agrees_with_the_integer_one(monkeypatch, dtype, split, swiglu, bn):
+    # q + 1152 times x is exact in fp32 and 1152 * sum(x) comes off at the end: the sums agree to about fp32
+    # precision, so the rounded outputs are equal but for rare one-ulp ties
+    n, k = 512, 4096
+    x = _x(1, k, dtype)
+    x[:, 17] = 300.0  # a large sum(x): the offset taken off is far larger than the result
+    ops = _int8(n, k)
+    cfg = (bn, 512, split, 4, 4, False)
+    fast = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
+    monkeypatch.setattr(gm, "PRMT", False)
+    exact = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
+    assert fast.shape == exact.shape
+    assert (fast != exact).float().mean() < 0.01
+    ulp = exact.float().abs() * (2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10) + 1e-6
+    assert ((fast.float() - exact.float()).abs() <= ulp).all()

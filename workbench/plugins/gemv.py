@@ -24,6 +24,8 @@ activation without a kernel of its own (and gate_up is never written).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -31,6 +33,8 @@ import triton.language as tl
 from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, rounded
 
 FLOAT, INT8, INT4 = 0, 8, 4  # weight formats (the kernel's WQ)
+# one-row int8 with 16-bit activations: words unpacked by byte permutes (WB_GEMV_PRMT=0: integer shifts)
+PRMT = os.environ.get("WB_GEMV_PRMT", "1") != "0"
 
 
 @triton.jit
@@ -161,6 +165,30 @@ def _word_values(words, j, s, z, WQ: tl.constexpr, DT: tl.constexpr):
 
 
 @triton.jit
+def _int8_word_floats(words):
+    """The four int8 values of every int32 word as fp32 q + 1152, in 11 instructions per word: the sign bits
+    flipped (q + 128), each byte permuted under fp16's 1024 exponent (1024 + q + 128, exact), widened to fp32."""
+    return tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .b32 t, lo, hi;
+        .reg .b16 h0, h1, h2, h3;
+        xor.b32 t, $4, 0x80808080;
+        prmt.b32 lo, t, 0x64646464, 0x5140;
+        prmt.b32 hi, t, 0x64646464, 0x5342;
+        mov.b32 {h0, h1}, lo;
+        mov.b32 {h2, h3}, hi;
+        cvt.f32.f16 $0, h0;
+        cvt.f32.f16 $1, h1;
+        cvt.f32.f16 $2, h2;
+        cvt.f32.f16 $3, h3;
+        }
+        """,
+        constraints="=r,=r,=r,=r,r", args=[words], dtype=(tl.float32, tl.float32, tl.float32, tl.float32),
+        is_pure=True, pack=1)
+
+
+@triton.jit
 def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
                   PER_WORD: tl.constexpr):
     """int4 scales and zeros of a word tile: per row when one group covers the tile, else per word."""
@@ -179,10 +207,15 @@ def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr,
 def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
-                PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, USE_GDC: tl.constexpr):
+                PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, PRMT: tl.constexpr,
+                USE_GDC: tl.constexpr):
     """x times quantized weights read as int32 words (PER_WORD values each): value j of every word is taken at
     once, against x's columns j, j + PER_WORD, ...; for one row by fp32 multiply-adds, for more (DOT) by one
-    tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4)."""
+    tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4).
+
+    PRMT (int8, one row of 16-bit x): the multiply-adds take q + 1152 from _int8_word_floats, and 1152 * sum(x)
+    comes off the sums at the end. Each product is exact in fp32 (11 by 8 or 11 significant bits), so only the
+    accumulation rounds, on sums about 1152 / |q| larger: still near fp32 precision, far below x's."""
     gdc_begin(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -197,6 +230,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
     else:
         acc = tl.zeros([BLOCK_N, WORDS], tl.float32)
         accu = tl.zeros([BLOCK_N, WORDS], tl.float32)
+    xsum = tl.zeros([1, WORDS], tl.float32)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
     gate_rows = Wd + offs_n[:, None].to(tl.int64) * swn
@@ -216,7 +250,24 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
             z = 0.0
             su = 0.0
             zu = 0.0
-        for j in tl.static_range(PER_WORD):
+        if PRMT:
+            x0 = tl.load(X + offs_w * 4, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+            x1 = tl.load(X + offs_w * 4 + 1, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+            x2 = tl.load(X + offs_w * 4 + 2, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+            x3 = tl.load(X + offs_w * 4 + 3, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+            xsum += (x0 + x1) + (x2 + x3)
+            v0, v1, v2, v3 = _int8_word_floats(words)
+            acc += v0 * x0  # four multiply-adds per word
+            acc += v1 * x1
+            acc += v2 * x2
+            acc += v3 * x3
+            if SWIGLU:
+                u0, u1, u2, u3 = _int8_word_floats(words_u)
+                accu += u0 * x0
+                accu += u1 * x1
+                accu += u2 * x2
+                accu += u3 * x3
+        for j in tl.static_range(0 if PRMT else PER_WORD):
             cols = offs_w * PER_WORD + j
             if DOT:
                 x = tl.load(X + offs_m[:, None] * sxm + cols[None, :], mask=mmask[:, None] & wkmask[None, :], other=0.0)
@@ -229,8 +280,9 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
                 if SWIGLU:
                     accu += _word_values(words_u, j, su, zu, WQ, DT) * x
     if not DOT:
-        acc = tl.sum(acc, axis=1)[None, :]
-        accu = tl.sum(accu, axis=1)[None, :]
+        offset = 1152.0 * tl.sum(xsum) if PRMT else 0.0
+        acc = tl.sum(acc, axis=1)[None, :] - offset
+        accu = tl.sum(accu, axis=1)[None, :] - offset
     _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
 
 
@@ -301,8 +353,9 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
                           HAS_BIAS=bias is not None, SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq,
-                          GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot, num_warps=warps,
-                          num_stages=stages, **launch)
+                          GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot,
+                          PRMT=PRMT and wq == INT8 and not dot and x.dtype in (torch.bfloat16, torch.float16)
+                          and not interpreting(), num_warps=warps, num_stages=stages, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
