@@ -69,3 +69,21 @@ def test_quantized_engine_matches_reference(checkpoint, method):
         fused = CudaExecutor(engine, DEV, gemv=GemvPolicy("cublas", swiglu=True))
         assert fused.program.source.count("_swiglu_quant_linear(") == 2
         assert GenerationSession(engine, device=DEV, executor=fused).generate(PROMPTS[:1], cfg).token_ids == single
+
+
+@pytest.mark.parametrize("method", ["int8_wo", "int4_wo"])
+def test_quantized_logits_layer_on_the_fast_path(checkpoint, method):
+    from workbench.builder.quantization.config import DEFAULT_TARGETS
+    from workbench.runtime.cuda_executor import CudaExecutor, GemvPolicy
+
+    engine = build(checkpoint, BuildConfig(max_seq_len=48, max_batch_size=2, kv_page_size=8,
+                                           quant=QuantConfig(method=method, targets=DEFAULT_TARGETS + ["logits"])))
+    assert engine.network.nodes["logits"].op == "quant_linear"
+    ex = CudaExecutor(engine, DEV, gemv=GemvPolicy("cublas"))
+    ref = Executor(engine, DEV).forward(PROMPTS)
+    for a, b in zip(ex.forward(PROMPTS), ref):
+        err = (a["logits"].double() - b["logits"].double()).norm() / b["logits"].double().norm()
+        assert err < 1e-5
+    cfg = GenerationConfig(max_new_tokens=4, eos_token_ids=[])
+    expected = GenerationSession(engine, device=DEV).generate(PROMPTS[:1], cfg).token_ids
+    assert GenerationSession(engine, device=DEV, executor=ex).generate(PROMPTS[:1], cfg).token_ids == expected

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from workbench.builder.quantization.config import KV_CACHE_DTYPES, METHODS, QuantConfig
+from workbench.builder.quantization.config import DEFAULT_TARGETS, KV_CACHE_DTYPES, METHODS, QuantConfig
+from workbench.errors import WorkbenchError
 
 _OPTIONS = [
     click.option("--quant", "quant_method", type=click.Choice(METHODS), default=None,
@@ -34,23 +35,29 @@ _OPTIONS = [
                  help="Calibration text file, cut into --calib-samples pieces of --calib-seq-len tokens."),
     click.option("--calib-samples", type=int, default=16, show_default=True),
     click.option("--calib-seq-len", type=int, default=128, show_default=True),
+    click.option("--quant-logits", is_flag=True,
+                 help="Quantize the logits layer (LM head) too; with tied embeddings the engine then also keeps a "
+                      "quantized copy of the embedding table for it."),
     click.option("--quant-exclude", multiple=True,
                  help="Keep these linears in the engine dtype: layers.0.mlp.down, '*.down', 3-5.attn (repeatable)."),
 ]
 _KEYS = ("quant_method", "kv_cache_dtype", "kv_scale", "group_size", "sq_alpha", "sq_weights", "sq_acts", "act_order",
          "gptq_damp", "gptq_sequential", "awq_clip", "calib_prompts", "calib_file", "calib_samples", "calib_seq_len",
-         "quant_exclude")
+         "quant_logits", "quant_exclude")
 
 
 def quant_config(quant_method=None, kv_cache_dtype=None, kv_scale="per_head", group_size=128, sq_alpha=0.5,
                  sq_weights="per_channel", sq_acts="per_token", act_order=False, gptq_damp=0.01, gptq_sequential=True,
                  awq_clip=True, calib_prompts=(), calib_file=None, calib_samples=16, calib_seq_len=128,
-                 quant_exclude=()) -> QuantConfig | None:
+                 quant_logits=False, quant_exclude=()) -> QuantConfig | None:
     """The QuantConfig of the command-line options, or None when nothing is quantized."""
+    if quant_logits and quant_method is None:
+        raise WorkbenchError("--quant-logits needs --quant METHOD (it says which layers a method quantizes)")
     if quant_method is None and kv_cache_dtype is None:
         return None
     exclude = [p.strip() for item in quant_exclude for p in item.split(",") if p.strip()]
-    return QuantConfig(method=quant_method, kv_cache_dtype=kv_cache_dtype, kv_scale=kv_scale, group_size=group_size,
+    targets = list(DEFAULT_TARGETS) + (["logits"] if quant_logits else [])
+    return QuantConfig(targets=targets, method=quant_method, kv_cache_dtype=kv_cache_dtype, kv_scale=kv_scale, group_size=group_size,
                        sq_alpha=sq_alpha, sq_weights=sq_weights, sq_acts=sq_acts, act_order=act_order,
                        gptq_damp=gptq_damp, gptq_sequential=gptq_sequential, awq_clip=awq_clip,
                        calib_prompts=list(calib_prompts),

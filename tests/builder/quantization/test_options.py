@@ -47,3 +47,11 @@ def test_the_options_round_trip_through_the_build_config():
 def test_a_flag_that_is_not_a_boolean_is_an_error(key):
     with pytest.raises(WorkbenchError, match=f"{key} must be true or false"):
         QuantConfig.from_dict({"method": "gptq", key: "false"})  # a string would be truthy
+
+
+def test_quant_logits_adds_the_logits_layer_to_the_targets():
+    assert "logits" not in _parse("--quant", "int8_wo")["targets"]
+    targets = _parse("--quant", "int8_wo", "--quant-logits")["targets"]
+    assert targets[-1] == "logits" and "layers.*.mlp.down" in targets
+    result = CliRunner().invoke(show, ["--quant-logits"])
+    assert result.exit_code != 0 and "--quant-logits needs --quant METHOD" in str(result.exception)
