@@ -6,7 +6,8 @@ beside the bf16 engine they are quantized from, in one process.
 
 Random-weight Llama shapes (bench/gpu_models.py), bf16 activations; the quantization passes run on the
 device over the bf16 engine's weights (the decoder's qkv, o_proj, gate_up and down; embeddings, norms
-and the logits layer stay bf16, as `wb build --quant` leaves them). Every engine runs the `cuda`
+and the logits layer stay bf16, as `wb build --quant` leaves them; the `*_logits` modes quantize the
+logits layer too, as `wb build --quant ... --quant-logits` does). Every engine runs the `cuda`
 backend with the GEMV configs of bench/gemv_sweep.py's table when its JSON is there (the same table
 for all three, so bf16 gets its best GEMVs too), CUDA-graph decode steps fed back on the device, timed
 with CUDA events: prompt 128, 256 new tokens, greedy. Reports tokens/s, the ratio to bf16, and the
@@ -34,17 +35,20 @@ from common import RESULTS, machine, write_result  # noqa: E402
 from decode import kv_bytes_per_step  # noqa: E402
 from gpu_models import copy_bandwidth, device_name, engine_from_hf, hf_model, sweep_table, weight_bytes  # noqa: E402
 
-MODES = {"bf16": None, "int8_wo": "int8_wo", "int4_wo": "int4_wo"}
+# mode -> (method, the logits layer quantized too: `wb build --quant-logits`)
+MODES = {"bf16": None, "int8_wo": ("int8_wo", False), "int4_wo": ("int4_wo", False),
+         "int8_wo_logits": ("int8_wo", True), "int4_wo_logits": ("int4_wo", True)}
 
 
-def quantized(engine, method: str):
-    """The engine with its decoder linears quantized by `method` (on the weights' device)."""
+def quantized(engine, method: str, logits: bool = False):
+    """The engine with its decoder linears (and the logits layer when `logits`) quantized by `method`."""
     from dataclasses import replace
 
     from workbench.builder.engine import Engine
     from workbench.builder.quantization import QuantConfig, apply_quantization
+    from workbench.builder.quantization.config import DEFAULT_TARGETS
 
-    qc = QuantConfig(method=method)
+    qc = QuantConfig(method=method, targets=DEFAULT_TARGETS + (["logits"] if logits else []))
     net = apply_quantization(engine.network, qc)
     return Engine(network=net, architecture=engine.architecture, model_config=engine.model_config,
                   build_config=replace(engine.build_config, quant=qc), source=engine.source)
@@ -82,7 +86,7 @@ def run_model(name: str, args, bw: float, policy_table: dict | None, out: dict) 
     runs_of = [(mode, False) for mode in args.modes.split(",")]
     runs_of += [(mode, True) for mode in filter(None, args.plain_modes.split(","))]  # the same, PDL off
     for mode, plain in runs_of:
-        engine = base if MODES[mode] is None else quantized(base, MODES[mode])
+        engine = base if MODES[mode] is None else quantized(base, *MODES[mode])
         row = out.setdefault(mode + ("_no_pdl" if plain else ""), {})
         if mode != "bf16" and not plain:
             row["check"] = check(engine, prompts[args.batches[0]][0])

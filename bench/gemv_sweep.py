@@ -4,8 +4,8 @@ and for the weight-only quantized formats (int8 per channel, int4 per group of 1
     python bench/gemv_sweep.py                            # all formats, both shapes
     python bench/gemv_sweep.py --formats bf16 --models 8b
 
-Shapes of Llama-3.2-1B and Llama-3-8B (qkv, o, gate_up, down, logits; the logits layer in bf16 only,
-as the quantization passes leave it) at 1 and 8 rows. Each variant is timed as 20 calls captured in
+Shapes of Llama-3.2-1B and Llama-3-8B (qkv, o, gate_up, down, logits; the quantized logits layer of
+`--quant-logits` engines too) at 1 and 8 rows (`--rows`). Each variant is timed as 20 calls captured in
 one CUDA graph (as the decode step runs them), cycling through weight copies larger than L2 together
 so every call reads device memory. Configs: tensor-core dot tiles (any rows) and, for one row, fp32
 multiply-add tiles. For the MLP's gate_up projection it also times the GEMV writing silu(gate) * up
@@ -40,7 +40,8 @@ FMA = [(8, 512, 1, 4, 4), (16, 256, 1, 4, 4), (16, 512, 1, 4, 3), (32, 256, 1, 4
        (64, 256, 1, 8, 3), (32, 512, 1, 8, 3), (16, 1024, 1, 8, 2), (16, 256, 2, 4, 4), (32, 256, 4, 4, 4),
        (16, 512, 4, 4, 3)]
 FMA_QUANT = [(16, 1024, 1, 4, 3), (32, 1024, 1, 8, 3), (64, 512, 1, 8, 3), (8, 1024, 1, 4, 4), (16, 512, 2, 4, 4),
-             (32, 512, 1, 4, 4), (16, 128, 1, 4, 4), (32, 128, 1, 4, 4), (64, 128, 1, 8, 3), (16, 2048, 1, 8, 3)]
+             (32, 512, 1, 4, 4), (16, 128, 1, 4, 4), (32, 128, 1, 4, 4), (64, 128, 1, 8, 3), (16, 2048, 1, 8, 3),
+             (32, 512, 2, 4, 4), (32, 512, 1, 8, 3), (64, 512, 2, 8, 3), (32, 1024, 2, 8, 3), (64, 256, 1, 4, 4)]
 CALLS = 20
 GROUP = 128
 
@@ -132,19 +133,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="bf16,w8a16,w4a16")
     ap.add_argument("--models", default="1b,8b")
+    ap.add_argument("--rows", default="1,8")
     ap.add_argument("--name", default="gemv_sweep_h100")
     args = ap.parse_args()
     rows_out, table = [], []
     for model in args.models.split(","):
         for fmt in args.formats.split(","):
             for n, k in SHAPES[model]:
-                if fmt != "bf16" and n == 128256:
-                    continue  # the logits layer stays in the engine dtype
                 size = n * k * {"bf16": 2, "w8a16": 1, "w4a16": 0.5}[fmt]
                 copies = max(2, min(CALLS, -(-(160 << 20) // int(size))))
                 ws = make_weights(fmt, n, k, copies)
                 w0 = dense(fmt, ws[0])
-                for m in (1, 8):
+                for m in map(int, args.rows.split(",")):
                     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                     ref = x.float() @ w0.T
                     res = {"model": model, "format": fmt, "n": n, "k": k, "rows": m}
