@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import click
-import torch
 
 from workbench.cli.common import console, out, resolve_engine
 from workbench.errors import WorkbenchError
+from workbench.runtime.backends import BACKEND_NAMES, make_executor, resolve_device
 from workbench.runtime.sampler import SamplingConfig
 from workbench.runtime.session import GenerationConfig, GenerationSession
 from workbench.tokenizer import chat_prompt, load_tokenizer
@@ -28,27 +28,22 @@ from workbench.tokenizer import chat_prompt, load_tokenizer
 @click.option("--stop", "stops", multiple=True, help="Stop when this text appears (repeatable).")
 @click.option("--dtype", default="fp32", show_default=True, help="dtype when building from a checkpoint.")
 @click.option("--unpaged", is_flag=True, help="Use the contiguous KV cache instead of the paged one.")
-@click.option("--backend", type=click.Choice(["torch", "cuda"]), default="torch", show_default=True,
-              help="torch: the reference executor; cuda: Triton plugins and CUDA-graph decode (needs a GPU).")
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True,
+              help="torch: the reference executor; cuda: Triton plugins and CUDA-graph decode (needs a GPU, or "
+                   "TRITON_INTERPRET=1 with --device cpu).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda for --backend cuda, else cpu).")
 def run_command(model, prompts, chat, system, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                 seed, stops, dtype, unpaged, backend, device):
     """Generate with MODEL (an engine dir or a checkpoint dir; default: SmolLM2-135M-Instruct)."""
     if not prompts:
         raise click.UsageError("give at least one --prompt")
-    device = device or ("cuda" if backend == "cuda" else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise WorkbenchError(f"--device {device}: this machine has no CUDA GPU; use --backend torch --device cpu")
-    if backend == "cuda" and (unpaged or not device.startswith("cuda")):
-        raise WorkbenchError("--backend cuda runs on a CUDA device with the paged KV cache (drop --unpaged)")
+    device = resolve_device(backend, device)
+    if backend == "cuda" and unpaged:
+        raise WorkbenchError("--backend cuda runs with the paged KV cache (drop --unpaged)")
     engine = resolve_engine(model, dtype)
     tokenizer = load_tokenizer(engine)
     ids = [chat_prompt(tokenizer, p, system) if chat else tokenizer.encode(p) for p in prompts]
-    executor = None
-    if backend == "cuda":
-        from workbench.runtime.cuda_executor import CudaExecutor
-
-        executor = CudaExecutor(engine, device)
+    executor = make_executor(engine, device, backend) if backend == "cuda" else None
     session = GenerationSession(engine, device=device, tokenizer=tokenizer, paged=not unpaged, executor=executor)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, stop_strings=list(stops),
