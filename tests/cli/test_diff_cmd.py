@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from workbench.cli import main
@@ -99,3 +101,29 @@ def test_baseline_of_another_model_or_gone_exits_2(wb, engine_fp32, tmp_path):
     assert r.exit_code == 2 and "the HF checkpoint the engine was built from is gone" in r.output
     r = wb(engine.path, "--baseline", engine_fp32.source["checkpoint"], "--layer", "logits")
     assert r.exit_code == 0, r.output
+
+
+def test_backend_cuda_diffs_the_fast_path(wb, engine_fp32, tmp_path):
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the cuda backend needs a GPU or Triton's interpreter")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = tmp_path / "cuda.json"
+    r = wb(engine_fp32.path, "--backend", "cuda", "--device", device, "--first-divergence", "--steps", "2",
+           "--token-ids", "1,40,71,78,78,81", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert f"cuda backend on {device}" in r.output and "every name passes" in r.output
+    data = json.loads(out.read_text())
+    assert {rep["engine"]["backend"] for rep in data["reports"]} == {"cuda"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "cuda"], "--backend cuda: this machine has no CUDA GPU"),
+    (["--backend", "cuda", "--device", "cpu"], "set TRITON_INTERPRET=1"),
+    (["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
+])
+def test_backend_cuda_without_a_usable_device_exits_2_with_one_line(wb, engine_fp32, monkeypatch, args, message):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    r = wb(engine_fp32.path, *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and r.output.count("error:") == 1 and len(r.output.strip().splitlines()) == 1

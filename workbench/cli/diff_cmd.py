@@ -16,6 +16,7 @@ from rich.console import Console
 from workbench.cli.common import console, out, resolve_engine
 from workbench.errors import WorkbenchError
 from workbench.fsutil import atomic_write
+from workbench.runtime.backends import BACKEND_NAMES, resolve_device
 
 _MODES = ("accumulated", "local", "both")
 
@@ -126,9 +127,14 @@ def _modes(mode: str) -> tuple[str, ...]:
 @click.option("--save-session", "session_path", type=click.Path(path_type=Path), default=None,
               help="Record this diff as a session file (NAME.wbs) that `wb replay` reruns.")
 @click.option("--with-tensors", is_flag=True, help="With --save-session: keep the compared tensors beside it.")
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True,
+              help="torch: the reference executor; cuda: the fast path (Triton plugins, paged KV cache, CUDA-graph "
+                   "decode steps; needs a GPU, or TRITON_INTERPRET=1 with --device cpu).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda for --backend cuda, else cpu).")
 @click.pass_context
 def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol, rtol, error_stat, error_quantile,
-                 jump_factor, json_path, dtype, baseline_dir, baseline_dtype, session_path, with_tensors, token_ids):
+                 jump_factor, json_path, dtype, baseline_dir, baseline_dtype, session_path, with_tensors, token_ids,
+                 backend, device):
     """Diff MODEL (an engine dir or a checkpoint dir; default: SmolLM2-135M-Instruct) against its HF model.
 
     Exit status: 0 when every name passes, 1 when any fails (or a token diverges), 2 on bad input.
@@ -154,6 +160,7 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
         raise WorkbenchError("--with-tensors needs --save-session FILE")
     if jump_factor <= 1:
         raise WorkbenchError(f"--jump-factor {jump_factor}: must be > 1")
+    device = resolve_device(backend, device)
     engine = resolve_engine(model, dtype)
     if model is not None and (Path(model) / "engine.json").is_file() and ctx.get_parameter_source("dtype").name != "DEFAULT" \
             and canonical_dtype(dtype) != engine.build_config.dtype:
@@ -164,8 +171,10 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
     baseline = Baseline.for_engine(engine, baseline_dir, dtype=baseline_dtype)
     for w in baseline.warnings:
         console.print(f"[yellow]warning:[/] {w}")
-    kwargs = dict(modes=_modes(mode), prompt=prompt, token_ids=ids_given, tolerances=tol, baseline=baseline)
-    with console.status(f"running {Path(baseline.checkpoint).name} in transformers ({baseline.dtype}) and the engine..."):
+    kwargs = dict(modes=_modes(mode), prompt=prompt, token_ids=ids_given, tolerances=tol, baseline=baseline,
+                  device=device, backend=backend)
+    with console.status(f"running {Path(baseline.checkpoint).name} in transformers ({baseline.dtype}) and the engine "
+                        f"({backend} backend on {device})..."):
         if first_divergence:
             search = step_list[-1] if steps is not None else DEFAULT_SEARCH_STEPS
             explicit = steps is not None and any(c in str(steps) for c in ",- ")
@@ -178,7 +187,8 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
             names, ids, _ = prepare(engine, list(layers) or None, prompt=prompt, token_ids=ids_given, tolerances=tol,
                                     baseline=baseline, baseline_dtype=None, device="cpu")
             run = capture(engine, names, token_ids=ids, modes=_modes(mode), steps=step_list, baseline=baseline,
-                          prompt=None if ids_given else prompt if prompt is not None else DEFAULT_PROMPT)
+                          prompt=None if ids_given else prompt if prompt is not None else DEFAULT_PROMPT,
+                          device=device, backend=backend)
             reports = [compare(run, s, m, tol) for s in step_list for m in _modes(mode)]
             passed = all(r.passed for r in reports)
         else:
@@ -186,7 +196,8 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
             passed = all(r.passed for r in reports)
     first = reports[0]
     console.print(f"[dim]{first.model.get('checkpoint')} ({first.model.get('dtype')}) vs engine "
-                  f"{first.engine.get('path')} ({first.engine.get('dtype')}); prompt of "
+                  f"{first.engine.get('path')} ({first.engine.get('dtype')}, {first.engine.get('backend')} backend on "
+                  f"{first.engine.get('device')}); prompt of "
                   f"{len(first.token_ids) - first.step} tokens{'' if prompt else ' (default)'}[/]", soft_wrap=True)
     if first_divergence:
         for d in result.layers:
@@ -215,7 +226,7 @@ def diff_command(ctx, model, layers, first_divergence, mode, prompt, steps, atol
         from workbench.inspect.replay import record
         from workbench.inspect.session_file import save_session
 
-        session = record(engine, reports, run=run if with_tensors else None, title=prompt or "wb diff")
+        session = record(engine, reports, run=run if with_tensors else None, device=device, title=prompt or "wb diff")
         save_session(session, session_path)
         console.print(f"[dim]saved session {session_path} (replay with `wb replay {session_path}`)[/]")
     sys.exit(0 if passed else 1)

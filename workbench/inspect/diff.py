@@ -13,6 +13,11 @@ step k >= 1 is the k-th greedy generation step, whose input is HF's k-th greedy 
 (one position). The engine runs one forward pass over the prompt and HF's greedy tokens:
 without a KV cache it is causal, so row `prompt_len - 1 + k` is what the engine computes at
 step k given the same prefix.
+
+Backends: `torch` (the reference) runs that one forward pass. `cuda` (the fast path) runs the
+sequence as it serves it: the context phase over the prompt through a paged KV cache (flash
+attention), then one decode step per generated token (paged attention; a CUDA-graph replay on a
+GPU), each fed HF's token; rows are the same positions either way.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from workbench.inspect.baseline import Baseline, BaselineRun, check_tokenizer, l
 from workbench.inspect.metrics import TensorMetrics
 from workbench.inspect.tolerances import Tolerances, Verdict, check
 from workbench.names import match
+from workbench.runtime.attention_meta import AttentionMeta
+from workbench.runtime.backends import make_executor, resolve_device
 from workbench.runtime.executor import Executor
 
 MODES = ("accumulated", "local")
@@ -228,11 +235,13 @@ def _step(item: str, text: str) -> int:
 
 
 def capture(engine: Engine, names: list[str], *, token_ids: list[int], modes=("accumulated",), steps=(0,),
-            baseline: Baseline | None = None, prompt: str | None = None, device: str = "cpu") -> DiffRun:
+            baseline: Baseline | None = None, prompt: str | None = None, device: str = "cpu",
+            backend: str = "torch") -> DiffRun:
     """Run HF (context phase + greedy steps up to max(steps)) and the engine over the same tokens.
 
     The engine always runs end to end (its logits give its greedy choices); with "local" in
-    `modes` it also runs once with every canonical name replaced by HF's value.
+    `modes` it also runs once with every canonical name replaced by HF's value. `backend`:
+    torch or cuda (see the module's docstring).
     """
     for mode in modes:
         if mode not in MODES:
@@ -240,6 +249,7 @@ def capture(engine: Engine, names: list[str], *, token_ids: list[int], modes=("a
     steps = sorted(set(steps))
     if not steps or steps[0] < 0:
         raise WorkbenchError("steps must be >= 0 (0 is the context phase)")
+    resolve_device(backend, device)  # before HF runs: a backend that cannot run here fails at once
     baseline = baseline or Baseline.for_engine(engine, device=device)
     max_step = steps[-1]
     seq_len = len(token_ids) + max_step
@@ -252,18 +262,49 @@ def capture(engine: Engine, names: list[str], *, token_ids: list[int], modes=("a
     hf_names = [n for n in hf_names if n in baseline.name_map]
     hf = baseline.run(token_ids, hf_names, steps=max_step, capture_steps=None if local else steps)
 
-    executor = Executor(debug_engine(engine, names), device=device)
+    executor = make_executor(debug_engine(engine, names), device, backend)
     seq = hf.sequence
-    outputs = {"accumulated": _cpu(executor.forward([seq])[0])}
+    run = _forward if backend == "torch" else _served
+    outputs = {"accumulated": _cpu(run(executor, seq, len(token_ids), None))}
     if local:
         substitute = {n: hf.full(n) for n in hf_names}
-        outputs["local"] = _cpu(executor.forward([seq], substitute=[substitute])[0])
+        outputs["local"] = _cpu(run(executor, seq, len(token_ids), substitute))
     model_info = {"checkpoint": str(baseline.checkpoint), "architecture": engine.architecture,
                   "num_layers": engine.model_config.get("num_layers"), "dtype": baseline.dtype}
     engine_info = {"path": str(engine.path) if engine.path else None, "dtype": engine.build_config.dtype,
-                   "weights_sha256": engine.weights_sha256, "backend": executor.backend, "device": str(device)}
+                   "weights_sha256": engine.weights_sha256, "backend": executor.backend, "device": str(executor.device)}
     return DiffRun(names=list(names), baseline=hf, engine_outputs=outputs, prompt=prompt, model=model_info,
                    engine=engine_info, warnings=list(baseline.warnings))
+
+
+def _forward(executor: Executor, seq: list[int], prompt_len: int,
+             substitute: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """One causal forward pass over the whole sequence (no cache): every output [L, ...]."""
+    return executor.forward([seq], substitute=[substitute] if substitute else None)[0]
+
+
+def _served(executor: Executor, seq: list[int], prompt_len: int,
+            substitute: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The sequence as generation runs it: the prompt in one step, then one decode step per later token,
+    through a paged KV cache; every output [L, ...], as `_forward` gives it."""
+    from workbench.runtime.session import GenerationSession
+
+    # the session's cache has the engine's KV layout and dtype (a quantized cache too)
+    cache = GenerationSession(executor.engine, device=str(executor.device), executor=executor,
+                              kv_cache_tokens=len(seq)).cache
+    cache.reserve(0, len(seq))
+    parts: list[dict[str, torch.Tensor]] = []
+    try:
+        start = 0
+        for end in [prompt_len] + list(range(prompt_len + 1, len(seq) + 1)):
+            sub = {k: v[start:end] for k, v in substitute.items()} if substitute else None
+            meta = AttentionMeta([0], [end - start], [start], cache)
+            outs = executor.run(torch.tensor(seq[start:end]), torch.arange(start, end), meta, substitute=sub)
+            parts.append(_cpu(outs))
+            start = end
+    finally:
+        cache.release(0)
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def _cpu(outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -306,11 +347,13 @@ def prepare(engine: Engine, layers: str | list[str] | None, *, prompt: str | Non
 
 def diff(engine: Engine, layers: str | list[str] | None = None, *, modes=("accumulated",), steps=(0,),
          prompt: str | None = None, token_ids: list[int] | None = None, tolerances: Tolerances | None = None,
-         baseline: Baseline | None = None, baseline_dtype: str | None = None, device: str = "cpu") -> list[DiffReport]:
+         baseline: Baseline | None = None, baseline_dtype: str | None = None, device: str = "cpu",
+         backend: str = "torch") -> list[DiffReport]:
     """Diff the engine against its HF model: one report per (step, mode), rows in layer order.
 
     `layers` are patterns (`12.attn`, `*.mlp`, `all`; default all); without `token_ids` the
-    prompt (default DEFAULT_PROMPT) is tokenized with the engine's tokenizer.
+    prompt (default DEFAULT_PROMPT) is tokenized with the engine's tokenizer. `backend`: the
+    engine's executor, torch (reference) or cuda (fast path).
     """
     if isinstance(modes, str):
         modes = (modes,)
@@ -318,5 +361,5 @@ def diff(engine: Engine, layers: str | list[str] | None = None, *, modes=("accum
                                    baseline=baseline, baseline_dtype=baseline_dtype, device=device)
     used_prompt = None if token_ids is not None else (prompt if prompt is not None else DEFAULT_PROMPT)
     run = capture(engine, names, token_ids=ids, modes=modes, steps=steps, baseline=baseline, prompt=used_prompt,
-                  device=device)
+                  device=device, backend=backend)
     return [compare(run, s, m, tolerances) for s in sorted(set(steps)) for m in modes]

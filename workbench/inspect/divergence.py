@@ -197,11 +197,11 @@ def first_divergence(engine: Engine, layers: str | list[str] | None = None, *, m
                      token_ids: list[int] | None = None, tolerances: Tolerances | None = None,
                      baseline: Baseline | None = None, baseline_dtype: str | None = None,
                      jump_factor: float = DEFAULT_JUMP_FACTOR, decode: Callable[[list[int]], str] | None = None,
-                     device: str = "cpu") -> DivergenceResult:
+                     device: str = "cpu", backend: str = "torch") -> DivergenceResult:
     """Layer divergence of each (step, mode) report, and the first step (0..search_steps) whose token differs.
 
     HF decodes `max(search_steps, max(steps))` steps greedily; every step is captured, so
-    the layer diffs at the token divergence step come from the same run.
+    the layer diffs at the token divergence step come from the same run. `backend`: as in `diff`.
     """
     if isinstance(modes, str):
         modes = (modes,)
@@ -215,7 +215,7 @@ def first_divergence(engine: Engine, layers: str | list[str] | None = None, *, m
     steps = sorted(set(steps))
     last = max(search_steps, steps[-1])
     run = capture(engine, names, token_ids=ids, modes=modes, steps=list(range(last + 1)), baseline=baseline,
-                  prompt=used_prompt, device=device)
+                  prompt=used_prompt, device=device, backend=backend)
     reports = [compare(run, s, m, tolerances) for s in steps for m in modes]
     divs = [layer_divergence(r, jump_factor=jump_factor) for r in reports]
     tokens = token_divergence(run, modes, tolerances, jump_factor=jump_factor, decode=decode)
