@@ -103,17 +103,18 @@ def test_baseline_of_another_model_or_gone_exits_2(wb, engine_fp32, tmp_path):
     assert r.exit_code == 0, r.output
 
 
-def test_backend_cuda_diffs_the_fast_path(wb, engine_fp32, tmp_path):
+def test_backend_cuda_diffs_the_fast_path_and_saves_it_in_the_session(wb, engine_fp32, tmp_path):
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the cuda backend needs a GPU or Triton's interpreter")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = tmp_path / "cuda.json"
+    out, session = tmp_path / "cuda.json", tmp_path / "cuda.wbs"
     r = wb(engine_fp32.path, "--backend", "cuda", "--device", device, "--first-divergence", "--steps", "2",
-           "--token-ids", "1,40,71,78,78,81", "--json", out)
+           "--token-ids", "1,40,71,78,78,81", "--json", out, "--save-session", session)
     assert r.exit_code == 0, r.output
     assert f"cuda backend on {device}" in r.output and "every name passes" in r.output
     data = json.loads(out.read_text())
     assert {rep["engine"]["backend"] for rep in data["reports"]} == {"cuda"}
+    assert json.loads(session.read_text())["backend"] == "cuda"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

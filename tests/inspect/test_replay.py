@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from workbench.builder.config import BuildConfig
 from workbench.cli import main
 from workbench.engine_cache import cached_engine
+from workbench.errors import WorkbenchError
 from workbench.inspect.diff import capture, compare, select_names
 from workbench.inspect.replay import REGRESSION, junit_xml, record, replay
 from workbench.inspect.session_file import SessionFileError, load_session, save_session
@@ -204,3 +205,55 @@ def test_wb_diff_saves_a_session_that_replays(cache, tmp_path):
     assert replay(path).passed
     bad = CliRunner().invoke(main, ["diff", str(engine.path), "--token-ids", "1,2", "--save-session", str(tmp_path / "x.json")])
     assert bad.exit_code == 2 and "end in .wbs" in bad.output
+
+
+def test_sessions_without_a_backend_field_replay_with_torch(recorded, tmp_path):
+    from pathlib import Path
+
+    checked_in = sorted((Path(__file__).parents[2] / "sessions").glob("*.wbs"))
+    assert len(checked_in) == 6 and all(load_session(p, with_tensors=False).backend == "torch" for p in checked_in)
+    assert "backend" not in json.loads(checked_in[0].read_text())  # recorded before the field
+    assert load_session(recorded).backend == "torch"
+    assert {r.engine["backend"] for r in replay(recorded).reports} == {"torch"}
+
+
+def test_a_cuda_session_records_and_replays_its_backend(cache, tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the cuda backend needs a GPU or Triton's interpreter")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = cached_engine(tiny_checkpoint(SPEC), BuildConfig(max_seq_len=32))
+    tol = Tolerances.parse(["1e-4"], ["1e-4"])
+    run = capture(engine, select_names(engine, "all"), token_ids=TOKENS, modes=("accumulated",), steps=(0, 1),
+                  device=device, backend="cuda")
+    reports = [compare(run, s, "accumulated", tol) for s in (0, 1)]
+    path = save_session(record(engine, reports, model={"source": "tiny", "spec": SPEC}, device=device), tmp_path / "c.wbs")
+    assert load_session(path).backend == "cuda" and json.loads(path.read_text())["backend"] == "cuda"
+    result = replay(path)
+    assert result.passed and {r.engine["backend"] for r in result.reports} == {"cuda"}
+    assert {r.engine["backend"] for r in replay(path, backend="torch").reports} == {"torch"}
+    if not torch.cuda.is_available():  # no interpreter either: the torch backend, and a note saying so
+        monkeypatch.delenv("TRITON_INTERPRET")
+        result = replay(path)
+        assert result.passed and {r.engine["backend"] for r in result.reports} == {"torch"}
+        assert any("recorded with the cuda backend" in n and "not reproduced" in n for n in result.notes)
+        with pytest.raises(WorkbenchError, match="--update would record torch-backend results"):
+            replay(path, update=True)
+        res = CliRunner().invoke(main, ["replay", str(path), "--backend", "cuda"])
+        assert res.exit_code == 2 and "TRITON_INTERPRET=1" in res.output
+
+
+def test_a_session_with_an_unknown_backend_is_refused(recorded, tmp_path):
+    from workbench.inspect import session_file
+
+    m = json.loads(recorded.read_text())
+    m["backend"] = "tensorrt"
+    m.pop("checksum")
+    m["checksum"] = session_file._checksum(m)
+    bad = tmp_path / "bad.wbs"
+    bad.write_text(json.dumps(m))
+    with pytest.raises(SessionFileError, match="backend must be one of torch, cuda"):
+        load_session(bad, with_tensors=False)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from workbench.cli.common import console, out
 from workbench.fsutil import atomic_write
 from workbench.inspect.replay import EXPECTED_FAIL, FIXED, NOT_COMPARED, REGRESSION, junit_xml, replay
+from workbench.runtime.backends import BACKEND_NAMES
 
 _STYLE = {REGRESSION: "bold red", FIXED: "green", EXPECTED_FAIL: "yellow", NOT_COMPARED: "dim"}
 
@@ -19,12 +21,15 @@ _STYLE = {REGRESSION: "bold red", FIXED: "green", EXPECTED_FAIL: "yellow", NOT_C
 @click.option("--junit", "junit", type=click.Path(path_type=Path), help="Write a JUnit XML report here.")
 @click.option("--update", is_flag=True, help="Accept the new results: rewrite each session with them.")
 @click.option("--device", default=None, help="cpu or cuda (default: where it was recorded, if available here).")
-def replay_command(sessions, junit, update, device):
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default=None,
+              help="torch or cuda (default: the one it was recorded with, if it runs here).")
+def replay_command(sessions, junit, update, device, backend):
     """Rebuild and rerun SESSIONS (.wbs files); exit 1 if any name regressed."""
     results = []
     for path in sessions:
         with console.status(f"replaying {path} ...") as status:
-            result = replay(path, device=device, update=update, progress=lambda m: status.update(f"{path}: {m}"))
+            result = replay(path, device=device, backend=backend, update=update,
+                            progress=lambda m: status.update(f"{path}: {m}"))
         results.append(result)
         _render(result)
     if junit:
@@ -51,7 +56,7 @@ def _render(result) -> None:
         table.add_column(col)
     for o in shown:
         why = "; ".join(o.moved + ([o.reason] if o.status == REGRESSION else []))
-        table.add_row(o.mode, str(o.step), o.name, f"[{_STYLE.get(o.status, '')}]{o.status}[/]", why)
+        table.add_row(o.mode, str(o.step), o.name, Text(o.status, style=_STYLE.get(o.status, "")), why)
     out.print(table)
 
 

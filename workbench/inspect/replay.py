@@ -15,6 +15,7 @@ from workbench.errors import WorkbenchError
 from workbench.inspect.diff import DiffReport, DiffRun, diff
 from workbench.inspect.session_file import Session, environment, key, load_session, save_session
 from workbench.inspect.tolerances import Tolerances
+from workbench.runtime.backends import resolve_device
 
 # statuses of one (mode, step, name) in a replay
 PASS, EXPECTED_FAIL, REGRESSION, FIXED, NOT_COMPARED = "pass", "expected-fail", "regression", "fixed", "not-compared"
@@ -52,7 +53,7 @@ def record(engine: Engine, reports: list[DiffReport], *, model: dict | None = No
         token_ids=_prompt_ids(reports), names=list(first.names), modes=sorted({r.mode for r in reports}),
         steps=sorted({r.step for r in reports}), tolerances=first.tolerances, reports=[r.to_dict() for r in reports],
         expected_failures=expected, prompt=first.prompt, environment={**environment(device), **first.engine},
-        profile=profile, title=title, tensors=tensors)
+        profile=profile, title=title, tensors=tensors, backend=first.engine.get("backend", "torch"))
 
 
 def _prompt_ids(reports: list[DiffReport]) -> list[int]:
@@ -130,17 +131,24 @@ class ReplayResult:
                 "notes": list(self.notes), "outcomes": [o.to_dict() for o in self.outcomes]}
 
 
-def replay(path: str | Path, *, device: str | None = None, update: bool = False,
+def replay(path: str | Path, *, device: str | None = None, backend: str | None = None, update: bool = False,
            progress: Callable[[str], None] | None = None) -> ReplayResult:
-    """Rebuild and rerun a session, compare with the recorded results; with `update`, record the new ones."""
+    """Rebuild and rerun a session, compare with the recorded results; with `update`, record the new ones.
+
+    It replays on the recorded backend (`backend` overrides it); a session recorded with the cuda
+    backend replays with the torch one, with a note, where this machine cannot run cuda.
+    """
     import time
 
     t0 = time.perf_counter()
     path = Path(path)
     session = load_session(path, with_tensors=False)
-    notes = _device_notes(session, device)
-    device = device or ("cuda" if session.environment.get("device", "cpu").startswith("cuda")
-                        and torch.cuda.is_available() else "cpu")
+    asked = backend
+    device, backend, notes = _placement(session, device, backend)
+    if update and asked is None and backend != session.backend:
+        raise WorkbenchError(f"{path}: --update would record {backend}-backend results over a session recorded with "
+                             f"the {session.backend} backend; update it where that backend runs, or pass --backend "
+                             f"{backend} to change it on purpose")
     say = progress or (lambda msg: None)
     say("preparing the model")
     checkpoint = checkpoint_for(session, path)
@@ -156,7 +164,8 @@ def replay(path: str | Path, *, device: str | None = None, update: bool = False,
     tolerances = Tolerances.from_dict(session.tolerances)
     baseline_dtype = (session.reports[0].get("model") or {}).get("dtype") if session.reports else None
     reports = diff(engine, session.names, modes=tuple(session.modes), steps=tuple(session.steps),
-                   token_ids=session.token_ids, tolerances=tolerances, baseline_dtype=baseline_dtype, device=device)
+                   token_ids=session.token_ids, tolerances=tolerances, baseline_dtype=baseline_dtype, device=device,
+                   backend=backend)
     outcomes = compare_reports(session, reports)
     if update:
         new = record(engine, reports, model=session.model, device=device, profile=session.profile, title=session.title)
@@ -208,19 +217,33 @@ def _moved(old: dict, new: dict) -> list[str]:
     return out
 
 
-def _device_notes(session: Session, device: str | None) -> list[str]:
+def _placement(session: Session, device: str | None, backend: str | None) -> tuple[str, str, list[str]]:
+    """(device, backend, notes): the recorded backend and device where this machine has them, unless asked."""
     env = session.environment
     rec_device = env.get("device", "cpu")
-    here = device or ("cuda" if rec_device.startswith("cuda") and torch.cuda.is_available() else "cpu")
+    asked = backend is not None
+    backend = backend or session.backend
+    if device is None:
+        on_gpu = rec_device.startswith("cuda") or backend == "cuda"
+        device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
     notes = []
-    if rec_device.startswith("cuda") and not here.startswith("cuda"):
+    if backend == "cuda" and not asked:
+        try:
+            resolve_device(backend, device)
+        except WorkbenchError:
+            notes.append(f"recorded with the cuda backend, which cannot run on {device} here (no CUDA GPU; "
+                         "TRITON_INTERPRET=1 runs its kernels in Triton's CPU interpreter): replayed with the torch "
+                         "backend, so differences specific to the cuda kernels are not reproduced")
+            backend = "torch"
+    device = resolve_device(backend, device)  # an explicit --backend / --device that cannot run here fails
+    if rec_device.startswith("cuda") and not device.startswith("cuda"):
         name = env.get("device_name", "a GPU")
-        notes.append(f"recorded on {rec_device} ({name}) with the {env.get('backend', 'torch')} backend; replayed on "
-                     f"{here} with the torch backend: differences specific to GPU kernels are not reproduced, "
+        notes.append(f"recorded on {rec_device} ({name}) with the {session.backend} backend; replayed on "
+                     f"{device} with the {backend} backend: differences specific to GPU kernels are not reproduced, "
                      "everything else is compared under the recorded tolerances")
     if session.profile:
         notes.append("timings were recorded for reference and are not compared (they are not a correctness signal)")
-    return notes
+    return device, backend, notes
 
 
 def junit_xml(results: list[ReplayResult]) -> str:

@@ -19,6 +19,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.fsutil import atomic_write
+from workbench.runtime.backends import BACKEND_NAMES
 
 FORMAT = "workbench-session"
 FORMAT_VERSION = 1
@@ -48,6 +49,7 @@ class Session:
     profile: dict | None = None  # ProfileReport.to_dict(), when timing was recorded
     title: str = ""
     tensors: dict[str, torch.Tensor] | None = None  # "MODE/STEP/NAME" (engine) and "hf/STEP/NAME", when captured
+    backend: str = "torch"  # the engine's executor; files from before the field ran the torch backend
 
     def manifest(self, tensors_file: str | None) -> dict:
         """The JSON content, without the checksum."""
@@ -56,7 +58,7 @@ class Session:
             "build": self.build, "prompt": self.prompt, "token_ids": list(self.token_ids), "names": list(self.names),
             "modes": list(self.modes), "steps": list(self.steps), "tolerances": self.tolerances,
             "expected_failures": self.expected_failures, "reports": self.reports, "environment": self.environment,
-            "profile": self.profile, "tensors_file": tensors_file,
+            "profile": self.profile, "tensors_file": tensors_file, "backend": self.backend,
         }
 
 
@@ -131,7 +133,8 @@ def load_session(path: str | Path, *, with_tensors: bool = True) -> Session:
     return Session(model=m["model"], build=m["build"], token_ids=m["token_ids"], names=m["names"], modes=m["modes"],
                    steps=m["steps"], tolerances=m["tolerances"], reports=m["reports"],
                    expected_failures=m["expected_failures"], prompt=m.get("prompt"), environment=m["environment"],
-                   profile=m.get("profile"), title=m.get("title", ""), tensors=tensors)
+                   profile=m.get("profile"), title=m.get("title", ""), tensors=tensors,
+                   backend=m.get("backend", "torch"))
 
 
 def _validate(m: dict, path: Path) -> None:
@@ -155,6 +158,7 @@ def _validate(m: dict, path: Path) -> None:
     need(isinstance(m.get("steps"), list) and m["steps"] and all(isinstance(s, int) and s >= 0 for s in m["steps"]),
          "steps must be integers >= 0")
     need(isinstance(m.get("reports"), list), "reports must be a list")
+    need(m.get("backend", "torch") in BACKEND_NAMES, f"backend must be one of {', '.join(BACKEND_NAMES)}")
     need(isinstance(m.get("expected_failures"), dict), "expected_failures must be an object")
     tf = m.get("tensors_file")
     if tf is not None:
