@@ -15,6 +15,7 @@ from workbench.cli.common import out as stdout
 from workbench.errors import WorkbenchError
 from workbench.inspect.profiler import ProfileConfig, Row, profile_engine
 from workbench.inspect.timeline import PhaseSummary, ProfileSummary, summarize_profile, write_chrome_trace
+from workbench.runtime.backends import BACKEND_NAMES, resolve_device
 from workbench.runtime.nvtx import BACKENDS
 
 PHASE_CHOICES = {"context": ("context",), "generation": ("generation",), "both": ("context", "generation")}
@@ -34,15 +35,19 @@ PHASE_CHOICES = {"context": ("context",), "generation": ("generation",), "both":
               help="Also time the HF model the engine was built from.")
 @click.option("--dtype", default=None, help="fp32, fp16 or bf16 when building from a checkpoint [default: fp32].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-              help="Where to run [default: cuda if available, else cpu].")
+              help="Where to run [default: cuda if available (always for --backend cuda), else cpu].")
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="torch", show_default=True,
+              help="torch: the reference executor, node by node; cuda: the fast path's compiled program statement by "
+                   "statement, and its decode step as a CUDA-graph replay (needs a GPU, or TRITON_INTERPRET=1 with "
+                   "--device cpu).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads while timing (1 is steadiest on a busy CPU).")
 @click.option("--nvtx", "nvtx_backend", type=click.Choice([b for b in BACKENDS if b != "noop"]), default="auto",
               show_default=True, help="NVTX ranges around phases, steps, layers and nodes.")
 @click.option("--top", default=8, show_default=True, type=int, help="Rows in each table.")
 def profile_command(model, phase, steps, prompt_len, batch_size, repeats, warmup, trace_path, json_path, baseline,
-                    dtype, device, threads, nvtx_backend, top):
+                    dtype, device, backend, threads, nvtx_backend, top):
     """Time every layer and node of an engine (an engine dir, a checkpoint dir, or the default model)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(backend, device or ("cuda" if torch.cuda.is_available() or backend == "cuda" else "cpu"))
     engine = resolve_engine(model, dtype or "fp32")
     if dtype and canonical_dtype(dtype) != engine.build_config.dtype:
         console.print(f"[yellow]note[/]: {model} is an engine built in {engine.build_config.dtype}; --dtype {dtype} "
@@ -50,8 +55,13 @@ def profile_command(model, phase, steps, prompt_len, batch_size, repeats, warmup
     config = ProfileConfig(phases=PHASE_CHOICES[phase], prompt_len=prompt_len, steps=steps, batch_size=batch_size,
                            warmup=warmup, repeats=repeats, nvtx=nvtx_backend, baseline=False, threads=threads)
     config.check()
-    with console.status(f"profiling on {device} ({', '.join(config.phases)}, {repeats} repeats)..."):
-        report = profile_engine(engine, config, device=device)
+    with console.status(f"profiling the {backend} backend on {device} ({', '.join(config.phases)}, {repeats} repeats)..."):
+        if backend == "cuda":
+            from workbench.inspect.cuda_profile import profile_cuda
+
+            report = profile_cuda(engine, config, device=device)
+        else:
+            report = profile_engine(engine, config, device=device)
     if baseline:
         report = _with_baseline(engine, report)
     if json_path:
@@ -102,18 +112,29 @@ def render(summary: ProfileSummary, to: Console | None = None) -> None:
     out = to or stdout
     threads = f", {summary.threads} CPU threads" if summary.device == "cpu" else ""
     out.print(f"[bold]{summary.model}[/] on {summary.device} ({summary.device_name}{threads}), {summary.dtype}, "
-              f"NVTX {summary.nvtx}")
+              f"{summary.backend} backend, NVTX {summary.nvtx}")
+    if summary.fused:
+        where = ", ".join(f"{name} in {row}" for name, row in summary.fused.items())
+        out.print(f"[dim]fused: {where} (a fused statement is timed once, under its first canonical name)[/]",
+                  soft_wrap=True)
     for ph in summary.phases:
-        _render_phase(ph, out)
+        _render_phase(ph, out, summary.device)
 
 
-def _render_phase(ph: PhaseSummary, out: Console) -> None:
+def _render_phase(ph: PhaseSummary, out: Console, device: str) -> None:
     st = ph.step_time
     out.print()
     tokens = f"{ph.num_tokens} token{'s' if ph.num_tokens != 1 else ''}"
     out.print(f"[bold cyan]{ph.phase}[/]: {tokens} per step, {st.median_ms:.3f} ms per step "
               f"(median of {st.samples}, min {st.min_ms:.3f}, max {st.max_ms:.3f}), {ph.tokens_per_s:,.0f} tokens/s; "
               f"node timings account for {ph.coverage:.0%} of the step")
+    if ph.graph_step_time is not None:
+        g = ph.graph_step_time
+        what = "CUDA-graph decode step" if device.startswith("cuda") else \
+            "decode step (no CUDA graph on a CPU: the same step run eagerly)"
+        out.print(f"  {what}, replayed back to back: {g.median_ms:.3f} ms (median of {g.samples}, min {g.min_ms:.3f}, "
+                  f"max {g.max_ms:.3f}); the program's statements timed one by one sum to {ph.attributed_ms:.3f} ms",
+                  soft_wrap=True)
     if ph.hf_step_time is not None:
         ratio = ph.hf_step_time.median_ms / st.median_ms if st.median_ms > 0 else float("nan")
         out.print(f"  HF baseline: {ph.hf_step_time.median_ms:.3f} ms per step ({ratio:.2f}x the engine's time)")

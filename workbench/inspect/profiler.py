@@ -144,6 +144,7 @@ class PhaseProfile:
     spans: list[Span] = field(default_factory=list)
     step_spans: list[Span] = field(default_factory=list)
     baseline: BaselineProfile | None = None
+    graph_step_time: Stat | None = None  # cuda backend, generation: one decode step replayed back to back
 
     @property
     def attributed_ms(self) -> float:
@@ -202,6 +203,8 @@ class ProfileReport:
     torch_version: str = torch.__version__
     threads: int = 0  # CPU threads torch used
     version: int = REPORT_VERSION
+    backend: str = "torch"
+    fused: dict[str, str] = field(default_factory=dict)  # name -> the row whose fused statement computes it
 
     def to_dict(self) -> dict:
         """JSON-safe form (spans as [name, step, repeat, start_us, dur_us] lists)."""
@@ -260,7 +263,8 @@ def _phase_from_dict(d: dict) -> PhaseProfile:
         hooked_step_time=_stat(d["hooked_step_time"]), nodes={k: _row(v) for k, v in d["nodes"].items()},
         layers={k: _row(v) for k, v in d["layers"].items()}, kinds={k: _row(v) for k, v in d["kinds"].items()},
         names={k: NameRow(k, _stat(v["total"]), _stat(v["own"]), v["share"]) for k, v in d["names"].items()},
-        spans=_spans(d["spans"]), step_spans=_spans(d["step_spans"]), baseline=base)
+        spans=_spans(d["spans"]), step_spans=_spans(d["step_spans"]), baseline=base,
+        graph_step_time=_stat(d["graph_step_time"]) if d.get("graph_step_time") else None)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -462,16 +466,14 @@ def _name_rows(order: list[str], node_ms: dict[str, list[float]], n: int, canon:
 
 
 def _phase_profile(engine: Engine, phase: str, samples: _Samples, costs: list[dict[str, OpCost]], num_tokens: int,
-                   past_lens: list[int]) -> PhaseProfile:
-    net = engine.network
+                   past_lens: list[int], ops: dict[str, tuple[str, str]]) -> PhaseProfile:
     order = [n for n in samples.node_ms]  # execution order (dicts keep insertion order)
     n = len(samples.hooked_ms)
     nodes = {}
     for name in order:
-        node = net.nodes[name]
+        op, kind = ops.get(name) or (engine.network.nodes[name].op, op_kind(engine.network.nodes[name].op))
         flops, moved = _mean_costs(costs, name)
-        nodes[name] = Row(name, Stat.of(samples.node_ms[name]), 0.0, op=node.op, kind=op_kind(node.op),
-                          flops=flops, bytes=moved)
+        nodes[name] = Row(name, Stat.of(samples.node_ms[name]), 0.0, op=op, kind=kind, flops=flops, bytes=moved)
     total = sum(r.time.median_ms for r in nodes.values())
     for r in nodes.values():
         r.share = r.time.median_ms / total if total > 0 else 0.0
@@ -525,20 +527,22 @@ def _engine_phases(executor: Executor, config: ProfileConfig, ids: torch.Tensor,
     cache = PagedKVCache(num_layers, kv_heads, head_dim, num_blocks=b * -(-(p + n) // page), page_size=page,
                          dtype=dtype, device=device)
     kv_es = torch.empty(0, dtype=dtype).element_size()
+    # an executor that times fused statements (inspect.cuda_profile) names their rows and sums their nodes' costs
+    fold, ops = getattr(executor, "fold_costs", lambda c: c), getattr(executor, "row_ops", {})
     phases: dict[str, PhaseProfile] = {}
     try:
         cache.reserve_all({s: p + n for s in range(b)})
         ctx, decode = _steps(config, ids, cache, device)
         if "context" in config.phases:
             samples = _time_phase(executor, "context", [ctx], config, clock, nvtx)
-            costs = [step_costs(engine.network, [p] * b, [0] * b, kv_es)]
-            phases["context"] = _phase_profile(engine, "context", samples, costs, b * p, [0])
+            costs = [fold(step_costs(engine.network, [p] * b, [0] * b, kv_es))]
+            phases["context"] = _phase_profile(engine, "context", samples, costs, b * p, [0], ops)
         else:
             executor.run(ctx.ids, ctx.positions, ctx.meta)  # fill the cache the decode steps read
         if "generation" in config.phases:
             samples = _time_phase(executor, "generation", decode, config, clock, nvtx)
-            costs = [step_costs(engine.network, [1] * b, [p + s] * b, kv_es) for s in range(n)]
-            phases["generation"] = _phase_profile(engine, "generation", samples, costs, b, [p + s for s in range(n)])
+            costs = [fold(step_costs(engine.network, [1] * b, [p + s] * b, kv_es)) for s in range(n)]
+            phases["generation"] = _phase_profile(engine, "generation", samples, costs, b, [p + s for s in range(n)], ops)
     finally:
         cache.release_all()  # the cache itself goes with this frame
     return phases

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.inspect.profiler import PhaseProfile, ProfileReport, Row, Span, Stat, write_text_atomic
-from workbench.names import layer_index
+from workbench.names import canonical_names, layer_index
 from workbench.runtime.nvtx import layer_group
 
 PHASE_TIDS = {"context": 1, "generation": 2}
@@ -100,7 +100,8 @@ def chrome_trace(report: ProfileReport) -> dict:
             events += _baseline_events(report.phases[phase], BASELINE_PID)
     return {"traceEvents": events, "displayTimeUnit": "ms",
             "otherData": {"model": report.model, "device": report.device, "device_name": report.device_name,
-                          "dtype": report.dtype, "nvtx": report.nvtx, "torch": report.torch_version}}
+                          "dtype": report.dtype, "nvtx": report.nvtx, "torch": report.torch_version,
+                          "backend": report.backend}}
 
 
 def write_chrome_trace(report: ProfileReport, path: str | Path) -> Path:
@@ -142,6 +143,7 @@ class PhaseSummary:
     compute: list[Row]  # GEMM and attention nodes, slowest first, with rates
     hf_step_time: Stat | None = None
     versus_hf: list[VersusRow] = field(default_factory=list)
+    graph_step_time: Stat | None = None  # cuda backend, generation: decode steps replayed back to back
 
 
 @dataclass
@@ -155,6 +157,8 @@ class ProfileSummary:
     nvtx: str
     threads: int
     phases: list[PhaseSummary]
+    backend: str = "torch"
+    fused: dict[str, str] = field(default_factory=dict)  # canonical name -> the row whose fused statement computes it
 
 
 def summarize_profile(report: ProfileReport, top: int = 8) -> ProfileSummary:
@@ -174,6 +178,10 @@ def summarize_profile(report: ProfileReport, top: int = 8) -> ProfileSummary:
             kinds=[r for r in slow(ph.kinds.values()) if r.time.median_ms > 0],
             top_nodes=slow(ph.nodes.values())[:top],
             compute=slow(r for r in ph.nodes.values() if r.kind in ("gemm", "attention"))[:top],
-            hf_step_time=ph.baseline.step_time if ph.baseline else None, versus_hf=versus))
+            hf_step_time=ph.baseline.step_time if ph.baseline else None, versus_hf=versus,
+            graph_step_time=ph.graph_step_time))
+    num_layers = 1 + max((layer_index(n) or 0 for ph in report.phases.values() for n in ph.nodes), default=-1)
+    canon = set(canonical_names(num_layers))
     return ProfileSummary(model=report.model, device=report.device, device_name=report.device_name, dtype=report.dtype,
-                          nvtx=report.nvtx, threads=report.threads, phases=phases)
+                          nvtx=report.nvtx, threads=report.threads, phases=phases, backend=report.backend,
+                          fused={k: v for k, v in report.fused.items() if k in canon})
