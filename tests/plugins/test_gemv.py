@@ -44,11 +44,12 @@ def _bias(n, dtype, on):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m,split,bias,dot", [(1, 1, False, False), (1, 3, True, False), (1, 2, False, True),
                                               (3, 1, True, True), (8, 2, False, True)])
-def test_w8a16_gemv_matches_reference(dtype, m, split, bias, dot):
+@pytest.mark.parametrize("stages", [1, 3])  # one row, 3: the next word tile prefetched into registers
+def test_w8a16_gemv_matches_reference(dtype, m, split, bias, dot, stages):
     ops = _int8(40, 192)
     b = _bias(40, dtype, bias)
     x = _x(m, 192, dtype)
-    y = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], b, (16, 32, split, 4, 1, dot))
+    y = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], b, (16, 32, split, 4, stages, dot))
     ref = quant_ops.w8a16(x, {**ops, **({"bias": b} if bias else {})})
     assert y.dtype == dtype and y.shape == (m, 40)
     assert rel_err(y, ref) < (TOL[dtype] if dtype == torch.float32 else 8e-3)
@@ -56,12 +57,13 @@ def test_w8a16_gemv_matches_reference(dtype, m, split, bias, dot):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("group", [128, 32, 16])  # 16: several groups per tile (the kernel's 2-D scale load)
-@pytest.mark.parametrize("m,split,dot", [(1, 1, False), (1, 2, False), (1, 1, True), (5, 2, True)])
-def test_w4a16_gemv_matches_reference(dtype, group, m, split, dot):
+@pytest.mark.parametrize("m,split,dot,stages", [(1, 1, False, 1), (1, 2, False, 1), (1, 1, False, 2), (1, 2, False, 3),
+                                                (1, 1, True, 1), (5, 2, True, 1)])
+def test_w4a16_gemv_matches_reference(dtype, group, m, split, dot, stages):
     ops = _int4(24, 256, group)
     x = _x(m, 256, dtype)
     b = _bias(24, dtype, m == 5)
-    y = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, (16, 32, split, 4, 1, dot))
+    y = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, (16, 32, split, 4, stages, dot))
     ref = quant_ops.w4a16(x, {**ops, **({"bias": b} if b is not None else {})}, group)
     assert rel_err(y, ref) < (TOL[dtype] if dtype == torch.float32 else 8e-3)
 
@@ -117,13 +119,13 @@ def test_swiglu_gemv_is_the_activation_of_the_product(dtype, m, split, dot):
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
-@pytest.mark.parametrize("m,split,dot", [(1, 1, False), (1, 3, False), (4, 2, True)])
-def test_swiglu_quantized_gemv(fmt, m, split, dot):
+@pytest.mark.parametrize("m,split,dot,stages", [(1, 1, False, 1), (1, 3, False, 1), (1, 1, False, 2), (4, 2, True, 1)])
+def test_swiglu_quantized_gemv(fmt, m, split, dot, stages):
     from workbench.plugins.activation import silu_and_mul
 
     dtype = torch.bfloat16
     x = _x(m, 256, dtype)
-    cfg = (16, 32, split, 4, 1, dot)
+    cfg = (16, 32, split, 4, stages, dot)
     if fmt == "int8":
         ops = _int8(48, 256)
         run = lambda sw: gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu=sw)  # noqa: E731

@@ -189,6 +189,17 @@ def _int8_word_floats(words):
 
 
 @triton.jit
+def _x_columns(X, offs_w, w_hi):
+    """x's columns 4w, 4w + 1, 4w + 2, 4w + 3 of the words w in fp32 (rows of 1), zero past w_hi."""
+    mask = offs_w < w_hi
+    x0 = tl.load(X + offs_w * 4, mask=mask, other=0.0).to(tl.float32)[None, :]
+    x1 = tl.load(X + offs_w * 4 + 1, mask=mask, other=0.0).to(tl.float32)[None, :]
+    x2 = tl.load(X + offs_w * 4 + 2, mask=mask, other=0.0).to(tl.float32)[None, :]
+    x3 = tl.load(X + offs_w * 4 + 3, mask=mask, other=0.0).to(tl.float32)[None, :]
+    return x0, x1, x2, x3
+
+
+@triton.jit
 def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
                   PER_WORD: tl.constexpr):
     """int4 scales and zeros of a word tile: per row when one group covers the tile, else per word."""
@@ -208,14 +219,17 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
                 PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, PRMT: tl.constexpr,
-                USE_GDC: tl.constexpr):
+                PREFETCH: tl.constexpr, USE_GDC: tl.constexpr):
     """x times quantized weights read as int32 words (PER_WORD values each): value j of every word is taken at
     once, against x's columns j, j + PER_WORD, ...; for one row by fp32 multiply-adds, for more (DOT) by one
     tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4).
 
     PRMT (int8, one row of 16-bit x): the multiply-adds take q + 1152 from _int8_word_floats, and 1152 * sum(x)
     comes off the sums at the end. Each product is exact in fp32 (11 by 8 or 11 significant bits), so only the
-    accumulation rounds, on sums about 1152 / |q| larger: still near fp32 precision, far below x's."""
+    accumulation rounds, on sums about 1152 / |q| larger: still near fp32 precision, far below x's.
+
+    PREFETCH: the next tile's words are loaded into registers before the current tile is multiplied, so a
+    program keeps a load in flight while it computes (Triton pipelines only the loads that feed a dot)."""
     gdc_begin(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -235,13 +249,32 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
     k_hi = tl.minimum(K, k_lo + k_per_split)
     gate_rows = Wd + offs_n[:, None].to(tl.int64) * swn
     up_rows = Wd + (N + offs_n[:, None]).to(tl.int64) * swn
+    w_hi = k_hi // PER_WORD
+    if PREFETCH:  # the first tile; each iteration then loads the next one before using the current
+        first = k_lo // PER_WORD + tl.arange(0, WORDS)
+        next_words = tl.load(gate_rows + first[None, :], mask=nmask[:, None] & (first < w_hi)[None, :], other=0)
+        next_words_u = next_words
+        if SWIGLU:
+            next_words_u = tl.load(up_rows + first[None, :], mask=nmask[:, None] & (first < w_hi)[None, :], other=0)
+        if PRMT:
+            next_x0, next_x1, next_x2, next_x3 = _x_columns(X, first, w_hi)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
-        wkmask = offs_w < k_hi // PER_WORD
-        mask = nmask[:, None] & wkmask[None, :]
-        words = tl.load(gate_rows + offs_w[None, :], mask=mask, other=0)
-        if SWIGLU:
-            words_u = tl.load(up_rows + offs_w[None, :], mask=mask, other=0)
+        wkmask = offs_w < w_hi
+        if PREFETCH:
+            words = next_words
+            words_u = next_words_u
+            ahead = offs_w + WORDS
+            amask = nmask[:, None] & (ahead < w_hi)[None, :]
+            next_words = tl.load(gate_rows + ahead[None, :], mask=amask, other=0)
+            if SWIGLU:
+                next_words_u = tl.load(up_rows + ahead[None, :], mask=amask, other=0)
+        else:
+            mask = nmask[:, None] & wkmask[None, :]
+            words = tl.load(gate_rows + offs_w[None, :], mask=mask, other=0)
+            words_u = words
+            if SWIGLU:
+                words_u = tl.load(up_rows + offs_w[None, :], mask=mask, other=0)
         if WQ == 4:
             s, z = _group_params(S, Z, offs_n, nmask, offs_w, wkmask, k0, G, GROUP, BLOCK_K, PER_WORD)
             su, zu = _group_params(S, Z, N + offs_n, nmask, offs_w, wkmask, k0, G, GROUP, BLOCK_K, PER_WORD)
@@ -251,10 +284,11 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
             su = 0.0
             zu = 0.0
         if PRMT:
-            x0 = tl.load(X + offs_w * 4, mask=wkmask, other=0.0).to(tl.float32)[None, :]
-            x1 = tl.load(X + offs_w * 4 + 1, mask=wkmask, other=0.0).to(tl.float32)[None, :]
-            x2 = tl.load(X + offs_w * 4 + 2, mask=wkmask, other=0.0).to(tl.float32)[None, :]
-            x3 = tl.load(X + offs_w * 4 + 3, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+            if PREFETCH:  # x's columns too: they come from L2 and would stall the multiply-adds
+                x0, x1, x2, x3 = next_x0, next_x1, next_x2, next_x3
+                next_x0, next_x1, next_x2, next_x3 = _x_columns(X, ahead, w_hi)
+            else:
+                x0, x1, x2, x3 = _x_columns(X, offs_w, w_hi)
             xsum += (x0 + x1) + (x2 + x3)
             v0, v1, v2, v3 = _int8_word_floats(words)
             acc += v0 * x0  # four multiply-adds per word
@@ -328,6 +362,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     bn, bk, split, warps, stages, dot = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
     dot = bool(dot) or m > 1  # multiply-adds for one row only
+    prefetch = not dot and stages > 1  # one row: a register prefetch of the next word tile
     if interpreting():
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
     elif dot:  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two weight tiles take more)
@@ -355,7 +390,8 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
                           HAS_BIAS=bias is not None, SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq,
                           GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot,
                           PRMT=PRMT and wq == INT8 and not dot and x.dtype in (torch.bfloat16, torch.float16)
-                          and not interpreting(), num_warps=warps, num_stages=stages, **launch)
+                          and not interpreting(), PREFETCH=prefetch, num_warps=warps,
+                          num_stages=stages, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
