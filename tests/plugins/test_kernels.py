@@ -195,3 +195,28 @@ def test_decode_prologue_and_advance():
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     assert runs[0][1][:, :2].tolist() == [[3, 4], [4, 5], [0, 0]]
+
+
+@pytest.mark.parametrize("vocab", [50, 3000])
+def test_greedy_advance_is_decode_advance_of_the_argmax(vocab):
+    from workbench.plugins.decode_step import greedy_advance, greedy_advance_ref
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, vocab, generator=g).to(torch.bfloat16)
+    logits[1, 7] = logits[1, vocab - 3] = 100.0  # a tie: the first index wins
+    logits[2, vocab - 1] = 50.0  # the last chunk's last column
+    logits[3, :] = -5.0
+    logits[3, 2000 % vocab] = float("nan")  # NaN counts as the largest, as in torch.argmax
+    staging = torch.zeros(4, 3 + 2, dtype=torch.int32)
+    staging[:, 2] = torch.tensor([1, 1, 1, 1], dtype=torch.int32)
+    staging[:, 1] = torch.tensor([3, 0, 5, 1], dtype=torch.int32)
+    runs = []
+    for fn in (greedy_advance, greedy_advance_ref):
+        s, hist, step = staging.clone().to(DEV), torch.zeros(4, 3, dtype=torch.int64, device=DEV), \
+            torch.zeros(1, dtype=torch.int64, device=DEV)
+        fn(s, logits.to(DEV), hist, step)
+        runs.append((s, hist, step))
+    for a, b in zip(*runs):
+        assert torch.equal(a.cpu(), b.cpu())
+    assert runs[0][1][:, 0].tolist() == logits.float().argmax(-1).tolist()
+    assert runs[0][1][1, 0] == 7 and runs[0][1][2, 0] == vocab - 1

@@ -50,4 +50,6 @@ PLUGINS = {p.name: p for p in [
            "the decode step's inputs from one staging tensor (ids, positions, lengths, KV slots)"),
     Plugin("decode_advance", "decode_step", "decode_advance", "decode_advance_ref",
            "feeds the greedy token back as the next step's input, on the device"),
+    Plugin("greedy_advance", "decode_step", "greedy_advance", "greedy_advance_ref",
+           "argmax of the step's logits, then decode_advance (the captured greedy step)"),
 ]}

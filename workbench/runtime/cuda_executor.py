@@ -225,7 +225,7 @@ class _DecodeGraph:
 
     def __init__(self, ex: CudaExecutor, cache: PagedKVCache, bucket: int, pool):
         from workbench.plugins import paged_attention as pa
-        from workbench.plugins.decode_step import STAGING_COLUMNS, decode_advance, decode_prologue
+        from workbench.plugins.decode_step import STAGING_COLUMNS, decode_prologue, greedy_advance
 
         if not isinstance(cache, PagedKVCache) or cache.device != ex.device:
             raise WorkbenchError("CUDA-graph decoding needs a PagedKVCache on the executor's device")
@@ -252,7 +252,7 @@ class _DecodeGraph:
         def body():
             decode_prologue(self.staging, page, ids, positions, seq_lens, slots)
             outs = program.fn(ctx, weights, ids, positions)
-            decode_advance(self.staging, outs["logits"].argmax(-1), self.history, self.step)
+            greedy_advance(self.staging, outs["logits"], self.history, self.step)
             return outs, _pack(outs, bucket)
 
         self.graph = None
