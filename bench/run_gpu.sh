@@ -16,6 +16,8 @@
 #   bash bench/run_gpu.sh prmt    # GEMV + quantized-engine tests; one-row int8 sweep with byte-permute unpacking;
 #                                 # 8B decode bf16 / int8 / int8 with the logits layer too, and the old unpacking;
 #                                 # the decode step's kernels (bench/decode_kernels.py)
+#   bash bench/run_gpu.sh prefetch # the same with the register prefetch of the one-row word tiles and the
+#                                 # two-kernel greedy argmax
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -89,6 +91,15 @@ elif [ "$stage" = prmt ]; then
     --plain-modes "" --repeats 3 --sweep $old --name decode_quant_noprmt_h100
   step 120 python bench/decode_kernels.py --sweep $old,$OUT/gemv_sweep_prmt_h100.json \
     --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
+elif [ "$stage" = prefetch ]; then
+  step 120 python -m pytest tests/plugins tests/runtime/test_cuda_executor_quant.py tests/runtime/test_cuda_executor.py \
+    -q -n 4 -p no:cacheprovider -rA
+  step 150 python bench/gemv_sweep.py --formats w8a16 --rows 1 --models 8b --name gemv_sweep_prefetch_h100
+  old=bench/results/gemv_sweep_h100.json,bench/results/gemv_sweep_quant_h100.json,bench/results/gemv_sweep_prmt_h100.json
+  step 150 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes bf16,int8_wo,int8_wo_logits \
+    --plain-modes "" --repeats 3 --sweep $old,$OUT/gemv_sweep_prefetch_h100.json --name decode_quant_prefetch_h100
+  step 120 python bench/decode_kernels.py --sweep $old,$OUT/gemv_sweep_prefetch_h100.json \
+    --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits --name decode_kernels_prefetch_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
