@@ -18,6 +18,8 @@
 #                                 # the decode step's kernels (bench/decode_kernels.py)
 #   bash bench/run_gpu.sh prefetch # the same with the register prefetch of the one-row word tiles and the
 #                                 # two-kernel greedy argmax
+#   bash bench/run_gpu.sh pdlmode # decode with the GEMVs' PDL trigger at their start, after their loop, and after
+#                                 # the loop with the first weight tile read before waiting (WB_GEMV_PDL)
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -100,6 +102,14 @@ elif [ "$stage" = prefetch ]; then
     --plain-modes "" --repeats 3 --sweep $old,$OUT/gemv_sweep_prefetch_h100.json --name decode_quant_prefetch_h100
   step 120 python bench/decode_kernels.py --sweep $old,$OUT/gemv_sweep_prefetch_h100.json \
     --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits --name decode_kernels_prefetch_h100
+elif [ "$stage" = pdlmode ]; then
+  step 100 python -m pytest tests/plugins/test_gemv.py tests/runtime/test_cuda_executor_quant.py -q -n 4 \
+    -p no:cacheprovider -rA
+  sw=bench/results/gemv_sweep_h100.json,bench/results/gemv_sweep_quant_h100.json,bench/results/gemv_sweep_prmt_h100.json,bench/results/gemv_sweep_prefetch_h100.json
+  for mode in start late prefetch; do
+    WB_GEMV_PDL=$mode step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep $sw --name decode_quant_pdl_$mode
+  done
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

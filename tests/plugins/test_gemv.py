@@ -84,11 +84,12 @@ def test_w4a16_gemv_dequantizes_as_the_reference_rounds():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("split", [1, 2])
-def test_float_gemv_multiply_add_path(dtype, split):
-    x = _x(1, 96, dtype)
-    w = _w(40, 96).to(dtype).to(DEV)
+@pytest.mark.parametrize("stages", [1, 3])  # 3: the next weight tile prefetched into registers
+def test_float_gemv_multiply_add_path(dtype, split, stages):
+    x = _x(1, 296, dtype)
+    w = _w(40, 296).to(dtype).to(DEV)
     b = _bias(40, dtype, True)
-    y = gm.gemv(x, w, b, (16, 32, split, 4, 1, False))
+    y = gm.gemv(x, w, b, (16, 32, split, 4, stages, False))
     assert rel_err(y, gm.gemv_ref(x, w, b)) < (TOL[dtype] if dtype == torch.float32 else 8e-3)
 
 
@@ -104,14 +105,15 @@ def _same_as_unfused(fused, unfused, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m,split,dot", [(1, 1, False), (1, 2, False), (1, 1, True), (3, 2, True)])
-def test_swiglu_gemv_is_the_activation_of_the_product(dtype, m, split, dot):
+@pytest.mark.parametrize("m,split,dot,stages", [(1, 1, False, 1), (1, 2, False, 1), (1, 1, False, 2), (1, 1, True, 1),
+                                                (3, 2, True, 1)])
+def test_swiglu_gemv_is_the_activation_of_the_product(dtype, m, split, dot, stages):
     from workbench.plugins.activation import silu_and_mul
 
-    x = _x(m, 96, dtype)
-    w = (_w(80, 96) * 20).to(dtype).to(DEV)
+    x = _x(m, 296, dtype)
+    w = (_w(80, 296) * 20).to(dtype).to(DEV)
     b = _bias(80, dtype, split == 2)
-    cfg = (16, 32, split, 4, 1, dot)
+    cfg = (16, 32, split, 4, stages, dot)
     fused = gm.gemv(x, w, b, cfg, swiglu=True)
     assert fused.shape == (m, 40)
     _same_as_unfused(fused, silu_and_mul(gm.gemv(x, w, b, cfg)), dtype)

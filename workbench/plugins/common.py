@@ -89,6 +89,20 @@ def gdc_begin(USE_GDC: tl.constexpr):
 
 
 @triton.jit
+def gdc_wait(USE_GDC: tl.constexpr):
+    """With programmatic dependent launch: wait until the kernel before has finished (its writes visible)."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def gdc_trigger(USE_GDC: tl.constexpr):
+    """With programmatic dependent launch: the next kernel may launch once every program got here (or exited)."""
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def _pdl_probe(X, USE_GDC: tl.constexpr):
     gdc_begin(USE_GDC)
     tl.store(X, tl.load(X) + 1)

@@ -30,11 +30,19 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, rounded
+from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, gdc_trigger, gdc_wait, interpreting, mma, rounded
 
 FLOAT, INT8, INT4 = 0, 8, 4  # weight formats (the kernel's WQ)
 # one-row int8 with 16-bit activations: words unpacked by byte permutes (WB_GEMV_PRMT=0: integer shifts)
 PRMT = os.environ.get("WB_GEMV_PRMT", "1") != "0"
+# Under programmatic dependent launch, where a GEMV waits for the kernel before and lets the next one launch:
+#   start:    waits, then lets the next launch, first thing (as every other decode-step kernel);
+#   late:     waits first thing, lets the next launch once its weights are streamed (the next kernel's
+#             programs then take the SMs this one's last programs leave, not the ones its later programs need);
+#   prefetch: as late, and a one-row GEMV loads its first weight tile before waiting (weights are not written
+#             by the kernel before, so reading them early overlaps that kernel's end).
+PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
+PDL_MODE = os.environ.get("WB_GEMV_PDL", "start")
 
 
 @triton.jit
@@ -119,8 +127,13 @@ def _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, 
 def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
           SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr,
-          USE_GDC: tl.constexpr):
-    gdc_begin(USE_GDC)
+          PREFETCH: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+    """PREFETCH (one row, float weights): the next weight tile is loaded into registers before the current one is
+    multiplied; GDC_MODE: see PDL_MODES."""
+    if GDC_MODE == 1:
+        gdc_begin(USE_GDC)
+    elif GDC_MODE == 2 or not PREFETCH:
+        gdc_wait(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = X.dtype.element_ty
@@ -136,15 +149,38 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: 
         accu = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
+    if PREFETCH:
+        first = k_lo + tl.arange(0, BLOCK_K)
+        w_next = _tile(W, S, Z, offs_n, nmask, first, first < k_hi, k_lo, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
+        wu_next = w_next
+        if SWIGLU:
+            wu_next = _tile(W, S, Z, N + offs_n, nmask, first, first < k_hi, k_lo, G, swn, WQ, GROUP, BLOCK_K, FP32,
+                            DT)
+        if GDC_MODE == 3:
+            gdc_wait(USE_GDC)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < k_hi
         x = tl.load(X + offs_m[:, None] * sxm + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        w = _tile(W, S, Z, offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
+        if PREFETCH:
+            w = w_next
+            wu = wu_next
+            ahead = offs_k + BLOCK_K
+            w_next = _tile(W, S, Z, offs_n, nmask, ahead, ahead < k_hi, k0 + BLOCK_K, G, swn, WQ, GROUP, BLOCK_K, FP32,
+                           DT)
+            if SWIGLU:
+                wu_next = _tile(W, S, Z, N + offs_n, nmask, ahead, ahead < k_hi, k0 + BLOCK_K, G, swn, WQ, GROUP,
+                                BLOCK_K, FP32, DT)
+        else:
+            w = _tile(W, S, Z, offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
+            wu = w
+            if SWIGLU:  # the up rows, N below the gate rows
+                wu = _tile(W, S, Z, N + offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
         acc = _accumulate(acc, x, w, DOT, FP32)
-        if SWIGLU:  # the up rows, N below the gate rows
-            wu = _tile(W, S, Z, N + offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
+        if SWIGLU:
             accu = _accumulate(accu, x, wu, DOT, FP32)
+    if GDC_MODE >= 2:
+        gdc_trigger(USE_GDC)
     if not DOT:
         acc = tl.sum(acc, axis=1)[None, :]
         accu = tl.sum(accu, axis=1)[None, :]
@@ -219,7 +255,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
                 PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, PRMT: tl.constexpr,
-                PREFETCH: tl.constexpr, USE_GDC: tl.constexpr):
+                PREFETCH: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """x times quantized weights read as int32 words (PER_WORD values each): value j of every word is taken at
     once, against x's columns j, j + PER_WORD, ...; for one row by fp32 multiply-adds, for more (DOT) by one
     tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4).
@@ -230,7 +266,10 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
 
     PREFETCH: the next tile's words are loaded into registers before the current tile is multiplied, so a
     program keeps a load in flight while it computes (Triton pipelines only the loads that feed a dot)."""
-    gdc_begin(USE_GDC)
+    if GDC_MODE == 1:
+        gdc_begin(USE_GDC)
+    elif GDC_MODE == 2 or not PREFETCH:
+        gdc_wait(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = X.dtype.element_ty
@@ -256,6 +295,8 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
         next_words_u = next_words
         if SWIGLU:
             next_words_u = tl.load(up_rows + first[None, :], mask=nmask[:, None] & (first < w_hi)[None, :], other=0)
+        if GDC_MODE == 3:
+            gdc_wait(USE_GDC)
         if PRMT:
             next_x0, next_x1, next_x2, next_x3 = _x_columns(X, first, w_hi)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -313,6 +354,8 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
                 acc += _word_values(words, j, s, z, WQ, DT) * x
                 if SWIGLU:
                     accu += _word_values(words_u, j, su, zu, WQ, DT) * x
+    if GDC_MODE >= 2:
+        gdc_trigger(USE_GDC)
     if not DOT:
         offset = 1152.0 * tl.sum(xsum) if PRMT else 0.0
         acc = tl.sum(acc, axis=1)[None, :] - offset
@@ -384,19 +427,22 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     groups = scales.shape[-1] if wq == INT4 else 1
     grid = (triton.cdiv(n, bn), split)
     launch = gdc("gemv")
+    if PDL_MODE not in PDL_MODES:
+        raise ValueError(f"WB_GEMV_PDL={PDL_MODE!r}: choose one of {', '.join(PDL_MODES)}")
+    gdc_mode = PDL_MODES[PDL_MODE]
     if words:
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
                           HAS_BIAS=bias is not None, SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq,
                           GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot,
                           PRMT=PRMT and wq == INT8 and not dot and x.dtype in (torch.bfloat16, torch.float16)
-                          and not interpreting(), PREFETCH=prefetch, num_warps=warps,
+                          and not interpreting(), PREFETCH=prefetch, GDC_MODE=gdc_mode, num_warps=warps,
                           num_stages=stages, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
-                    SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot, num_warps=warps,
-                    num_stages=stages, **launch)
+                    SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot,
+                    PREFETCH=prefetch and wq == FLOAT, GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **launch)
     if split > 1:
         block = 1024 if not interpreting() else 64
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
