@@ -304,6 +304,8 @@ def _served(executor: Executor, seq: list[int], prompt_len: int,
             start = end
     finally:
         cache.release(0)
+        if hasattr(executor, "release_graphs"):  # a decode graph captured over this cache holds on to it
+            executor.release_graphs()
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
