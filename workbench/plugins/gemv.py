@@ -39,10 +39,12 @@ PRMT = os.environ.get("WB_GEMV_PRMT", "1") != "0"
 #   start:    waits, then lets the next launch, first thing (as every other decode-step kernel);
 #   late:     waits first thing, lets the next launch once its weights are streamed (the next kernel's
 #             programs then take the SMs this one's last programs leave, not the ones its later programs need);
-#   prefetch: as late, and a one-row GEMV loads its first weight tile before waiting (weights are not written
-#             by the kernel before, so reading them early overlaps that kernel's end).
+#   prefetch: as late, and a one-row word-tile GEMV loads its first weight tile before waiting (weights are not
+#             written by the kernel before, so reading them early overlaps that kernel's end).
+# Measured on an H100 (bench/results/decode_quant_pdl_{start,late,prefetch}.json): within 1% of each other on
+# 8B, late 6% faster than start for 1B int8 at batch 1.
 PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
-PDL_MODE = os.environ.get("WB_GEMV_PDL", "start")
+PDL_MODE = os.environ.get("WB_GEMV_PDL", "late")  # late: 1B int8 batch 1 0.878 -> 0.827 ms, the rest within 1%
 
 
 @triton.jit
@@ -127,12 +129,12 @@ def _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, 
 def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
           SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr,
-          PREFETCH: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
-    """PREFETCH (one row, float weights): the next weight tile is loaded into registers before the current one is
-    multiplied; GDC_MODE: see PDL_MODES."""
+          GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+    """GDC_MODE: see PDL_MODES (float tiles take no register prefetch: it slowed the 8B bf16 step by 12% on an
+    H100, so `prefetch` acts as `late` here)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
-    elif GDC_MODE == 2 or not PREFETCH:
+    else:
         gdc_wait(USE_GDC)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -149,35 +151,14 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: 
         accu = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    if PREFETCH:
-        first = k_lo + tl.arange(0, BLOCK_K)
-        w_next = _tile(W, S, Z, offs_n, nmask, first, first < k_hi, k_lo, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
-        wu_next = w_next
-        if SWIGLU:
-            wu_next = _tile(W, S, Z, N + offs_n, nmask, first, first < k_hi, k_lo, G, swn, WQ, GROUP, BLOCK_K, FP32,
-                            DT)
-        if GDC_MODE == 3:
-            gdc_wait(USE_GDC)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < k_hi
         x = tl.load(X + offs_m[:, None] * sxm + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        if PREFETCH:
-            w = w_next
-            wu = wu_next
-            ahead = offs_k + BLOCK_K
-            w_next = _tile(W, S, Z, offs_n, nmask, ahead, ahead < k_hi, k0 + BLOCK_K, G, swn, WQ, GROUP, BLOCK_K, FP32,
-                           DT)
-            if SWIGLU:
-                wu_next = _tile(W, S, Z, N + offs_n, nmask, ahead, ahead < k_hi, k0 + BLOCK_K, G, swn, WQ, GROUP,
-                                BLOCK_K, FP32, DT)
-        else:
-            w = _tile(W, S, Z, offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
-            wu = w
-            if SWIGLU:  # the up rows, N below the gate rows
-                wu = _tile(W, S, Z, N + offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
+        w = _tile(W, S, Z, offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
         acc = _accumulate(acc, x, w, DOT, FP32)
-        if SWIGLU:
+        if SWIGLU:  # the up rows, N below the gate rows
+            wu = _tile(W, S, Z, N + offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
             accu = _accumulate(accu, x, wu, DOT, FP32)
     if GDC_MODE >= 2:
         gdc_trigger(USE_GDC)
@@ -405,7 +386,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     bn, bk, split, warps, stages, dot = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
     dot = bool(dot) or m > 1  # multiply-adds for one row only
-    prefetch = not dot and stages > 1  # one row: a register prefetch of the next word tile
+    prefetch = not dot and stages > 1  # one row of word tiles: a register prefetch of the next tile
     if interpreting():
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
     elif dot:  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two weight tiles take more)
@@ -442,7 +423,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
                     SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot,
-                    PREFETCH=prefetch and wq == FLOAT, GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **launch)
+                    GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **launch)
     if split > 1:
         block = 1024 if not interpreting() else 64
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
