@@ -6,76 +6,79 @@ from __future__ import annotations
 from workbench.errors import WorkbenchError
 
 # (rows bucket, N, K[, method][, "swiglu"]) -> GEMV config: the winners of bench/gemv_sweep.py on an H100
-# (bench/results/gemv_sweep_h100.json, then gemv_sweep_quant_h100.json's int8/int4 winners over it, as
-# bench/decode_quant.py merged them in the run of h100_words_call9.log; 20 calls in one CUDA graph, weights
-# rotated past L2). Float keys are listed only where the GEMV beat cuBLAS; rows bucket 1 is one row, 8 covers
+# (bench/results/gemv_sweep_h100.json, then the int8/int4 winners of gemv_sweep_quant_h100.json over it, then
+# the one-row int8 winners of gemv_sweep_prmt_h100.json (byte-permute unpacking; with the quantized logits layer
+# of --quant-logits) and gemv_sweep_prefetch_h100.json (8B, register prefetch), as bench/decode_quant.py merges
+# them; 20 calls in one CUDA graph, weights rotated past L2). Float keys are listed only where the GEMV beat cuBLAS; rows bucket 1 is one row, 8 covers
 # 2..8 rows; a config of six entries ends with `dot` (False: fp32 multiply-adds for one row).
 H100_GEMV = {
     # Llama-3.2-1B, bf16
     (1, 3072, 2048): (8, 512, 1, 4, 4, False),  # qkv
     (1, 2048, 2048): (16, 1024, 1, 8, 2, False),  # o
     (1, 16384, 2048): (8, 512, 1, 4, 4, False),  # gate_up
-    (1, 16384, 2048, "swiglu"): (32, 256, 1, 8, 3, False),  # gate_up
+    (1, 16384, 2048, 'swiglu'): (32, 256, 1, 8, 3, False),  # gate_up
     (8, 16384, 2048): (64, 128, 1, 4, 4),  # gate_up
-    (8, 16384, 2048, "swiglu"): (64, 128, 1, 4, 4),  # gate_up
+    (8, 16384, 2048, 'swiglu'): (64, 128, 1, 4, 4),  # gate_up
     (1, 2048, 8192): (16, 1024, 1, 8, 2, False),  # down
     (1, 128256, 2048): (8, 512, 1, 4, 4, False),  # logits
     (8, 128256, 2048): (32, 256, 1, 4, 4),  # logits
     # Llama-3.2-1B, w8a16
-    (1, 3072, 2048, "w8a16"): (8, 1024, 1, 4, 4, False),  # qkv
-    (8, 3072, 2048, "w8a16"): (32, 256, 1, 4, 4),  # qkv
-    (1, 2048, 2048, "w8a16"): (8, 1024, 1, 4, 4, False),  # o
-    (8, 2048, 2048, "w8a16"): (16, 512, 1, 4, 3),  # o
-    (1, 16384, 2048, "w8a16"): (64, 256, 1, 8, 3, False),  # gate_up
-    (1, 16384, 2048, "w8a16", "swiglu"): (16, 256, 1, 4, 4, False),  # gate_up
-    (8, 16384, 2048, "w8a16"): (64, 256, 1, 8, 3),  # gate_up
-    (8, 16384, 2048, "w8a16", "swiglu"): (64, 256, 1, 8, 3),  # gate_up
-    (1, 2048, 8192, "w8a16"): (32, 256, 4, 4, 4),  # down
-    (8, 2048, 8192, "w8a16"): (32, 256, 4, 4, 4),  # down
+    (1, 3072, 2048, 'w8a16'): (8, 1024, 1, 4, 4, False),  # qkv
+    (8, 3072, 2048, 'w8a16'): (32, 256, 1, 4, 4),  # qkv
+    (1, 2048, 2048, 'w8a16'): (8, 1024, 1, 4, 4, False),  # o
+    (8, 2048, 2048, 'w8a16'): (16, 512, 1, 4, 3),  # o
+    (1, 16384, 2048, 'w8a16'): (64, 256, 1, 8, 3),  # gate_up
+    (1, 16384, 2048, 'w8a16', 'swiglu'): (16, 256, 1, 4, 4, False),  # gate_up
+    (8, 16384, 2048, 'w8a16'): (64, 256, 1, 8, 3),  # gate_up
+    (8, 16384, 2048, 'w8a16', 'swiglu'): (64, 256, 1, 8, 3),  # gate_up
+    (1, 2048, 8192, 'w8a16'): (32, 256, 4, 4, 4),  # down
+    (8, 2048, 8192, 'w8a16'): (32, 256, 4, 4, 4),  # down
+    (1, 128256, 2048, 'w8a16'): (32, 256, 1, 4, 4),  # logits
     # Llama-3.2-1B, w4a16
-    (1, 3072, 2048, "w4a16"): (16, 256, 2, 4, 4, False),  # qkv
-    (8, 3072, 2048, "w4a16"): (32, 256, 4, 4, 4),  # qkv
-    (1, 2048, 2048, "w4a16"): (16, 1024, 1, 8, 2, False),  # o
-    (8, 2048, 2048, "w4a16"): (32, 256, 4, 4, 4),  # o
-    (1, 16384, 2048, "w4a16"): (64, 128, 1, 8, 3, False),  # gate_up
-    (1, 16384, 2048, "w4a16", "swiglu"): (32, 128, 1, 4, 4, False),  # gate_up
-    (8, 16384, 2048, "w4a16"): (64, 128, 1, 4, 4),  # gate_up
-    (1, 2048, 8192, "w4a16"): (8, 512, 1, 4, 4, False),  # down
-    (8, 2048, 8192, "w4a16"): (32, 256, 4, 4, 4),  # down
+    (1, 3072, 2048, 'w4a16'): (16, 256, 2, 4, 4, False),  # qkv
+    (8, 3072, 2048, 'w4a16'): (32, 256, 4, 4, 4),  # qkv
+    (1, 2048, 2048, 'w4a16'): (16, 1024, 1, 8, 2, False),  # o
+    (8, 2048, 2048, 'w4a16'): (32, 256, 4, 4, 4),  # o
+    (1, 16384, 2048, 'w4a16'): (64, 128, 1, 8, 3, False),  # gate_up
+    (1, 16384, 2048, 'w4a16', 'swiglu'): (32, 128, 1, 4, 4, False),  # gate_up
+    (8, 16384, 2048, 'w4a16'): (64, 128, 1, 4, 4),  # gate_up
+    (1, 2048, 8192, 'w4a16'): (8, 512, 1, 4, 4, False),  # down
+    (8, 2048, 8192, 'w4a16'): (32, 256, 4, 4, 4),  # down
     # Llama-3-8B, bf16
     (1, 6144, 4096): (8, 512, 1, 4, 4, False),  # qkv
     (8, 6144, 4096): (64, 256, 1, 8, 3),  # qkv
     (1, 4096, 4096): (8, 512, 1, 4, 4, False),  # o
     (8, 4096, 4096): (32, 256, 1, 4, 4),  # o
     (1, 28672, 4096): (8, 512, 1, 4, 4, False),  # gate_up
-    (1, 28672, 4096, "swiglu"): (16, 1024, 1, 8, 2, False),  # gate_up
+    (1, 28672, 4096, 'swiglu'): (16, 1024, 1, 8, 2, False),  # gate_up
     (8, 28672, 4096): (64, 256, 1, 8, 3),  # gate_up
-    (8, 28672, 4096, "swiglu"): (64, 256, 1, 8, 3),  # gate_up
+    (8, 28672, 4096, 'swiglu'): (64, 256, 1, 8, 3),  # gate_up
     (1, 4096, 14336): (8, 512, 1, 4, 4, False),  # down
     (8, 4096, 14336): (16, 256, 1, 4, 4),  # down
     (1, 128256, 4096): (8, 512, 1, 4, 4, False),  # logits
     (8, 128256, 4096): (32, 256, 1, 4, 4),  # logits
     # Llama-3-8B, w8a16
-    (1, 6144, 4096, "w8a16"): (8, 512, 1, 4, 4, False),  # qkv
-    (8, 6144, 4096, "w8a16"): (32, 256, 1, 4, 4),  # qkv
-    (1, 4096, 4096, "w8a16"): (8, 1024, 1, 4, 4, False),  # o
-    (8, 4096, 4096, "w8a16"): (32, 256, 1, 4, 4),  # o
-    (1, 28672, 4096, "w8a16"): (32, 256, 1, 4, 4),  # gate_up
-    (1, 28672, 4096, "w8a16", "swiglu"): (64, 128, 1, 8, 3, False),  # gate_up
-    (8, 28672, 4096, "w8a16"): (32, 256, 1, 4, 4),  # gate_up
-    (1, 4096, 14336, "w8a16"): (8, 1024, 1, 4, 4, False),  # down
-    (8, 4096, 14336, "w8a16"): (32, 256, 4, 4, 4),  # down
+    (1, 6144, 4096, 'w8a16'): (4, 512, 1, 2, 2, False),  # qkv
+    (8, 6144, 4096, 'w8a16'): (32, 256, 1, 4, 4),  # qkv
+    (1, 4096, 4096, 'w8a16'): (8, 1024, 1, 4, 4, False),  # o
+    (8, 4096, 4096, 'w8a16'): (32, 256, 1, 4, 4),  # o
+    (1, 28672, 4096, 'w8a16'): (4, 512, 1, 2, 2, False),  # gate_up
+    (1, 28672, 4096, 'w8a16', 'swiglu'): (64, 128, 1, 8, 3, False),  # gate_up
+    (8, 28672, 4096, 'w8a16'): (32, 256, 1, 4, 4),  # gate_up
+    (1, 4096, 14336, 'w8a16'): (8, 1024, 1, 4, 4, False),  # down
+    (8, 4096, 14336, 'w8a16'): (32, 256, 4, 4, 4),  # down
+    (1, 128256, 4096, 'w8a16'): (32, 256, 1, 4, 4),  # logits
     # Llama-3-8B, w4a16
-    (1, 6144, 4096, "w4a16"): (8, 512, 1, 4, 4, False),  # qkv
-    (8, 6144, 4096, "w4a16"): (64, 128, 1, 4, 4),  # qkv
-    (1, 4096, 4096, "w4a16"): (8, 512, 1, 4, 4, False),  # o
-    (8, 4096, 4096, "w4a16"): (32, 256, 4, 4, 4),  # o
-    (1, 28672, 4096, "w4a16"): (64, 128, 1, 8, 3, False),  # gate_up
-    (1, 28672, 4096, "w4a16", "swiglu"): (64, 128, 1, 8, 3, False),  # gate_up
-    (8, 28672, 4096, "w4a16"): (64, 128, 1, 4, 4),  # gate_up
-    (8, 28672, 4096, "w4a16", "swiglu"): (64, 128, 1, 4, 4),  # gate_up
-    (1, 4096, 14336, "w4a16"): (8, 512, 1, 4, 4, False),  # down
-    (8, 4096, 14336, "w4a16"): (32, 256, 4, 4, 4),  # down
+    (1, 6144, 4096, 'w4a16'): (8, 512, 1, 4, 4, False),  # qkv
+    (8, 6144, 4096, 'w4a16'): (64, 128, 1, 4, 4),  # qkv
+    (1, 4096, 4096, 'w4a16'): (8, 512, 1, 4, 4, False),  # o
+    (8, 4096, 4096, 'w4a16'): (32, 256, 4, 4, 4),  # o
+    (1, 28672, 4096, 'w4a16'): (64, 128, 1, 8, 3, False),  # gate_up
+    (1, 28672, 4096, 'w4a16', 'swiglu'): (64, 128, 1, 8, 3, False),  # gate_up
+    (8, 28672, 4096, 'w4a16'): (64, 128, 1, 4, 4),  # gate_up
+    (8, 28672, 4096, 'w4a16', 'swiglu'): (64, 128, 1, 4, 4),  # gate_up
+    (1, 4096, 14336, 'w4a16'): (8, 512, 1, 4, 4, False),  # down
+    (8, 4096, 14336, 'w4a16'): (32, 256, 4, 4, 4),  # down
 }
 
 
