@@ -51,8 +51,7 @@ class Statement:
 
 
 def _node_of_var(net: Network) -> dict[str, str]:
-    """Program variable -> node name (the compiler names variables by the node name with non-word characters
-    replaced; the first node of a name wins should two collide)."""
+    """Program variable -> node name, as the compiler derives one from the other (the first node wins a collision)."""
     out: dict[str, str] = {}
     for name in net.nodes:
         var = re.sub(r"\W", "_", name)
@@ -168,14 +167,13 @@ class TimedProgram:
 
 
 def graph_step_time(executor: CudaExecutor, config: ProfileConfig) -> Stat | None:
-    """Milliseconds per decode step as `generate_greedy` replays them back to back, after a prompt of
-    config.prompt_len; None where the engine has no graph step (a quantized KV cache) or no room for two tokens."""
+    """Milliseconds per decode step as `generate_greedy` replays them back to back after config.prompt_len tokens."""
     from workbench.runtime.session import GenerationSession
 
     engine = executor.engine
     p, b, page = config.prompt_len, config.batch_size, engine.build_config.kv_page_size
     new = min(config.steps + 1, engine.build_config.max_seq_len - p)
-    if not executor.use_graphs or new < 2:
+    if not executor.use_graphs or new < 2:  # no graph step (a quantized KV cache), or no room for a second token
         return None
     prompts = token_ids(config, int(engine.model_config.get("vocab_size", 2)))[:, :p].tolist()
     tokens = b * page * -(-(p + new) // page)
