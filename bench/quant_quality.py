@@ -32,6 +32,7 @@ from workbench.builder.config import BuildConfig  # noqa: E402
 from workbench.builder.engine import Engine  # noqa: E402
 from workbench.builder.quantization import QuantConfig, apply_quantization, calibrate_network  # noqa: E402
 from workbench.builder.quantization.calibration import calibration_ids  # noqa: E402
+from workbench.builder.quantization.config import DEFAULT_TARGETS  # noqa: E402
 from workbench.builder.quantization.rewrite import select_targets  # noqa: E402
 from workbench.builder.quantization.summary import summarize_quantization  # noqa: E402
 from workbench.runtime.executor import Executor  # noqa: E402
@@ -40,6 +41,7 @@ TEXT = Path(__file__).parent / "data" / "pride_and_prejudice_ch1-3.txt"
 MODES = {
     "fp32": {},
     "int8_wo": {"method": "int8_wo"},
+    "int8_wo (logits layer too)": {"method": "int8_wo", "targets": DEFAULT_TARGETS + ["logits"]},
     "int4_wo (RTN, g128)": {"method": "int4_wo"},
     "gptq (g128)": {"method": "gptq"},
     "gptq (g128, act-order)": {"method": "gptq", "act_order": True},
@@ -123,7 +125,9 @@ def main() -> None:
     rows, ref = [], None
     for name in chosen:
         t = time.perf_counter()
-        q = apply_quantization(net, QuantConfig(**MODES[name]), calib, targets) if MODES[name] else net
+        config = QuantConfig(**MODES[name])
+        mode_targets = select_targets(net, config.targets, config.exclude) if "targets" in MODES[name] else targets
+        q = apply_quantization(net, config, calib, mode_targets) if MODES[name] else net
         quant_s = time.perf_counter() - t
         t = time.perf_counter()
         ppl, agree, kl, logps = evaluate(q, windows, ref)
@@ -163,7 +167,8 @@ def markdown(data: dict) -> str:
     lines = [f"# Quantization quality: {data['model']} ({data['backend']})", "",
              f"Perplexity on `bench/{data['text']}` ({data['eval_tokens']} predicted tokens, {data['windows']} windows of "
              f"{data['window']}), top-1 agreement and mean KL(fp32 || mode) per token against the fp32 engine. "
-             f"{data['quantized_layers']} decoder linears quantized (embeddings, norms and the tied LM head stay fp32). "
+             f"{data['quantized_layers']} decoder linears quantized (embeddings, norms and the tied LM head stay fp32, "
+             "except in the row marked logits layer too: `--quant-logits`). "
              f"Calibration: {data['calibration']['source']}. GPTQ calibrates sequentially (each linear on the "
              "outputs of the already-quantized earlier ones) and AWQ clips after scaling, except in the rows "
              "marked one-pass Hessians (`--no-gptq-sequential`) and no clipping (`--no-awq-clip`).", "",

@@ -20,6 +20,9 @@
 #                                 # two-kernel greedy argmax
 #   bash bench/run_gpu.sh pdlmode # decode with the GEMVs' PDL trigger at their start, after their loop, and after
 #                                 # the loop with the first weight tile read before waiting (WB_GEMV_PDL)
+#   bash bench/run_gpu.sh final3  # every GPU test; decode (bf16, int8, int8 + logits, int4), debug engines and
+#                                 # prefill with the built-in defaults
+#   bash bench/run_gpu.sh peers8b8 # 8B batch 8 beside HF eager and compiled; the decode step's kernels
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -110,6 +113,17 @@ elif [ "$stage" = pdlmode ]; then
     WB_GEMV_PDL=$mode step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
       --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep $sw --name decode_quant_pdl_$mode
   done
+elif [ "$stage" = final3 ]; then  # third session: every GPU test, then the built-in defaults
+  step 150 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
+  step 200 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
+  step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
+  step 70 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
+elif [ "$stage" = peers8b8 ]; then  # 8B batch 8 beside HF eager and HF compiled; the step's kernels
+  step 380 python bench/decode.py --models llama-3-8b --batches 8 --repeats 2 --gemv table \
+    --compile-models llama-3-8b --budget-s 360 --name decode_8b_b8_peers_h100
+  step 120 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
