@@ -73,6 +73,44 @@ def test_paged_decode_attention(hq, hkv, d, dtype, window, parts):
     assert (out[3] == 0).all()
 
 
+@pytest.mark.parametrize("hq,hkv,d,dtype,window,parts", [
+    (4, 2, 16, torch.float32, None, None),
+    (8, 1, 16, torch.bfloat16, None, (16, 4)),  # MQA; the new token in various partitions
+    (4, 4, 20, torch.float16, None, (32, 2)),
+    (4, 2, 16, torch.bfloat16, 6, (16, 4)),
+])
+def test_paged_decode_attention_rope_is_rope_qkv_then_attention(hq, hkv, d, dtype, window, parts):
+    from workbench.plugins.paged_attention import (paged_decode_attention, paged_decode_attention_rope,
+                                                   paged_decode_attention_rope_ref)
+    from workbench.plugins.rotary import rope_qkv, rope_table
+
+    lengths = [1, 23, 64, 0, 9, 17]  # 0: a padding row
+    page = 4
+    kv, tables = _paged_cache(lengths, hkv, d, dtype, page=page)
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(len(lengths), (hq + 2 * hkv) * d, generator=g).to(dtype).to(DEV)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+    cos, sin = rope_table(inv_freq.to(DEV), 80, 1.0, dtype)
+    pos = torch.tensor([max(n - 1, 0) for n in lengths], device=DEV)
+    slots = torch.tensor([int(tables[b, (n - 1) // page]) * page + (n - 1) % page if n else -1
+                          for b, n in enumerate(lengths)], device=DEV)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device=DEV)
+    kw = dict(part=parts[0], num_parts=parts[1]) if parts else {}
+    a, b, c = kv.clone(), kv.clone(), kv.clone()
+    fused = paged_decode_attention_rope(qkv, hq, cos, sin, pos, slots, a, tables, seq_lens, d ** -0.5, window, **kw)
+    q, k = rope_qkv(qkv, hq, hkv, d, cos, sin, pos, b, slots)
+    apart = paged_decode_attention(q, b, tables, seq_lens, d ** -0.5, window, **kw)
+    ref = paged_decode_attention_rope_ref(qkv, hq, cos, sin, pos, slots, c, tables, seq_lens, d ** -0.5, window)
+    assert rel_err(fused, ref) < TOL[dtype] and (fused[3] == 0).all()
+    if DEV == "cuda" and dtype != torch.bfloat16:  # fused multiply-adds may differ between the two kernels
+        bound = 4 * torch.finfo(dtype).eps * qkv.abs().max().item()
+        assert (a.float() - b.float()).abs().max().item() <= bound
+        assert rel_err(fused, apart) < TOL[dtype]
+        return
+    assert_same(a, b)  # the cache holds the same rotated keys and values
+    assert_same(fused, apart)
+
+
 def test_write_kv():
     from workbench.plugins.paged_attention import write_kv, write_kv_ref
 

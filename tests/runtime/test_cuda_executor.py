@@ -46,7 +46,8 @@ def test_program_fuses_and_reads_like_the_graph(engines):
     ex = _cuda(engines("llama_gqa"))
     src = ex.program.source
     assert src.count("_add_rms_norm(") == 4  # post_norm of each layer, input_norm of layer 1, final_norm
-    assert src.count("_rope_qkv(") == 2 and src.count("_swiglu_linear(") == 2  # silu * up from the gate_up GEMV
+    assert src.count("_rope_attention(") == 2 and src.count("_swiglu_linear(") == 2  # silu * up from gate_up's GEMV
+    assert "_rope_qkv(" not in src  # rotated q and k alone only when something else reads them
     assert "_silu_and_mul(" not in src  # the activation alone is computed only when something reads it
     assert "_op(" not in src  # every op of the family has a direct line
     assert ex.program.fusions["layers.1.input_norm"] == "add_rms_norm"
@@ -116,3 +117,23 @@ def test_pdl_option(engines):
     ex.generate_greedy(GenerationSession(engine, device=DEV).cache, BATCH[:1], 2)
     if DEV == "cpu":  # no graphs without CUDA: nothing was chosen
         assert ex.graph_report() == {1: {"pdl": None, "replay_ms": {}}}
+
+
+def test_marked_rotated_q_and_k_are_computed_on_the_side(engines):
+    # the decode step rotates q and k inside the paged attention kernel; marking them adds a rope kernel that
+    # writes them (not the cache) and changes nothing else
+    engine = engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
+    ropes = [n.name for n in engine.network.nodes.values() if n.op == "rope" and n.name.startswith("layers.1.")]
+    dbg = debug_engine(engine, ropes)
+    plain, marked = _cuda(engine), _cuda(dbg)
+    assert marked.program.source.count("_rope_qkv(") == 1 and marked.program.source.count("_rope_attention(") == 2
+    cfg = GenerationConfig(max_new_tokens=4, eos_token_ids=[], debug_steps=[2])
+    r1 = GenerationSession(engine, device=DEV, executor=plain).generate(BATCH[:2], cfg)
+    r2 = GenerationSession(dbg, device=DEV, executor=marked, debug_mode=True).generate(BATCH[:2], cfg)
+    ref = GenerationSession(dbg, device=DEV, debug_mode=True).generate(BATCH[:2], cfg)
+    assert r1.token_ids == r2.token_ids == ref.token_ids
+    got = [s for s in r2.debug if s.phase == "generation"][0].tensors[0]
+    want = [s for s in ref.debug if s.phase == "generation"][0].tensors[0]
+    for name in ropes:  # the layers before differ in roundings (fused kernels), so closeness, not bits
+        err = (got[name].double() - want[name].double()).norm() / want[name].double().norm()
+        assert got[name].shape == want[name].shape and err < 2e-2, name

@@ -34,6 +34,9 @@ PLUGINS = {p.name: p for p in [
            "attention (context phase: packed sequences, causal, GQA, sliding window)"),
     Plugin("paged_decode_attention", "paged_attention", "paged_decode_attention", "paged_decode_attention_ref",
            "attention (generation phase: one query per sequence over the paged KV cache)"),
+    Plugin("paged_decode_attention_rope", "paged_attention", "paged_decode_attention_rope",
+           "paged_decode_attention_rope_ref", "split qkv -> rope(q), rope(k) -> KV cache write -> attention "
+           "(generation phase)"),
     Plugin("write_kv", "paged_attention", "write_kv", "write_kv_ref", "the KV cache write of attention"),
     Plugin("add_rms_norm", "rms_norm", "add_rms_norm", "add_rms_norm_ref", "add -> rms_norm (residual + norm)"),
     Plugin("rms_norm", "rms_norm", "rms_norm", "rms_norm_ref", "rms_norm"),

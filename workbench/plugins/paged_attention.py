@@ -9,6 +9,11 @@ Work is split flash-decoding style: program (b, kv head, part) reads one partiti
 sequence for all Hq/Hkv query heads of its group (so GQA reads each key once), and a second
 kernel merges the partitions' softmax statistics. The number of partitions is fixed per call
 (not per sequence), so a CUDA graph captures the same launch for every step.
+
+`paged_decode_attention_rope` starts from the fused qkv projection instead: each program rotates
+its query heads itself, and the program whose partition holds the new token rotates its key and
+stores key and value in the cache before reading it (rotary.rope_qkv's arithmetic, so the same
+bits): the decode step's rope kernel is gone.
 """
 
 from __future__ import annotations
@@ -17,15 +22,45 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, pow2
+from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, pow2, rounded
 from workbench.plugins.flash_attention import LOG2E
 
 
 @triton.jit
-def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, sqb, sqh, s_blk, s_kv, s_pg, s_h, sbt, sob, soh,
-                  scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr, D: tl.constexpr,
-                  D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
-                  NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, USE_GDC: tl.constexpr):
+def _rotated(x, partner, c, s, first_half):
+    """Rotate-half rope of rows x given each element's partner (the other half) and cos/sin, rounded as
+    rotary._rotate rounds: x*c and partner*s each to x's dtype, then their difference (first half) or sum."""
+    dt: tl.constexpr = x.dtype
+    a = rounded(x.to(tl.float32) * c.to(tl.float32), dt)
+    b = rounded(partner.to(tl.float32) * s.to(tl.float32), dt)
+    return rounded(tl.where(first_half, a - b, a + b), dt).to(dt)
+
+
+@triton.jit
+def _write_new_kv(QKV, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv, s_pg, s_h, HQ, HKV,
+                  D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr):
+    """Rotate the new token's key of head kvh and store it and its value at the cache slot."""
+    offs_d = tl.arange(0, D_PAD)
+    dmask = offs_d < D
+    half = offs_d < D // 2
+    partner = tl.where(half, offs_d + D // 2, offs_d - D // 2)
+    row = QKV + b * sqb
+    k = tl.load(row + (HQ + kvh) * D + offs_d, mask=dmask, other=0.0)
+    kp = tl.load(row + (HQ + kvh) * D + partner, mask=dmask, other=0.0)
+    c = tl.load(COS + pos * s_cos + offs_d, mask=dmask, other=0.0)
+    sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)
+    v = tl.load(row + (HQ + HKV + kvh) * D + offs_d, mask=dmask, other=0.0)
+    dst = KV + (slot // PAGE) * s_blk + (slot % PAGE) * s_pg + kvh * s_h + offs_d
+    tl.store(dst, _rotated(k, kp, c, sn, half).to(KV.dtype.element_ty), mask=dmask)
+    tl.store(dst + s_kv, v.to(KV.dtype.element_ty), mask=dmask)
+
+
+@triton.jit
+def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SLOTS, sqb, sqh, s_cos, s_blk, s_kv,
+                  s_pg, s_h, sbt, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
+                  D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
+                  NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
+                  USE_GDC: tl.constexpr):
     gdc_begin(USE_GDC)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -40,7 +75,22 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, sqb, sqh, s_blk, 
     dmask = offs_d < D
     heads = kvh * REP + offs_r
     hmask = offs_r < REP
-    q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=hmask[:, None] & dmask[None, :], other=0.0)
+    qmask = hmask[:, None] & dmask[None, :]
+    q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=qmask, other=0.0)
+    if ROPE:  # Q is the qkv projection: rotate the query heads; the new token's key and value go to the cache
+        pos = tl.load(POS + b).to(tl.int64)
+        half = offs_d < D // 2
+        partner = tl.where(half, offs_d + D // 2, offs_d - D // 2)
+        qp = tl.load(Q + b * sqb + heads[:, None] * sqh + partner[None, :], mask=qmask, other=0.0)
+        c = tl.load(COS + pos * s_cos + offs_d, mask=dmask, other=0.0)[None, :]
+        sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)[None, :]
+        q = _rotated(q, qp, c, sn, half[None, :])
+        slot = tl.load(SLOTS + b)
+        if (slot >= 0) & (lo <= length - 1) & (length - 1 < hi):  # this program reads the new token
+            hq = tl.num_programs(1) * REP
+            _write_new_kv(Q, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv, s_pg, s_h, hq,
+                          tl.num_programs(1), D, D_PAD, PAGE)
+            tl.debug_barrier()  # the block's stores are visible to its own loads below
     m_i = tl.full([REP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([REP_PAD], tl.float32)
     acc = tl.zeros([REP_PAD, D_PAD], tl.float32)
@@ -119,6 +169,31 @@ def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torc
         raise ValueError(f"paged_decode_attention: q {tuple(q.shape)} does not fit the cache {tuple(kv.shape)}")
     if q.stride(2) != 1 or not kv.is_contiguous() or block_tables.stride(1) != 1:
         raise ValueError("paged_decode_attention: q's head dim, the cache and block table rows must be contiguous")
+    return _launch_decode(q, None, kv, block_tables, seq_lens, scale, window, part, num_parts, out,
+                          (q.stride(0), q.stride(1)))
+
+
+def paged_decode_attention_rope(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+                                positions: torch.Tensor, slots: torch.Tensor, kv: torch.Tensor,
+                                block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                                window: int | None = None, *, part: int | None = None, num_parts: int | None = None,
+                                out: torch.Tensor | None = None) -> torch.Tensor:
+    """rotary.rope_qkv (rotate q and k of qkv [B, (Hq + 2 Hkv) D], store k, v at slots [B]; -1: padding) then
+    paged_decode_attention, in one kernel."""
+    _, two, page, hkv, d = kv.shape
+    if two != 2 or qkv.dim() != 2 or qkv.shape[1] != (num_heads + 2 * hkv) * d or qkv.stride(1) != 1 or d % 2:
+        raise ValueError(f"paged_decode_attention_rope: qkv {tuple(qkv.shape)} does not fit {num_heads} query heads "
+                         f"and the cache {tuple(kv.shape)}")
+    q = qkv[:, :num_heads * d].view(qkv.shape[0], num_heads, d)
+    return _launch_decode(q, (qkv, cos, sin, positions, slots), kv, block_tables, seq_lens, scale, window, part,
+                          num_parts, out, (qkv.stride(0), d))
+
+
+def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num_parts, out, q_strides):
+    """The decode kernel (and the partition merge) for q [B, Hq, D] or, with rope = (qkv, cos, sin, positions,
+    slots), for the query heads of qkv."""
+    bsz, hq, d = q.shape
+    _, _, page, hkv, _ = kv.shape
     if part is None or num_parts is None:
         part, num_parts = decode_partitions(block_tables.shape[1] * page, bsz, hkv, page)
     num_parts = pow2(num_parts)
@@ -134,15 +209,28 @@ def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torc
         pacc = pml = out  # unused
     block = min(_block_n(page), part)
     interp = interpreting()
+    base, cos, sin, positions, slots = rope if rope is not None else (q, out, out, seq_lens, seq_lens)
     _paged_decode[(bsz, hkv, num_parts)](
-        q, kv, out, pacc, pml, block_tables, seq_lens, q.stride(0), q.stride(1), kv.stride(0), kv.stride(1),
-        kv.stride(2), kv.stride(3), block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E,
-        int(window or 0), REP=rep, REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part,
-        NUM_PARTS=num_parts, WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), num_warps=4, num_stages=1 if interp else 3, **gdc("attention"))
+        base, kv, out, pacc, pml, block_tables, seq_lens, cos, sin, positions, slots, q_strides[0], q_strides[1],
+        cos.stride(0) if rope is not None else 0, kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3),
+        block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E, int(window or 0), REP=rep,
+        REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
+        WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, num_warps=4,
+        num_stages=1 if interp else 3, **gdc("attention"))
     if num_parts > 1:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
                                  num_warps=4, **gdc("attention"))
     return out
+
+
+def paged_decode_attention_rope_ref(qkv, num_heads, cos, sin, positions, slots, kv, block_tables, seq_lens, scale,
+                                    window=None, **_) -> torch.Tensor:
+    """rotary.rope_qkv_ref (storing k, v) then paged_decode_attention_ref."""
+    from workbench.plugins.rotary import rope_qkv_ref
+
+    hkv, d = kv.shape[3], kv.shape[4]
+    q, _ = rope_qkv_ref(qkv, num_heads, hkv, d, cos, sin, positions, kv, slots)
+    return paged_decode_attention_ref(q, kv, block_tables, seq_lens, scale, window)
 
 
 def paged_decode_attention_ref(q: torch.Tensor, kv: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,

@@ -99,7 +99,8 @@ class CudaExecutor(Executor):
 
         return {"_torch": torch, "_embedding": TF.embedding, "_linear": linear, "_swiglu_linear": swiglu_linear, "_silu": TF.silu,
                 "_rms_norm": rms_norm, "_add_rms_norm": add_rms_norm, "_silu_and_mul": silu_and_mul,
-                "_rope_qkv": cuda_ops.rope_qkv, "_attention": cuda_ops.attention, "_op": op,
+                "_rope_qkv": cuda_ops.rope_qkv, "_rope_attention": cuda_ops.rope_attention,
+                "_attention": cuda_ops.attention, "_op": op,
                 "_quant_linear": quant_linear, "_swiglu_quant_linear": swiglu_quant_linear}
 
     def _ensure_tables(self, length: int) -> None:

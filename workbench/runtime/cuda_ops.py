@@ -121,14 +121,35 @@ def attention(ctx: StepContext, node: Node, q: torch.Tensor, k: torch.Tensor, v:
 
 
 def rope_qkv(ctx: StepContext, qkv: torch.Tensor, positions: torch.Tensor, num_heads: int, num_kv_heads: int,
-             head_dim: int, layer: int, table: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused split + rope of q and k (+ the KV cache write when the step has a paged cache)."""
+             head_dim: int, layer: int, table: str, write: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused split + rope of q and k (+ the KV cache write when `write` and the step has a paged cache)."""
     from workbench.plugins.rotary import rope_qkv as kernel
 
     cos, sin = ctx.tables[table]
-    write = ctx.kv is not None and ctx.kind != "mixed"
+    write = write and ctx.kv is not None and ctx.kind != "mixed"
     return kernel(qkv, num_heads, num_kv_heads, head_dim, cos, sin, positions,
                   ctx.kv[layer] if write else None, ctx.slots if write else None)
+
+
+def rope_attention(ctx: StepContext, node: Node, qkv: torch.Tensor, positions: torch.Tensor, num_heads: int,
+                   num_kv_heads: int, head_dim: int, layer: int, table: str) -> torch.Tensor:
+    """rope_qkv then attention (the compiled program's rope_qkv fusion); a decode step over the paged cache does
+    both in one kernel (paged_attention.paged_decode_attention_rope)."""
+    if ctx.kind == "decode" and plain_attention(node) and ctx.kv is not None:
+        from workbench.plugins import paged_attention as pa
+
+        kv = ctx.kv[layer]
+        if ctx.partitions is None:
+            ctx.partitions = pa.decode_partitions(ctx.block_tables.shape[1] * kv.shape[2], qkv.shape[0],
+                                                  kv.shape[3], kv.shape[2])
+        cos, sin = ctx.tables[table]
+        part, parts = ctx.partitions
+        return pa.paged_decode_attention_rope(qkv, num_heads, cos, sin, positions, ctx.slots, kv, ctx.block_tables,
+                                              ctx.seq_lens, node.attrs["scale"], node.attrs.get("sliding_window"),
+                                              part=part, num_parts=parts)
+    q, k = rope_qkv(ctx, qkv, positions, num_heads, num_kv_heads, head_dim, layer, table)
+    v = qkv[:, (num_heads + num_kv_heads) * head_dim:].reshape(-1, num_kv_heads, head_dim)
+    return attention(ctx, node, q, k, v, True)
 
 
 # -- node-by-node ops (the plain Executor's `cuda` backend) ------------------------------------------

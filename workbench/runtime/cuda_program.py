@@ -8,8 +8,10 @@ becomes one line of generated source (readable: `Program.source`), with three fu
   input by one call that, where the decode step's GEMV policy chooses it, is one GEMV writing the
   activation (gate_up never written, no activation kernel), else the projection then one
   activation pass (`silu_and_mul`, also used when the projection is something else);
-- `slice` q/k/v -> `rope(q)`, `rope(k)` -> `attention`: one kernel rotates q and k straight from the
-  fused projection and stores k, v in the paged KV cache.
+- `slice` q/k/v -> `rope(q)`, `rope(k)` -> `attention`: computed from the fused projection by one call:
+  a prefill rotates q and k and stores k, v in the paged KV cache in one kernel, then runs flash
+  attention; a decode step does all of it in the paged attention kernel. Rotated q and k are
+  computed (on the side, without writing the cache) only where something else reads them.
 
 Fusions are chosen from the graph's structure alone, never from which tensors are marked: a debug
 engine runs the same kernels. A marked tensor that a fusion does not materialise (e.g. `mlp.gate_act`)
@@ -157,9 +159,10 @@ class _Compiler:
         scaling = float(qr.attrs["attention_scaling"])
         key = f"{qr.inputs[2]}@{scaling}"
         self.rope_tables[key] = (qr.inputs[2], scaling)
-        self.emit_at[qr.name] = ("rope_qkv", (kr.name, qkv, qr.inputs[1], hq, hkv, d, a["layer"], key))
+        info = (qkv, qr.inputs[1], hq, hkv, d, a["layer"], key)
+        self.emit_at[qr.name] = ("rope_qkv", (kr.name,) + info)  # dropped as dead unless q or k is read
         self.absorbed.add(kr.name)
-        self.emit_at[attn.name] = ("attention", (True,))
+        self.emit_at[attn.name] = ("rope_attention", info)
         for n in (qr.name, kr.name, attn.name):
             self.fusions[n] = "rope_qkv"
 
@@ -241,16 +244,17 @@ class _Compiler:
                 return _Stmt(f"{out} = _swiglu_linear({xs[0]}, {xs[1]}, {xs[2] if len(xs) == 3 else None})", (out,),
                              reads)
             return _Stmt(f"{out} = _swiglu_quant_linear(N[{proj.name!r}], [{', '.join(xs)}])", (out,), reads)
-        if kind == "rope_qkv":
+        if kind == "rope_qkv":  # rotated q and k for whoever else reads them: the cache is written by the attention
             k_name, qkv, pos, hq, hkv, d, layer, key = info
             var[k_name] = _ident(k_name, taken)
             code = (f"{out}, {var[k_name]} = _rope_qkv(ctx, {var[qkv]}, {var[pos]}, {hq}, {hkv}, {d}, {layer}, "
-                    f"{key!r})")
-            return _Stmt(code, (out, var[k_name]), (var[qkv], var[pos]), pure=False)
-        if kind == "attention":
-            xs = [var[i] for i in node.inputs]
-            return _Stmt(f"{out} = _attention(ctx, N[{node.name!r}], {xs[0]}, {xs[1]}, {xs[2]}, True)", (out,),
-                         tuple(xs), pure=False)
+                    f"{key!r}, False)")
+            return _Stmt(code, (out, var[k_name]), (var[qkv], var[pos]))
+        if kind == "rope_attention":
+            qkv, pos, hq, hkv, d, layer, key = info
+            code = (f"{out} = _rope_attention(ctx, N[{node.name!r}], {var[qkv]}, {var[pos]}, {hq}, {hkv}, {d}, "
+                    f"{layer}, {key!r})")
+            return _Stmt(code, (out,), (var[qkv], var[pos]), pure=False)
         raise AssertionError(kind)
 
 
