@@ -23,6 +23,8 @@
 #   bash bench/run_gpu.sh final3  # every GPU test; decode (bf16, int8, int8 + logits, int4), debug engines and
 #                                 # prefill with the built-in defaults
 #   bash bench/run_gpu.sh peers8b8 # 8B batch 8 beside HF eager and compiled; the decode step's kernels
+#   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
+#                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -124,6 +126,14 @@ elif [ "$stage" = peers8b8 ]; then  # 8B batch 8 beside HF eager and HF compiled
   step 380 python bench/decode.py --models llama-3-8b --batches 8 --repeats 2 --gemv table \
     --compile-models llama-3-8b --budget-s 360 --name decode_8b_b8_peers_h100
   step 120 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
+elif [ "$stage" = ropeattn ]; then  # rope inside the decode attention kernel; decode partitions of 64 or 128
+  step 120 python -m pytest tests/plugins/test_kernels.py tests/gpu/test_cuda_backend.py tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
+  for p in 128 64; do
+    WB_DECODE_MIN_PART=$p step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_ropeattn_part$p
+  done
+  step 100 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3.2-1b:bf16 --name decode_kernels_ropeattn_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

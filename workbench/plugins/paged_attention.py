@@ -18,6 +18,8 @@ bits): the decode step's rope kernel is gone.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -151,8 +153,11 @@ def decode_partitions(max_len: int, batch: int, kv_heads: int, page_size: int, s
     if interpreting():
         return max(block, pow2(max_len)), 1
     part = max(block, pow2(triton.cdiv(max_len, max(1, (2 * sms) // max(1, batch * kv_heads)))))
-    part = max(part, 128)
+    part = max(part, MIN_PARTITION)
     return part, triton.cdiv(max_len, part)
+
+
+MIN_PARTITION = int(os.environ.get("WB_DECODE_MIN_PART", "128"))  # tokens; an override for measuring
 
 
 def _block_n(page_size: int) -> int:
