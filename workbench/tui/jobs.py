@@ -1,7 +1,8 @@
 """The slow work of the TUI, for a worker thread: load or build a model, diff and profile it, rerun, save.
 
 Every function reports progress through a `(stage, done, total)` callback and touches no UI;
-each returns a new `Workspace` (or the path written).
+each returns a new `Workspace` (or the path written). The engine runs on one backend (torch, the
+reference, or cuda, the fast path; see runtime.backends), the same for the diff and the profile.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from workbench.inspect.replay import checkpoint_for, model_source_of, record
 from workbench.inspect.session_file import save_session
 from workbench.inspect.tolerances import Tolerances
 from workbench.names import match
+from workbench.runtime.backends import resolve_device
 from workbench.tui.workspace import Workspace, decoder_for_engine, open_session
 
 Progress = Callable[[str, int, int], None]
@@ -67,8 +69,12 @@ def run_engine(engine: Engine, patterns: list[str] | None = None, *, steps=(0, 1
                modes=("accumulated", "local"), token_ids: list[int] | None = None, prompt: str | None = None,
                tolerances: Tolerances | None = None, profile: ProfileConfig | None = None,
                model: dict | None = None, label: str | None = None, baseline: Baseline | None = None,
-               baseline_dtype: str | None = None, progress: Progress = _quiet) -> Workspace:
-    """Diff the engine at every step and mode, profile it, and record it all (with tensors) as a workspace."""
+               baseline_dtype: str | None = None, backend: str = "torch", device: str = "cpu",
+               progress: Progress = _quiet) -> Workspace:
+    """Diff the engine at every step and mode, profile it, and record it all (with tensors) as a workspace.
+
+    `backend` and `device` (checked by runtime.backends.resolve_device) run both the diff and the profile.
+    """
     pairs = [(s, m) for s in sorted(set(steps)) for m in modes]
     total = len(RUN_STAGES) - 1 + len(pairs)  # comparing counts once per report
     tolerances = tolerances or Tolerances()
@@ -84,7 +90,7 @@ def run_engine(engine: Engine, patterns: list[str] | None = None, *, steps=(0, 1
     progress(RUN_STAGES[1], 1, total)
     baseline = baseline or Baseline.for_engine(engine, dtype=baseline_dtype)
     run = capture(engine, names, token_ids=token_ids, modes=tuple(modes), steps=tuple(steps), prompt=prompt,
-                  baseline=baseline)
+                  baseline=baseline, device=device, backend=backend)
     reports = []
     for i, (s, m) in enumerate(pairs):
         progress(f"{RUN_STAGES[2]}: {m}, step {s}", 2 + i, total)
@@ -94,11 +100,11 @@ def run_engine(engine: Engine, patterns: list[str] | None = None, *, steps=(0, 1
     report = None
     if profile is not None:
         try:
-            report = profile_engine(engine, profile)
+            report = profile_on(engine, profile, backend, device)
         except WorkbenchError as e:
-            notes.append(f"no timings: {e}")
+            notes.append(f"no timings on the {backend} backend: {e}")
     progress(RUN_STAGES[4], total - 1, total)
-    session = record(engine, reports, model=model or model_source_of(engine), run=run,
+    session = record(engine, reports, model=model or model_source_of(engine), run=run, device=device,
                      profile=report.to_dict() if report else None)
     label = label or f"{Path(str(engine.path or engine.source.get('checkpoint', 'engine'))).name} " \
                      f"({engine.build_config.dtype})"
@@ -115,15 +121,24 @@ def _tokenize(engine: Engine, prompt: str) -> list[int]:
     return tokenize(engine, prompt)
 
 
+def profile_on(engine: Engine, config: ProfileConfig, backend: str, device: str) -> ProfileReport:
+    """Time the engine on `backend`: node by node (torch), or the compiled program statement by statement (cuda)."""
+    if backend == "cuda":
+        from workbench.inspect.cuda_profile import profile_cuda
+
+        return profile_cuda(engine, config, device=device)
+    return profile_engine(engine, config, device=device)
+
+
 def profile_config(engine: Engine, prompt_len: int, repeats: int = 3) -> ProfileConfig:
     """A short profile: the prompt's length, a few decode steps, a few repeats."""
     steps = max(1, min(4, engine.build_config.max_seq_len - prompt_len))
     return ProfileConfig(prompt_len=prompt_len, steps=steps, repeats=repeats, warmup=1, nvtx="off")
 
 
-def rerun(ws: Workspace, extra: list[str] | None = None, *, with_profile: bool = True,
-          progress: Progress = _quiet) -> Workspace:
-    """Rebuild with `extra` names marked too and rerun the same tokens, steps, modes and tolerances."""
+def rerun(ws: Workspace, extra: list[str] | None = None, *, with_profile: bool = True, backend: str = "torch",
+          device: str = "cpu", progress: Progress = _quiet) -> Workspace:
+    """Rebuild with `extra` names marked too and rerun the same tokens, steps, modes and tolerances on `backend`."""
     engine = ws.engine
     if engine is None:
         if ws.session_path is None:
@@ -142,7 +157,8 @@ def rerun(ws: Workspace, extra: list[str] | None = None, *, with_profile: bool =
                      prompt=ws.session.prompt, tolerances=Tolerances.from_dict(ws.session.tolerances),
                      profile=profile_config(engine, prompt_len) if with_profile else None, model=ws.session.model,
                      label=ws.label, baseline=ws.baseline if engine is ws.engine else None,
-                     baseline_dtype=next(iter(ws.reports.values())).model.get("dtype"), progress=progress)
+                     baseline_dtype=next(iter(ws.reports.values())).model.get("dtype"), backend=backend, device=device,
+                     progress=progress)
     new.session.title = ws.session.title
     new.session_path = ws.session_path
     return new
@@ -170,17 +186,22 @@ class Target:
     profile: bool = True
     repeats: int = 3
     baseline_dtype: str | None = None  # the HF model's dtype; default: the engine's
+    backend: str | None = None  # the engine's executor; None: torch for a model, a session's own for a session
+    device: str | None = None  # None: the backend's default (resolve_device)
 
     def describe(self) -> str:
         if self.session is not None:
             return f"opening {Path(self.session).name}"
-        return f"running {Path(self.model).name if self.model else 'the default model'}"
+        return f"running {Path(self.model).name if self.model else 'the default model'} on the " \
+               f"{self.backend or 'torch'} backend"
 
     def load(self, progress: Progress = _quiet) -> Workspace:
         """Open the session, or load (building if needed), diff and profile the model."""
         if self.session is not None:
             progress("reading the session", 0, 1)
             return open_session(self.session)
+        backend = self.backend or "torch"
+        device = resolve_device(backend, self.device)  # before any model loads: a backend that cannot run fails
         engine = load_model(self.model, self.dtype, progress)
         token_ids = default_tokens(engine) if self.prompt is None else _tokenize(engine, self.prompt)
         config = profile_config(engine, len(token_ids), self.repeats) if self.profile else None
@@ -189,4 +210,4 @@ class Target:
         label = f"{Path(self.model).name if self.model else NAME} ({engine.build_config.dtype})"
         return run_engine(engine, self.patterns, steps=self.steps, modes=self.modes, token_ids=token_ids,
                           prompt=self.prompt, tolerances=self.tolerances, profile=config, label=label,
-                          baseline_dtype=self.baseline_dtype, progress=progress)
+                          baseline_dtype=self.baseline_dtype, backend=backend, device=device, progress=progress)

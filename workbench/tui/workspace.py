@@ -58,6 +58,16 @@ class Workspace:
         return sorted({s for _, s in self.reports})
 
     @property
+    def backend(self) -> str:
+        """The backend the engine ran on (torch or cuda), as the session records it."""
+        return self.session.backend
+
+    @property
+    def device(self) -> str | None:
+        """The device the engine ran on, where the session records it."""
+        return self.session.environment.get("device")
+
+    @property
     def has_tensors(self) -> bool:
         return bool(self.session.tensors)
 
