@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from workbench.errors import WorkbenchError
+from workbench.runtime.backends import BACKEND_NAMES, resolve_device
 
 _MODES = {"accumulated": ("accumulated",), "local": ("local",), "both": ("accumulated", "local")}
 
@@ -33,8 +34,13 @@ def _items(values: tuple[str, ...]) -> list[str]:
 @click.option("--baseline-dtype", default=None, help="dtype of the HF model (default: the engine's).")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="Also time the engine (timeline tab).")
 @click.option("--repeats", default=3, show_default=True, type=int, help="Timed runs of every step when profiling.")
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default=None,
+              help="torch: the reference executor; cuda: the fast path (Triton plugins, paged KV cache, CUDA-graph "
+                   "decode steps; needs a GPU, or TRITON_INTERPRET=1 with --device cpu). Runs the diff, the profile "
+                   "and every rerun (b switches inside). Default: torch, or the backend a session recorded.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda for --backend cuda, else cpu).")
 def tui_command(target, layers, steps, mode, prompt, atol, rtol, error_stat, dtype, baseline_dtype, profile,
-                repeats):
+                repeats, backend, device):
     """Step through an engine's diff against HF, its timeline and its tokens, interactively.
 
     TARGET is an engine directory, an HF checkpoint directory (built and cached), a session
@@ -49,17 +55,21 @@ def tui_command(target, layers, steps, mode, prompt, atol, rtol, error_stat, dty
     tol = Tolerances.parse(_items(atol), _items(rtol), error_stat)
     if repeats < 1:
         raise WorkbenchError(f"--repeats {repeats}: must be at least 1")
-    if target is not None and target.endswith(".wbs"):
+    is_session = target is not None and target.endswith(".wbs")
+    if backend is not None or device is not None or not is_session:
+        # a session opens without its model: its recorded backend is checked only when something reruns
+        resolve_device(backend or "torch", device)
+    if is_session:
         from workbench.inspect.session_file import load_session
 
         load_session(target, with_tensors=False)  # a bad file fails here, in one line, before the screen opens
-        spec = Target(session=Path(target))
+        spec = Target(session=Path(target), backend=backend, device=device)
     else:
         if target is not None and not Path(target).is_dir():
             raise WorkbenchError(f"{target}: no such engine directory, checkpoint directory or session file (.wbs)")
         spec = Target(model=target, dtype=dtype, patterns=list(layers) or None, steps=tuple(parse_steps(steps)),
                       modes=_MODES[mode], prompt=prompt, tolerances=tol, profile=profile, repeats=repeats,
-                      baseline_dtype=baseline_dtype)
+                      baseline_dtype=baseline_dtype, backend=backend, device=device)
     WorkbenchApp(spec).run()
 
 

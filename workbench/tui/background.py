@@ -35,15 +35,16 @@ class BackgroundRuns:
     def busy(self) -> bool:
         return any(w.group == "run" and w.is_running for w in self.workers)
 
-    def start(self, title: str, job, *args, **kwargs) -> None:
-        """Run `job(*args, progress=..., **kwargs)` in a thread, unless a run is going on already."""
+    def start(self, title: str, job, *args, **kwargs) -> bool:
+        """Run `job(*args, progress=..., **kwargs)` in a thread, unless a run is going on already; True if started."""
         if self.busy:
             self.notify("A run is in progress; wait for it to finish.", severity="warning")
-            return
+            return False
         self.query_one(RunStatus).start(title)
         progress = lambda stage, done, total: self.post_message(Progressed(stage, done, total))  # noqa: E731
         self.run_worker(partial(job, *args, progress=progress, **kwargs), name=title, group="run", thread=True,
                         exit_on_error=False)
+        return True
 
     def on_progressed(self, message: Progressed) -> None:
         self.query_one(RunStatus).step(message.stage, message.done, message.total)

@@ -1,4 +1,4 @@
-"""Small text helpers shared by the widgets: numbers, shares and bars."""
+"""Small text helpers shared by the widgets: numbers, shares, bars, steps and backends."""
 
 from __future__ import annotations
 
@@ -40,3 +40,9 @@ def verdict(passed: bool | None) -> Text:
 
 def where(step: int) -> str:
     return "context phase" if step == 0 else f"generation step {step}"
+
+
+def backend_label(backend: str, device: str | None = None) -> str:
+    """`cuda backend`, naming the device where it is not the backend's usual one (`cuda backend on cpu`)."""
+    usual = "cuda" if backend == "cuda" else "cpu"
+    return f"{backend} backend" + ("" if (device or usual).split(":")[0] == usual else f" on {device}")

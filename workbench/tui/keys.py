@@ -48,6 +48,8 @@ ACTIONS = [
     Action("k", "k", "mark", "Mark names and rerun",
            "Mark more names as engine outputs, rebuild the debug engine and rerun", "Run", "mark"),
     Action("r", "r", "rerun", "Rebuild and rerun", "Rebuild the engine and rerun the diff and the profile", "Run"),
+    Action("b", "b", "switch_backend", "Switch backend",
+           "Rerun on the other backend (torch: the reference; cuda: the fast path) and keep it for later runs", "Run"),
     Action("w", "w", "save", "Save session", "Save the current state as a session file (.wbs) with tensors",
            "Files", "save"),
     Action("o", "o", "open", "Open session", "Open a saved session file (.wbs)", "Files"),

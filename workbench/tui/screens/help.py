@@ -16,7 +16,9 @@ LEGEND = ("Colours: [green]✓ pass[/], [bold red]✗ FAIL[/], [dim]· not marke
           "[yellow]◀[/] the first divergence. Percentages are each name's share of the step's time "
           "(context phase at step 0, generation phase after).\n"
           "Modes: accumulated = the engine end to end; local = every node fed HF's inputs, so a row shows only "
-          "the error its own node adds.")
+          "the error its own node adds.\n"
+          "Backends: the header names the one the numbers came from (torch: the reference; cuda: the fast path) "
+          "and, as \"reruns: ...\", the one r and k run on where it is another; b reruns on the other one.")
 
 
 def keys_table() -> Table:

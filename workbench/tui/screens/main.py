@@ -1,4 +1,9 @@
-"""The main screen: the diff (tree, table, detail), timeline and tokens tabs over one workspace."""
+"""The main screen: the diff (tree, table, detail), timeline and tokens tabs over one workspace.
+
+Reruns go to one backend (`self.backend`: the CLI's --backend, else what the first workspace ran
+on); `b` switches it by rerunning on the next one. The header names the backend the shown numbers
+came from, and the one reruns use where they differ.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
+from workbench.errors import WorkbenchError
 from workbench.inspect.tensor_view import first_token_divergence
+from workbench.runtime.backends import BACKEND_NAMES, resolve_device
 from workbench.tui import keys
 from workbench.tui.background import BackgroundRuns
-from workbench.tui.format import where
+from workbench.tui.format import backend_label, where
 from workbench.tui.jobs import Target, rerun, save
 from workbench.tui.navigation import first_divergence, layer_jump, neighbour, next_failure
 from workbench.tui.screens.help import HelpScreen
@@ -42,6 +49,7 @@ class MainScreen(BackgroundRuns, Screen):
         self.target = target
         self.ws: Workspace | None = None
         self.mode, self.step, self.selected = "accumulated", 0, None
+        self.backend = target.backend  # what reruns run on; None until the first workspace says
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -73,6 +81,7 @@ class MainScreen(BackgroundRuns, Screen):
     def apply(self, ws: Workspace) -> None:
         """Show a new workspace, keeping the mode, step and name where they still exist."""
         self.ws = ws
+        self.backend = self.backend or ws.backend
         if self.mode not in ws.modes:
             self.mode = ws.modes[0]
         if ws.report(self.mode, self.step) is None:
@@ -97,8 +106,14 @@ class MainScreen(BackgroundRuns, Screen):
         self.query_one(LayerTree).show({r.name: r for r in report.rows}, shares, div)
         self.query_one(DiffTable).show(report, shares, div, self.selected)
         n_pass = sum(r.passed for r in report.rows)
-        self.sub_title = f"{ws.label} · {self.mode} · {where(self.step)} · {n_pass}/{len(report.rows)} pass"
+        self.sub_title = (f"{ws.label} · {self.backend_text()} · {self.mode} · {where(self.step)} · "
+                          f"{n_pass}/{len(report.rows)} pass")
         self.show_selected()
+
+    def backend_text(self) -> str:
+        """The backend the shown numbers came from, and the one reruns use where it is another."""
+        shown = backend_label(self.ws.backend, self.ws.device)
+        return shown if self.backend == self.ws.backend else f"{shown} (reruns: {self.backend})"
 
     def show_selected(self) -> None:
         ws, name = self.ws, self.selected
@@ -229,11 +244,29 @@ class MainScreen(BackgroundRuns, Screen):
 
     def _marked(self, patterns: list[str] | None) -> None:
         if patterns:
-            self.start("rebuilding and rerunning", rerun, self.ws, patterns, with_profile=self.target.profile)
+            self._rerun(patterns, self.backend)
 
     def action_rerun(self) -> None:
         if self._ready():
-            self.start("rebuilding and rerunning", rerun, self.ws, None, with_profile=self.target.profile)
+            self._rerun(None, self.backend)
+
+    def action_switch_backend(self) -> None:
+        if self._ready():
+            following = BACKEND_NAMES[(BACKEND_NAMES.index(self.backend) + 1) % len(BACKEND_NAMES)]
+            if self._rerun(None, following):
+                self.backend = following
+                self.redraw()  # the header says where reruns go now
+
+    def _rerun(self, patterns: list[str] | None, backend: str) -> bool:
+        """Rerun the workspace on `backend`, where it can run here (else say why, in one line); True if started."""
+        try:
+            device = resolve_device(backend, self.target.device)
+        except WorkbenchError as e:
+            self.notify(f"{e} (b switches the backend)", title=f"cannot run the {backend} backend",
+                        severity="error", timeout=10)
+            return False
+        return self.start(f"rebuilding and rerunning on the {backend_label(backend, device)}", rerun, self.ws,
+                          patterns, with_profile=self.target.profile, backend=backend, device=device)
 
     def action_save(self) -> None:
         if self._ready():

@@ -10,8 +10,9 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from workbench.inspect.profiler import PhaseProfile, ProfileReport
+from workbench.inspect.timeline import summarize_profile
 from workbench.names import layer_index
-from workbench.tui.format import DIM_STYLE, bar, pct
+from workbench.tui.format import DIM_STYLE, backend_label, bar, pct
 
 BAR_WIDTH = 20
 
@@ -25,6 +26,8 @@ def render_phase(ph: PhaseProfile, selected_layer: str | None) -> RenderableType
     title = (f"{ph.phase} phase: {ph.num_tokens} token{'s' * (ph.num_tokens != 1)} a step\n"
              f"{_ms(ph.step_time.median_ms)} ms/step · {ph.tokens_per_s:,.0f} tokens/s · "
              f"{pct(ph.coverage)} attributed")
+    if ph.graph_step_time is not None:  # the cuda backend's decode step as its CUDA graph replays it
+        title += f"\n{_ms(ph.graph_step_time.median_ms)} ms/step as the decode graph replays"
     t = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 1), show_edge=False,
               header_style="bold dim")
     t.add_column("layer", no_wrap=True)
@@ -68,9 +71,12 @@ def render_timeline(report: ProfileReport | None, selected: str | None) -> Rende
                     "(it profiles the engine too).", style=DIM_STYLE)
     layer = _group(selected) if selected else None
     threads = f"{report.threads} thread{'s' * (report.threads != 1)}"
-    head = Text(f"{report.device_name or report.device}, {report.dtype}, {threads}, medians of "
-                f"{report.config.repeats} repeats; the selected layer ({layer or 'none'}) is opened up: own time "
-                "of each name", style=DIM_STYLE)
+    head = Text(f"{backend_label(report.backend)}, {report.device_name or report.device}, {report.dtype}, {threads}, "
+                f"medians of {report.config.repeats} repeats; the selected layer ({layer or 'none'}) is opened up: "
+                "own time of each name", style=DIM_STYLE)
+    fused = summarize_profile(report).fused
+    if fused:  # the cuda backend times a fused statement once, under its first canonical name
+        head.append("\nfused: " + ", ".join(f"{name} in {row}" for name, row in fused.items()))
     phases = [render_phase(ph, layer) for ph in report.phases.values()]
     return Group(head, Text(""), Columns(phases, padding=(1, 3)))
 
