@@ -29,7 +29,9 @@ from workbench.builder.engine import Engine
 from workbench.builder.network import Network
 from workbench.builder.ops import op_kind
 from workbench.inspect.op_costs import OpCost
-from workbench.inspect.profiler import ProfileConfig, ProfileReport, Stat, profile_engine, quiet_timing, token_ids
+from workbench.inspect.profile_clock import quiet_timing
+from workbench.inspect.profile_report import ProfileConfig, ProfileReport, Stat
+from workbench.inspect.profiler import profile_engine, token_ids
 from workbench.names import canonical_names
 from workbench.runtime.attention_meta import AttentionMeta
 from workbench.runtime.cuda_executor import CudaExecutor

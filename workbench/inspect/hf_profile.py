@@ -18,8 +18,9 @@ from workbench.builder.engine import Engine
 from workbench.builder.models import FAMILIES
 from workbench.builder.network import torch_dtype
 from workbench.errors import WorkbenchError
-from workbench.inspect.profiler import (BaselineProfile, Clock, ProfileConfig, ProfileReport, Row, Span, Stat,
-                                        quiet_timing, token_ids)
+from workbench.inspect.profile_clock import Clock, quiet_timing
+from workbench.inspect.profile_report import BaselineProfile, ProfileConfig, ProfileReport, Row, Span, Stat
+from workbench.inspect.profiler import token_ids
 from workbench.runtime.nvtx import layer_group
 
 ATTN_IMPLEMENTATION = "eager"  # HF's plain attention, the baseline DESIGN.md's numbers use

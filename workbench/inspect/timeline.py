@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.inspect.profiler import PhaseProfile, ProfileReport, Row, Span, Stat, write_text_atomic
+from workbench.fsutil import atomic_write
+from workbench.inspect.profile_report import PhaseProfile, ProfileReport, Row, Span, Stat
 from workbench.names import canonical_names, layer_index
 from workbench.runtime.nvtx import layer_group
 
@@ -106,7 +107,7 @@ def chrome_trace(report: ProfileReport) -> dict:
 
 def write_chrome_trace(report: ProfileReport, path: str | Path) -> Path:
     """Write chrome_trace(report) to `path` atomically."""
-    return write_text_atomic(path, json.dumps(chrome_trace(report)))
+    return atomic_write(path, json.dumps(chrome_trace(report)))
 
 
 # -- the summary the CLI renders ----------------------------------------------------------------
