@@ -81,7 +81,67 @@ def _advice(larger: str) -> str:
     return f"use a smaller batch or shorter prompts, or a larger KV cache ({larger})"
 
 
-class PagedKVCache:
+class _PooledKVCache:
+    """What both caches share: a pool of per-layer slots, the checks around write and read, and the bookkeeping.
+
+    A subclass maps a sequence's positions onto the pool (`_store`, `_gather`), reserves and
+    releases its space, and says how many tokens it can hold (`capacity`). The counts are
+    named after the paged cache's blocks, so callers and tests can treat both alike.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, *, pool: int, slot_len: int,
+                 dtype: torch.dtype, device: str | torch.device):
+        self.num_layers = num_layers
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.device = torch.device(device)
+        # Index 0 along dim 1 holds k, index 1 holds v. Left uninitialised: reads never reach
+        # past what was written, and untouched pages of a large pool then cost no memory.
+        self.layers = [
+            torch.empty(pool, 2, slot_len, num_kv_heads, head_dim, dtype=dtype, device=self.device)
+            for _ in range(num_layers)
+        ]  # each [pool, 2, slot_len, H, D]
+        self._pool = pool
+        self._free = _FreeList(pool)
+
+    def reserve(self, seq_id: Hashable, num_tokens: int) -> None:
+        """Make sure seq_id can hold num_tokens tokens in total; allocates nothing on failure."""
+        self.reserve_all({seq_id: num_tokens})
+
+    def release_all(self) -> None:
+        """Release every sequence."""
+        for seq_id in self.sequences():
+            self.release(seq_id)
+
+    def write(self, layer: int, seq_id: Hashable, start: int, k: Tensor, v: Tensor) -> None:
+        """Store k, v [n, H, D] at positions start..start+n-1 of seq_id."""
+        n = _check_kv(k, v, self.num_kv_heads, self.head_dim)
+        _check_range(seq_id, start + n, self.capacity(seq_id), "write")
+        if n:
+            self._store(self.layers[layer], seq_id, start, k, v)
+
+    def read(self, layer: int, seq_id: Hashable, length: int) -> tuple[Tensor, Tensor]:
+        """Return k, v [length, H, D] for positions 0..length-1 of seq_id."""
+        _check_range(seq_id, length, self.capacity(seq_id), "read")
+        if length == 0:
+            empty = self.layers[layer].new_empty(0, self.num_kv_heads, self.head_dim)
+            return empty, empty.clone()
+        return self._gather(self.layers[layer], seq_id, length)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self._pool - len(self._free)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.layers)
+
+
+class PagedKVCache(_PooledKVCache):
     """KV cache in fixed-size pages; each sequence owns a block table of page ids."""
 
     def __init__(
@@ -97,19 +157,10 @@ class PagedKVCache:
     ):
         if num_blocks < 1 or page_size < 1:
             raise WorkbenchError(f"KV cache needs num_blocks >= 1 and page_size >= 1, got {num_blocks} and {page_size}")
-        self.num_layers = num_layers
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = head_dim
+        super().__init__(num_layers, num_kv_heads, head_dim, pool=num_blocks, slot_len=page_size, dtype=dtype,
+                         device=device)  # each layer [num_blocks, 2, page_size, H, D]
         self.num_blocks = num_blocks
         self.page_size = page_size
-        self.device = torch.device(device)
-        # Index 0 along dim 1 holds k, index 1 holds v. Left uninitialised: reads never reach
-        # past what was written, and untouched pages of a large pool then cost no memory.
-        self.layers = [
-            torch.empty(num_blocks, 2, page_size, num_kv_heads, head_dim, dtype=dtype, device=self.device)
-            for _ in range(num_layers)
-        ]  # each [num_blocks, 2, page_size, H, D]
-        self._free = _FreeList(num_blocks)
         self._tables: dict[Hashable, list[int]] = {}
         # Block tables as device tensors, rebuilt only when a table grows: a decode step
         # writes and reads every layer, so building them per call would dominate.
@@ -147,10 +198,6 @@ class PagedKVCache:
             f"but only {self.num_free_blocks} of {self.num_blocks} blocks are free; {_advice('more blocks')}"
         )
 
-    def reserve(self, seq_id: Hashable, num_tokens: int) -> None:
-        """Make sure seq_id can hold num_tokens tokens in total; allocates nothing on failure."""
-        self.reserve_all({seq_id: num_tokens})
-
     def can_reserve(self, needs: dict) -> bool:
         """Whether every {seq_id: total_tokens} in needs fits at once."""
         return sum(self._blocks_needed(s, n) for s, n in needs.items()) <= len(self._free)
@@ -173,11 +220,6 @@ class PagedKVCache:
         self._free.push_all(self._tables.pop(seq_id, ()))
         self._table_tensors.pop(seq_id, None)
 
-    def release_all(self) -> None:
-        """Release every sequence."""
-        for seq_id in list(self._tables):
-            self.release(seq_id)
-
     # -- data ----------------------------------------------------------------------
 
     def _table_tensor(self, seq_id: Hashable) -> Tensor:
@@ -187,13 +229,8 @@ class PagedKVCache:
             self._table_tensors[seq_id] = t
         return t
 
-    def write(self, layer: int, seq_id: Hashable, start: int, k: Tensor, v: Tensor) -> None:
-        """Store k, v [n, H, D] at positions start..start+n-1 of seq_id."""
-        n = _check_kv(k, v, self.num_kv_heads, self.head_dim)
-        _check_range(seq_id, start + n, self.capacity(seq_id), "write")
-        if n == 0:
-            return
-        cache = self.layers[layer]
+    def _store(self, cache: Tensor, seq_id: Hashable, start: int, k: Tensor, v: Tensor) -> None:
+        n = k.shape[0]
         if n == 1:  # a decode step: plain integer indexing, no index tensors to build per layer
             block, offset = self._tables[seq_id][start // self.page_size], start % self.page_size
             cache[block, 0, offset] = k[0].to(cache.device, cache.dtype)
@@ -205,16 +242,10 @@ class PagedKVCache:
         cache[blocks, 0, offsets] = k.to(cache.device, cache.dtype)
         cache[blocks, 1, offsets] = v.to(cache.device, cache.dtype)
 
-    def read(self, layer: int, seq_id: Hashable, length: int) -> tuple[Tensor, Tensor]:
-        """Return k, v [length, H, D] for positions 0..length-1 of seq_id."""
-        _check_range(seq_id, length, self.capacity(seq_id), "read")
-        if length == 0:
-            empty = self.layers[layer].new_empty(0, self.num_kv_heads, self.head_dim)
-            return empty, empty.clone()
+    def _gather(self, cache: Tensor, seq_id: Hashable, length: int) -> tuple[Tensor, Tensor]:
         num_pages = -(-length // self.page_size)
         table = self._table_tensor(seq_id)[:num_pages]  # [pages]
         # Gather whole pages of k and of v (one copy each), lay them end to end, cut the tail.
-        cache = self.layers[layer]
         shape = (num_pages * self.page_size, self.num_kv_heads, self.head_dim)
         k = cache[table, 0].reshape(shape)  # [pages P, H, D]
         v = cache[table, 1].reshape(shape)
@@ -234,20 +265,8 @@ class PagedKVCache:
         """Sequence ids holding a reservation, in the order they were first reserved."""
         return list(self._tables)
 
-    @property
-    def num_free_blocks(self) -> int:
-        return len(self._free)
 
-    @property
-    def num_used_blocks(self) -> int:
-        return self.num_blocks - len(self._free)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.layers)
-
-
-class ContiguousKVCache:
+class ContiguousKVCache(_PooledKVCache):
     """Unpaged KV cache: one slot of max_seq_len tokens per sequence, max_batch slots."""
 
     def __init__(
@@ -265,17 +284,10 @@ class ContiguousKVCache:
             raise WorkbenchError(
                 f"KV cache needs max_batch >= 1 and max_seq_len >= 1, got {max_batch} and {max_seq_len}"
             )
-        self.num_layers = num_layers
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = head_dim
+        super().__init__(num_layers, num_kv_heads, head_dim, pool=max_batch, slot_len=max_seq_len, dtype=dtype,
+                         device=device)  # each layer [max_batch, 2, max_seq_len, H, D]
         self.max_batch = max_batch
         self.max_seq_len = max_seq_len
-        self.device = torch.device(device)
-        self.layers = [
-            torch.empty(max_batch, 2, max_seq_len, num_kv_heads, head_dim, dtype=dtype, device=self.device)
-            for _ in range(num_layers)
-        ]  # each [max_batch, 2, max_seq_len, H, D]
-        self._free = _FreeList(max_batch)
         self._slots: dict[Hashable, int] = {}
 
     # -- allocation ----------------------------------------------------------------
@@ -292,10 +304,6 @@ class ContiguousKVCache:
 
     def _slots_needed(self, needs: dict) -> int:
         return sum(1 for s in needs if s not in self._slots)
-
-    def reserve(self, seq_id: Hashable, num_tokens: int) -> None:
-        """Give seq_id a slot if it has none; fails if none is free or num_tokens > max_seq_len."""
-        self.reserve_all({seq_id: num_tokens})
 
     def can_reserve(self, needs: dict) -> bool:
         """Whether every {seq_id: total_tokens} in needs fits at once."""
@@ -322,31 +330,16 @@ class ContiguousKVCache:
         if slot is not None:
             self._free.push_all([slot])
 
-    def release_all(self) -> None:
-        """Release every sequence."""
-        for seq_id in list(self._slots):
-            self.release(seq_id)
-
     # -- data ----------------------------------------------------------------------
 
-    def write(self, layer: int, seq_id: Hashable, start: int, k: Tensor, v: Tensor) -> None:
-        """Store k, v [n, H, D] at positions start..start+n-1 of seq_id."""
-        n = _check_kv(k, v, self.num_kv_heads, self.head_dim)
-        _check_range(seq_id, start + n, self.capacity(seq_id), "write")
-        if n == 0:
-            return
-        cache = self.layers[layer]
+    def _store(self, cache: Tensor, seq_id: Hashable, start: int, k: Tensor, v: Tensor) -> None:
+        n = k.shape[0]
         slot = self._slots[seq_id]
         cache[slot, 0, start : start + n] = k.to(cache.device, cache.dtype)
         cache[slot, 1, start : start + n] = v.to(cache.device, cache.dtype)
 
-    def read(self, layer: int, seq_id: Hashable, length: int) -> tuple[Tensor, Tensor]:
-        """Return k, v [length, H, D] for positions 0..length-1 of seq_id."""
-        _check_range(seq_id, length, self.capacity(seq_id), "read")
-        if length == 0:
-            empty = self.layers[layer].new_empty(0, self.num_kv_heads, self.head_dim)
-            return empty, empty.clone()
-        slot = self.layers[layer][self._slots[seq_id]]  # [2, max_seq_len, H, D]
+    def _gather(self, cache: Tensor, seq_id: Hashable, length: int) -> tuple[Tensor, Tensor]:
+        slot = cache[self._slots[seq_id]]  # [2, max_seq_len, H, D]
         # Clone so that callers get a snapshot, as the paged cache's gather gives them.
         return slot[0, :length].clone(), slot[1, :length].clone()
 
@@ -367,16 +360,3 @@ class ContiguousKVCache:
     @property
     def num_free_slots(self) -> int:
         return len(self._free)
-
-    # Slots under the paged cache's names, so callers and tests can treat both alike.
-    @property
-    def num_free_blocks(self) -> int:
-        return len(self._free)
-
-    @property
-    def num_used_blocks(self) -> int:
-        return self.max_batch - len(self._free)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.layers)
