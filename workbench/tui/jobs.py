@@ -16,7 +16,7 @@ from workbench.builder.engine import MANIFEST, Engine, load_engine
 from workbench.errors import WorkbenchError
 from workbench.inspect.baseline import Baseline
 from workbench.inspect.diff import capture, compare, diffable_names, select_names
-from workbench.inspect.profiler import ProfileConfig, profile_engine
+from workbench.inspect.profiler import ProfileConfig, ProfileReport, profile_engine
 from workbench.inspect.replay import checkpoint_for, model_source_of, record
 from workbench.inspect.session_file import save_session
 from workbench.inspect.tolerances import Tolerances
