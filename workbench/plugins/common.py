@@ -103,41 +103,6 @@ def gdc_trigger(USE_GDC: tl.constexpr):
 
 
 @triton.jit
-def l2_prefetch(P, nbytes, part, PER: tl.constexpr):
-    """Part `part` of an L2 prefetch of the first nbytes at byte pointer P: PER bulk prefetches of PREFETCH_CHUNK
-    (16 KiB) each, sm_90's cp.async.bulk.prefetch.L2: the data lands in L2 only, nothing waits for it."""
-    offs = (part * PER + tl.arange(0, PER)).to(tl.int64) * 16384
-    size = (tl.minimum(nbytes - offs, 16384) // 16 * 16).to(tl.int32)  # whole 16-byte units
-    ok = (size > 0).to(tl.int32)
-    tl.inline_asm_elementwise(
-        asm="{ .reg .pred p; setp.ne.b32 p, $1, 0; @p cp.async.bulk.prefetch.L2.global [$2], $3; mov.b32 $0, 0; }",
-        constraints="=r,r,l,r", args=[ok, P + offs, size], dtype=tl.int32, is_pure=False, pack=1)
-
-
-PREFETCH_CHUNK = 16 << 10  # bytes per bulk prefetch (l2_prefetch's constant)
-PREFETCH_LIMIT = 16 << 20  # bytes of the next layer's weights prefetched at most (an H100's L2 holds 50 MB)
-_PREFETCH: bool | None = None
-
-
-def l2_prefetch_args(weights: torch.Tensor | None, programs: int, fallback: torch.Tensor, warps: int) -> dict:
-    """The arguments of a kernel's l2_prefetch (PF, PF_BYTES, PF_PER) for `programs` programs of `warps` warps
-    sharing the first PREFETCH_LIMIT bytes of `weights` (the next layer's, read soon: prefetched while this small
-    kernel leaves the memory idle); none (PF_PER = 0, PF = fallback) without weights, in the interpreter, before
-    Hopper or with WB_L2_PREFETCH=0. A program takes at least one prefetch per thread: with fewer, threads would
-    hold copies of the same elements and each issue them."""
-    global _PREFETCH
-    if _PREFETCH is None:
-        _PREFETCH = (not interpreting() and torch.cuda.is_available() and os.environ.get("WB_L2_PREFETCH", "1") != "0"
-                     and torch.cuda.get_device_capability()[0] >= 9)
-    if weights is None or not _PREFETCH or not weights.is_cuda or not weights.is_contiguous():
-        return {"PF": fallback, "PF_BYTES": 0, "PF_PER": 0}
-    nbytes = min(weights.numel() * weights.element_size(), PREFETCH_LIMIT)
-    chunks = -(-nbytes // PREFETCH_CHUNK)
-    return {"PF": weights.reshape(-1).view(torch.uint8), "PF_BYTES": nbytes,
-            "PF_PER": max(pow2(-(-chunks // max(1, programs))), 32 * warps)}
-
-
-@triton.jit
 def _pdl_probe(X, USE_GDC: tl.constexpr):
     gdc_begin(USE_GDC)
     tl.store(X, tl.load(X) + 1)

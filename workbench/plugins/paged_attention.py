@@ -24,8 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import (dot_in_fp32, gdc, gdc_begin, interpreting, l2_prefetch, l2_prefetch_args, mma,
-                                      pow2, rounded)
+from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, pow2, rounded
 from workbench.plugins.flash_attention import LOG2E
 
 
@@ -59,17 +58,15 @@ def _write_new_kv(QKV, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv,
 
 
 @triton.jit
-def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SLOTS, PF, sqb, sqh, s_cos, s_blk, s_kv,
-                  s_pg, s_h, sbt, sob, soh, scale_log2, window, PF_BYTES, REP: tl.constexpr, REP_PAD: tl.constexpr,
+def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SLOTS, sqb, sqh, s_cos, s_blk, s_kv,
+                  s_pg, s_h, sbt, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
                   NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
-                  PF_PER: tl.constexpr, USE_GDC: tl.constexpr):
+                  USE_GDC: tl.constexpr):
+    gdc_begin(USE_GDC)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
-    if PF_PER > 0:  # the next layer's weights into L2 while attention leaves the memory idle (no wait needed)
-        l2_prefetch(PF, PF_BYTES, (b * tl.num_programs(1) + kvh) * NUM_PARTS + part, PF_PER)
-    gdc_begin(USE_GDC)
     length = tl.load(seq_lens + b).to(tl.int32)
     lo = part * PART
     if WINDOW:
@@ -171,10 +168,8 @@ def _block_n(page_size: int) -> int:
 
 def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
                            scale: float, window: int | None = None, *, part: int | None = None,
-                           num_parts: int | None = None, out: torch.Tensor | None = None,
-                           prefetch: torch.Tensor | None = None) -> torch.Tensor:
-    """q [B, Hq, D] over the paged cache kv [blocks, 2, page, Hkv, D] -> [B, Hq, D]; `prefetch`: weights read next,
-    fetched into L2 meanwhile."""
+                           num_parts: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B, Hq, D] over the paged cache kv [blocks, 2, page, Hkv, D] -> [B, Hq, D]."""
     bsz, hq, d = q.shape
     _, two, page, hkv, dk = kv.shape
     if two != 2 or dk != d or hq % hkv:
@@ -182,27 +177,26 @@ def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torc
     if q.stride(2) != 1 or not kv.is_contiguous() or block_tables.stride(1) != 1:
         raise ValueError("paged_decode_attention: q's head dim, the cache and block table rows must be contiguous")
     return _launch_decode(q, None, kv, block_tables, seq_lens, scale, window, part, num_parts, out,
-                          (q.stride(0), q.stride(1)), prefetch)
+                          (q.stride(0), q.stride(1)))
 
 
 def paged_decode_attention_rope(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin: torch.Tensor,
                                 positions: torch.Tensor, slots: torch.Tensor, kv: torch.Tensor,
                                 block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                                 window: int | None = None, *, part: int | None = None, num_parts: int | None = None,
-                                out: torch.Tensor | None = None, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                                out: torch.Tensor | None = None) -> torch.Tensor:
     """rotary.rope_qkv (rotate q and k of qkv [B, (Hq + 2 Hkv) D], store k, v at slots [B]; -1: padding) then
-    paged_decode_attention (`prefetch` as there), in one kernel."""
+    paged_decode_attention, in one kernel."""
     _, two, page, hkv, d = kv.shape
     if two != 2 or qkv.dim() != 2 or qkv.shape[1] != (num_heads + 2 * hkv) * d or qkv.stride(1) != 1 or d % 2:
         raise ValueError(f"paged_decode_attention_rope: qkv {tuple(qkv.shape)} does not fit {num_heads} query heads "
                          f"and the cache {tuple(kv.shape)}")
     q = qkv[:, :num_heads * d].view(qkv.shape[0], num_heads, d)
     return _launch_decode(q, (qkv, cos, sin, positions, slots), kv, block_tables, seq_lens, scale, window, part,
-                          num_parts, out, (qkv.stride(0), d), prefetch)
+                          num_parts, out, (qkv.stride(0), d))
 
 
-def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num_parts, out, q_strides,
-                   prefetch=None):
+def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num_parts, out, q_strides):
     """The decode kernel (and the partition merge) for q [B, Hq, D] or, with rope = (qkv, cos, sin, positions,
     slots), for the query heads of qkv."""
     bsz, hq, d = q.shape
@@ -223,14 +217,13 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
     block = min(_block_n(page), part)
     interp = interpreting()
     base, cos, sin, positions, slots = rope if rope is not None else (q, out, out, seq_lens, seq_lens)
-    pf = l2_prefetch_args(prefetch, bsz * hkv * num_parts, out, 4)
     _paged_decode[(bsz, hkv, num_parts)](
-        base, kv, out, pacc, pml, block_tables, seq_lens, cos, sin, positions, slots, pf["PF"], q_strides[0],
-        q_strides[1], cos.stride(0) if rope is not None else 0, kv.stride(0), kv.stride(1), kv.stride(2),
-        kv.stride(3), block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E, int(window or 0),
-        pf["PF_BYTES"], REP=rep, REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part,
-        NUM_PARTS=num_parts, WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None,
-        PF_PER=pf["PF_PER"], num_warps=4, num_stages=1 if interp else 3, **gdc("attention"))
+        base, kv, out, pacc, pml, block_tables, seq_lens, cos, sin, positions, slots, q_strides[0], q_strides[1],
+        cos.stride(0) if rope is not None else 0, kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3),
+        block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E, int(window or 0), REP=rep,
+        REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
+        WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, num_warps=4,
+        num_stages=1 if interp else 3, **gdc("attention"))
     if num_parts > 1:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
                                  num_warps=4, **gdc("attention"))

@@ -10,25 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc, gdc_begin, l2_prefetch, l2_prefetch_args, pow2, rounded
-
-PREFETCH_PROGRAMS = 8  # programs after the rows' that only prefetch the next layer's weights into L2
+from workbench.plugins.common import gdc, gdc_begin, pow2, rounded
 
 
 @triton.jit
-def _add_rms_norm(X, R, W, S, Y, PF, sx, sr, ss, sy, n, eps, rows, PF_BYTES, BLOCK: tl.constexpr,
-                  HAS_RES: tl.constexpr, PF_PER: tl.constexpr, USE_GDC: tl.constexpr):
-    pid = tl.program_id(0)
-    if pid < rows:
-        _norm_row(X, R, W, S, Y, sx, sr, ss, sy, n, eps, pid.to(tl.int64), BLOCK, HAS_RES, USE_GDC)
-    elif PF_PER > 0:  # the programs past the rows: the next layer's weights do not depend on the kernel before
-        l2_prefetch(PF, PF_BYTES, pid - rows, PF_PER)
-
-
-@triton.jit
-def _norm_row(X, R, W, S, Y, sx, sr, ss, sy, n, eps, row, BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
-              USE_GDC: tl.constexpr):
+def _add_rms_norm(X, R, W, S, Y, sx, sr, ss, sy, n, eps, BLOCK: tl.constexpr, HAS_RES: tl.constexpr, USE_GDC: tl.constexpr):
     gdc_begin(USE_GDC)
+    row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < n
     dt: tl.constexpr = X.dtype.element_ty
@@ -44,7 +32,7 @@ def _norm_row(X, R, W, S, Y, sx, sr, ss, sy, n, eps, row, BLOCK: tl.constexpr, H
     tl.store(Y + row * sy + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
-def _launch(x, r, w, eps, prefetch=None):
+def _launch(x, r, w, eps):
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if x2.stride(-1) != 1:
@@ -60,37 +48,33 @@ def _launch(x, r, w, eps, prefetch=None):
     if rows:
         block = pow2(n)
         warps = min(16, max(1, block // 512))
-        pf = l2_prefetch_args(prefetch if rows <= 16 else None, PREFETCH_PROGRAMS, x2, warps)  # decode steps only
-        grid = rows + (PREFETCH_PROGRAMS if pf["PF_PER"] else 0)
-        _add_rms_norm[(grid,)](x2, r2 if r is not None else x2, w, s if s is not None else x2, y, pf["PF"],
-                               x2.stride(0), r2.stride(0) if r is not None else 0, s.stride(0) if s is not None else 0,
-                               y.stride(0), n, float(eps), rows, pf["PF_BYTES"], BLOCK=block, HAS_RES=r is not None,
-                               PF_PER=pf["PF_PER"], num_warps=warps, **gdc("norm"))
+        _add_rms_norm[(rows,)](x2, r2 if r is not None else x2, w, s if s is not None else x2, y, x2.stride(0),
+                               r2.stride(0) if r is not None else 0, s.stride(0) if s is not None else 0, y.stride(0),
+                               n, float(eps), BLOCK=block, HAS_RES=r is not None, num_warps=warps, **gdc("norm"))
     return (s.view(shape) if s is not None else None), y.view(shape)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, prefetch: torch.Tensor | None = None) -> torch.Tensor:
-    """weight * x / sqrt(mean(x^2) + eps) over the last dim; `prefetch`: weights read next, fetched into L2 meanwhile."""
-    return _launch(x, None, weight, eps, prefetch)[1]
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim."""
+    return _launch(x, None, weight, eps)[1]
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
-                 prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x + residual, rms_norm(x + residual)) in one pass; `prefetch` as rms_norm."""
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + residual, rms_norm(x + residual)) in one pass."""
     if x.shape != residual.shape or x.dtype != residual.dtype:
         raise ValueError(f"add_rms_norm: x {tuple(x.shape)} {x.dtype} and residual {tuple(residual.shape)} "
                          f"{residual.dtype} must match")
-    return _launch(x, residual, weight, eps, prefetch)
+    return _launch(x, residual, weight, eps)
 
 
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, prefetch=None) -> torch.Tensor:
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """The reference backend's RMSNorm."""
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
 
 
-def add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, prefetch=None):
+def add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     """(x + residual, rms_norm(x + residual)) in torch."""
     s = x + residual
     return s, rms_norm_ref(s, weight, eps)

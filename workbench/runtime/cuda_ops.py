@@ -132,11 +132,9 @@ def rope_qkv(ctx: StepContext, qkv: torch.Tensor, positions: torch.Tensor, num_h
 
 
 def rope_attention(ctx: StepContext, node: Node, qkv: torch.Tensor, positions: torch.Tensor, num_heads: int,
-                   num_kv_heads: int, head_dim: int, layer: int, table: str,
-                   prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                   num_kv_heads: int, head_dim: int, layer: int, table: str) -> torch.Tensor:
     """rope_qkv then attention (the compiled program's rope_qkv fusion); a decode step over the paged cache does
-    both in one kernel (paged_attention.paged_decode_attention_rope), which also prefetches `prefetch` (the output
-    projection's weights) into L2."""
+    both in one kernel (paged_attention.paged_decode_attention_rope)."""
     if ctx.kind == "decode" and plain_attention(node) and ctx.kv is not None:
         from workbench.plugins import paged_attention as pa
 
@@ -148,7 +146,7 @@ def rope_attention(ctx: StepContext, node: Node, qkv: torch.Tensor, positions: t
         part, parts = ctx.partitions
         return pa.paged_decode_attention_rope(qkv, num_heads, cos, sin, positions, ctx.slots, kv, ctx.block_tables,
                                               ctx.seq_lens, node.attrs["scale"], node.attrs.get("sliding_window"),
-                                              part=part, num_parts=parts, prefetch=prefetch)
+                                              part=part, num_parts=parts)
     q, k = rope_qkv(ctx, qkv, positions, num_heads, num_kv_heads, head_dim, layer, table)
     v = qkv[:, (num_heads + num_kv_heads) * head_dim:].reshape(-1, num_kv_heads, head_dim)
     return attention(ctx, node, q, k, v, True)

@@ -13,9 +13,6 @@ becomes one line of generated source (readable: `Program.source`), with three fu
   attention; a decode step does all of it in the paged attention kernel. Rotated q and k are
   computed (on the side, without writing the cache) only where something else reads them.
 
-The norms and the decode attention also get the weights of the linear layer that reads their output:
-their kernels, short and leaving the memory idle, prefetch the start of those weights into L2.
-
 Fusions are chosen from the graph's structure alone, never from which tensors are marked: a debug
 engine runs the same kernels. A marked tensor that a fusion does not materialise (e.g. `mlp.gate_act`)
 is computed on the side from the same inputs, so marking never changes what the engine outputs.
@@ -169,26 +166,6 @@ class _Compiler:
         for n in (qr.name, kr.name, attn.name):
             self.fusions[n] = "rope_qkv"
 
-    def _next_weights(self, name: str) -> str | None:
-        """The weights (the largest operand) of the linear layer reading `name` through views, if one does."""
-        while True:
-            readers = self.consumers.get(name, [])
-            if len(readers) != 1:
-                return None
-            node = self.nodes[readers[0]]
-            if node.op in ("linear", "quant_linear") and node.inputs[0] == name:
-                params = [i for i in node.inputs[1:] if self.nodes[i].op == "param"]
-                return max(params, key=lambda i: self.net.weights[i].numel() * self.net.weights[i].element_size(),
-                           default=None)
-            if node.op not in PURE_VIEWS:
-                return None
-            name = node.name
-
-    def _prefetch(self, name: str, var: dict[str, str]) -> str:
-        """`, prefetch=W[...]`: the weights read after `name`, for its kernel to prefetch; or nothing."""
-        weights = self._next_weights(name)
-        return f", prefetch={var[weights]}" if weights else ""
-
     # -- emission ------------------------------------------------------------------------------------
     def compile(self) -> Program:
         self.match()
@@ -238,7 +215,7 @@ class _Compiler:
         elif op == "silu":
             code = f"{out} = _silu({xs[0]})"
         elif op == "rms_norm" and self.nodes[node.inputs[1]].dtype == node.dtype:
-            code = f"{out} = _rms_norm({xs[0]}, {xs[1]}, {a['eps']!r}{self._prefetch(node.name, var)})"
+            code = f"{out} = _rms_norm({xs[0]}, {xs[1]}, {a['eps']!r})"
         elif op == "attention":
             return _Stmt(f"{out} = _attention(ctx, N[{node.name!r}], {xs[0]}, {xs[1]}, {xs[2]}, False"
                          f"{''.join(', ' + x for x in xs[3:])})", (out,), reads, pure=False)
@@ -254,8 +231,7 @@ class _Compiler:
             norm = self.nodes[info[0]]
             var[norm.name] = _ident(norm.name, taken)
             a, b = (var[i] for i in node.inputs)
-            code = (f"{out}, {var[norm.name]} = _add_rms_norm({a}, {b}, {var[norm.inputs[1]]}, {norm.attrs['eps']!r}"
-                    f"{self._prefetch(norm.name, var)})")
+            code = f"{out}, {var[norm.name]} = _add_rms_norm({a}, {b}, {var[norm.inputs[1]]}, {norm.attrs['eps']!r})"
             return _Stmt(code, (out, var[norm.name]), (a, b))
         if kind == "silu_and_mul":
             gu = var[info[0]]
@@ -277,7 +253,7 @@ class _Compiler:
         if kind == "rope_attention":
             qkv, pos, hq, hkv, d, layer, key = info
             code = (f"{out} = _rope_attention(ctx, N[{node.name!r}], {var[qkv]}, {var[pos]}, {hq}, {hkv}, {d}, "
-                    f"{layer}, {key!r}{self._prefetch(node.name, var)})")
+                    f"{layer}, {key!r})")
             return _Stmt(code, (out,), (var[qkv], var[pos]), pure=False)
         raise AssertionError(kind)
 
