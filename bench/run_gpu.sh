@@ -25,7 +25,6 @@
 #   bash bench/run_gpu.sh peers8b8 # 8B batch 8 beside HF eager and compiled; the decode step's kernels
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
 #                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
-#   bash bench/run_gpu.sh l2      # GPU tests; decode with and without the L2 prefetch of the next layer's weights
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -135,13 +134,6 @@ elif [ "$stage" = ropeattn ]; then  # rope inside the decode attention kernel; d
       --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_ropeattn_part$p
   done
   step 100 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3.2-1b:bf16 --name decode_kernels_ropeattn_h100
-elif [ "$stage" = l2 ]; then  # the norms and attention prefetching the next layer's weights into L2, and not
-  step 120 python -m pytest tests/plugins/test_kernels.py tests/gpu/test_cuda_backend.py tests/runtime/test_cuda_executor.py \
-    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider -rA
-  for pf in 1 0; do
-    WB_L2_PREFETCH=$pf step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
-      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_l2prefetch$pf
-  done
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
