@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 import transformers  # noqa: E402
 
 from workbench.builder.models.base import HFCapture
+from workbench.inspect.tiny_models import random_model
 
 # Several prompt lengths in one batch: long enough that a sliding window of 4 matters, and a 1-token prompt.
 PROMPTS = [
@@ -56,15 +57,8 @@ def make_checkpoint(path: Path, name: str, seed: int = 0, **overrides):
     """Save the tiny model `name` of CHECKPOINTS as an HF checkpoint dir at `path`; returns the HF model (fp32, eval)."""
     config_cls, model_cls, cfg_over, save_kwargs = CHECKPOINTS[name]
     config = getattr(transformers, config_cls)(**{**TINY, **cfg_over, **overrides})
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_cls)(config)
-    with torch.no_grad():  # HF initialises norm scales to 1 and biases to 0; random ones catch a dropped term
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif n.endswith(".bias"):
-                p.copy_(0.2 * torch.randn_like(p))
-    model.eval()
+    config.architectures = [model_cls]
+    model = random_model(config, seed)
     model.save_pretrained(path, **save_kwargs)
     model.set_attn_implementation("eager")  # the plain reference, same op order as the engine's torch backend
     return model

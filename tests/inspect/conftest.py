@@ -31,17 +31,13 @@ def save_tokenizer(path: Path) -> None:
 
 def make_tiny_checkpoint(path: Path, seed: int = 0, tokenizer: bool = True, **overrides) -> Path:
     """Save a seeded random tiny Llama (random norm scales too) as an HF checkpoint dir."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
+
+    from workbench.inspect.tiny_models import random_model
 
     config = LlamaConfig(**{**TINY, **overrides})
     config.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-    model.save_pretrained(path)
+    random_model(config, seed).save_pretrained(path)
     if tokenizer:
         save_tokenizer(path)
     return path

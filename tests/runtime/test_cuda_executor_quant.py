@@ -12,7 +12,7 @@ if not torch.cuda.is_available():  # before Triton's first import: it reads the 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from tests.builder.quantization.conftest import make_quant_checkpoint  # noqa: E402
+from tests.builder.quantization.conftest import make_quant_checkpoint, one_torch_thread  # noqa: E402, F401 (autouse)
 from workbench.builder.build import build  # noqa: E402
 from workbench.builder.config import BuildConfig  # noqa: E402
 from workbench.builder.quantization import QuantConfig  # noqa: E402
@@ -30,14 +30,6 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("qckpt") / "llama256"
     make_quant_checkpoint(path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("method", list(MODES))

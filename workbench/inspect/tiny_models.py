@@ -33,9 +33,24 @@ def validate_spec(spec: dict, where: str) -> None:
         raise WorkbenchError(f"{where}: tiny model is not tiny (hidden_size x layers = {size})")
 
 
+def random_model(config, seed: int):
+    """The HF model `config.architectures[0]` of `config`: seeded random weights, norm scales and biases too; eval."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, config.architectures[0])(config)
+    with torch.no_grad():  # HF starts norms at 1 and biases at 0; random ones make a dropped term visible
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
 def make_tiny_checkpoint(spec: dict, out: Path) -> Path:
     """Write the checkpoint directory of `spec` (seeded random weights, norm scales and biases randomised too)."""
-    import torch
     import transformers
 
     validate_spec(spec, "tiny model")
@@ -44,14 +59,8 @@ def make_tiny_checkpoint(spec: dict, out: Path) -> Path:
         config = getattr(transformers, config_cls)(**spec["config"])
     except (TypeError, ValueError) as e:
         raise WorkbenchError(f"tiny model config: {e}") from None
-    torch.manual_seed(spec["seed"])
-    model = getattr(transformers, model_cls)(config)
-    with torch.no_grad():  # HF starts norms at 1 and biases at 0; random ones make a dropped term visible
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.2 * torch.randn_like(p))
+    config.architectures = [model_cls]  # what save_pretrained records anyway
+    model = random_model(config, spec["seed"])
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
     return out

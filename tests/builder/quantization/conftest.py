@@ -15,18 +15,15 @@ SEQUENCES = [[(7 * i + 3 * j) % 128 for j in range(24 + 8 * i)] for i in range(3
 
 def make_quant_checkpoint(path, seed: int = 0):
     """Save the tiny Llama above as an HF checkpoint dir; returns the HF model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
+
+    from workbench.inspect.tiny_models import random_model
 
     config = LlamaConfig(**QUANT_TINY)
     config.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = random_model(config, seed)
     with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
         model.lm_head.weight.mul_(10.0)
-    model.eval()
     model.save_pretrained(path)
     return model
 
