@@ -94,6 +94,25 @@ def tiny_engine_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def batch_engines(hf_checkpoint, tmp_path_factory):
+    """A factory: (checkpoint name, dtype) -> a saved engine for 4 sequences of up to 64 tokens in KV pages of 4."""
+    from workbench.builder.build import build_engine
+    from workbench.builder.config import BuildConfig
+
+    made = {}
+
+    def get(name: str, dtype: str = "float32"):
+        if (name, dtype) not in made:
+            ckpt, _ = hf_checkpoint(name)
+            out = tmp_path_factory.mktemp("eng") / f"{name}-{dtype}"
+            made[name, dtype] = build_engine(ckpt, out, BuildConfig(dtype=dtype, max_seq_len=64, max_batch_size=4,
+                                                                    kv_page_size=4))
+        return made[name, dtype]
+
+    return get
+
+
 @pytest.fixture
 def prompts() -> list[list[int]]:
     """A batch of token sequences of several lengths."""

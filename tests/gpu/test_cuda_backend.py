@@ -9,8 +9,7 @@ import torch
 if not torch.cuda.is_available():  # before importing Triton (see workbench/plugins/common.py)
     pytest.skip("needs a CUDA device", allow_module_level=True)
 
-from workbench.builder.build import build_engine, debug_engine  # noqa: E402
-from workbench.builder.config import BuildConfig  # noqa: E402
+from workbench.builder.build import debug_engine  # noqa: E402
 from workbench.runtime.executor import Executor  # noqa: E402
 from workbench.runtime.session import GenerationConfig, GenerationSession  # noqa: E402
 
@@ -119,27 +118,12 @@ def test_gemv_full_size(m, n, k):
 BATCH = [[1, 17, 42, 99, 3, 64, 7], [5, 9, 101], [127], [0, 44, 90, 23, 61, 18, 70, 4, 11, 12]]
 
 
-@pytest.fixture(scope="module")
-def engines(hf_checkpoint, tmp_path_factory):
-    made = {}
-
-    def get(name, dtype="float32"):
-        if (name, dtype) not in made:
-            ckpt, _ = hf_checkpoint(name)
-            out = tmp_path_factory.mktemp("eng") / f"{name}-{dtype}"
-            made[name, dtype] = build_engine(ckpt, out, BuildConfig(dtype=dtype, max_seq_len=64, max_batch_size=4,
-                                                                    kv_page_size=4))
-        return made[name, dtype]
-
-    return get
-
-
 @pytest.mark.parametrize("family,gemv", [("llama_gqa", "table"), ("llama_mqa", "triton"), ("mistral_window", "triton-swiglu"),
                                          ("qwen2_bias", "triton-swiglu"), ("llama3_rope", "cublas")])
-def test_graph_decode_matches_reference_session(engines, family, gemv):
+def test_graph_decode_matches_reference_session(batch_engines, family, gemv):
     from workbench.runtime.cuda_executor import CudaExecutor, GemvPolicy
 
-    engine = engines(family)
+    engine = batch_engines(family)
     cfg = GenerationConfig(max_new_tokens=24, eos_token_ids=[])
     expected = GenerationSession(engine, device=DEV).generate(BATCH, cfg).token_ids
     ex = CudaExecutor(engine, DEV, gemv=GemvPolicy.parse(gemv))
@@ -151,13 +135,13 @@ def test_graph_decode_matches_reference_session(engines, family, gemv):
     assert ex._graphs and all(g.graph is not None for g in ex._graphs.values())
 
 
-def test_marks_change_nothing_on_the_gpu(engines):
+def test_marks_change_nothing_on_the_gpu(batch_engines):
     from workbench.names import canonical_names
     from workbench.runtime.cuda_executor import CudaExecutor
 
     from workbench.runtime.cuda_executor import GemvPolicy
 
-    engine = engines("llama_gqa", "bfloat16")
+    engine = batch_engines("llama_gqa", "bfloat16")
     for patterns in (["all"], canonical_names(2)[:-1]):
         dbg = debug_engine(engine, patterns)
         policy = GemvPolicy.parse("triton-swiglu")
@@ -174,14 +158,14 @@ def test_marks_change_nothing_on_the_gpu(engines):
                 assert rel_err(y[name], r[name]) < 3e-2, name
 
 
-def test_programmatic_dependent_launch_changes_nothing(engines):
+def test_programmatic_dependent_launch_changes_nothing(batch_engines):
     from workbench.plugins import common
     from workbench.runtime.cuda_executor import CudaExecutor
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs Hopper or later")
     assert common.use_pdl(), "the PDL probe failed on a Hopper GPU"
-    engine = engines("llama_gqa", "bfloat16")
+    engine = batch_engines("llama_gqa", "bfloat16")
     cache = GenerationSession(engine, device=DEV).cache
     tokens = {}
     for pdl in (True, False, "auto"):

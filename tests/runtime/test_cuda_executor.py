@@ -12,28 +12,12 @@ if not torch.cuda.is_available():  # before Triton's first import: it reads the 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from workbench.builder.build import build_engine, debug_engine  # noqa: E402
-from workbench.builder.config import BuildConfig  # noqa: E402
+from workbench.builder.build import debug_engine  # noqa: E402
 from workbench.runtime.executor import Executor  # noqa: E402
 from workbench.runtime.session import GenerationConfig, GenerationSession  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH = [[1, 17, 42, 99, 3, 64, 7], [5, 9, 101], [127], [0, 44, 90, 23, 61, 18, 70, 4, 11, 12]]
-
-
-@pytest.fixture(scope="module")
-def engines(hf_checkpoint, tmp_path_factory):
-    made = {}
-
-    def get(name, dtype="float32"):
-        if (name, dtype) not in made:
-            ckpt, _ = hf_checkpoint(name)
-            out = tmp_path_factory.mktemp("eng") / f"{name}-{dtype}"
-            made[name, dtype] = build_engine(ckpt, out, BuildConfig(dtype=dtype, max_seq_len=64, max_batch_size=4,
-                                                                    kv_page_size=4))
-        return made[name, dtype]
-
-    return get
 
 
 def _cuda(engine, gemv: str = "table"):
@@ -42,8 +26,8 @@ def _cuda(engine, gemv: str = "table"):
     return CudaExecutor(engine, DEV, gemv=GemvPolicy.parse(gemv))
 
 
-def test_program_fuses_and_reads_like_the_graph(engines):
-    ex = _cuda(engines("llama_gqa"))
+def test_program_fuses_and_reads_like_the_graph(batch_engines):
+    ex = _cuda(batch_engines("llama_gqa"))
     src = ex.program.source
     assert src.count("_add_rms_norm(") == 4  # post_norm of each layer, input_norm of layer 1, final_norm
     assert src.count("_rope_attention(") == 2 and src.count("_swiglu_linear(") == 2  # silu * up from gate_up's GEMV
@@ -54,8 +38,8 @@ def test_program_fuses_and_reads_like_the_graph(engines):
 
 
 @pytest.mark.parametrize("family", ["llama_gqa", "llama_mqa", "mistral_window", "qwen2_bias", "llama_tied"])
-def test_forward_matches_reference(engines, family):
-    engine = engines(family)
+def test_forward_matches_reference(batch_engines, family):
+    engine = batch_engines(family)
     ref = Executor(engine, DEV).forward(BATCH)
     for ex in (_cuda(engine), Executor(engine, DEV, backend="cuda")):  # compiled, and node by node
         out = ex.forward(BATCH)
@@ -64,8 +48,8 @@ def test_forward_matches_reference(engines, family):
 
 
 @pytest.mark.parametrize("family", ["mistral_window"])
-def test_session_greedy_matches_reference(engines, family):
-    engine = engines(family)
+def test_session_greedy_matches_reference(batch_engines, family):
+    engine = batch_engines(family)
     cfg = GenerationConfig(max_new_tokens=6, eos_token_ids=[])
     expected = GenerationSession(engine, device=DEV).generate(BATCH, cfg).token_ids
     ex = _cuda(engine, "triton-swiglu")  # decode steps (4 rows) through the Triton GEMV, the activation in gate_up's
@@ -78,9 +62,9 @@ def test_session_greedy_matches_reference(engines, family):
     assert cache.num_used_blocks == 0
 
 
-def test_marks_change_nothing_and_match_the_reference(engines):
+def test_marks_change_nothing_and_match_the_reference(batch_engines):
     # half precision, where fusions could change roundings (fp16: Triton's interpreter rounds bf16 by truncation)
-    engine = engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
+    engine = batch_engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
     dbg = debug_engine(engine, ["all"])
     plain, marked = _cuda(engine, "triton-swiglu"), _cuda(dbg, "triton-swiglu")
     assert "layers.0.mlp.gate_act" in dbg.marked
@@ -106,11 +90,11 @@ def test_marks_change_nothing_and_match_the_reference(engines):
     assert torch.equal(greedy.step_outputs[1]["layers.1.mlp"][0], step.tensors[0]["layers.1.mlp"][0])
 
 
-def test_pdl_option(engines):
+def test_pdl_option(batch_engines):
     from workbench.errors import WorkbenchError
     from workbench.runtime.cuda_executor import CudaExecutor
 
-    engine = engines("llama_gqa")
+    engine = batch_engines("llama_gqa")
     with pytest.raises(WorkbenchError, match="pdl must be"):
         CudaExecutor(engine, DEV, pdl="sometimes")
     ex = CudaExecutor(engine, DEV, pdl=False)
@@ -119,10 +103,10 @@ def test_pdl_option(engines):
         assert ex.graph_report() == {1: {"pdl": None, "replay_ms": {}}}
 
 
-def test_marked_rotated_q_and_k_are_computed_on_the_side(engines):
+def test_marked_rotated_q_and_k_are_computed_on_the_side(batch_engines):
     # the decode step rotates q and k inside the paged attention kernel; marking them adds a rope kernel that
     # writes them (not the cache) and changes nothing else
-    engine = engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
+    engine = batch_engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
     ropes = [n.name for n in engine.network.nodes.values() if n.op == "rope" and n.name.startswith("layers.1.")]
     dbg = debug_engine(engine, ropes)
     plain, marked = _cuda(engine), _cuda(dbg)
