@@ -32,6 +32,18 @@ def random_history(seed=0, length=12):
     return torch.randint(0, V, (B, length), generator=g)  # [B, T], with repeats
 
 
+def hf_process(config: SamplingConfig, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """HF's logits processors for `config`, applied in the order its generate() applies them."""
+    for proc in (
+        RepetitionPenaltyLogitsProcessor(config.repetition_penalty),
+        TemperatureLogitsWarper(config.temperature),
+        TopKLogitsWarper(config.top_k),
+        TopPLogitsWarper(config.top_p),
+    ):
+        scores = proc(ids, scores)
+    return scores
+
+
 # -- each processor against HF's -------------------------------------------------
 
 
@@ -89,15 +101,7 @@ def test_top_p_matches_hf(top_p):
 def test_whole_chain_matches_hf_in_generate_order():
     logits, ids = random_logits(6, torch.bfloat16), random_history(6)
     config = SamplingConfig(temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=0)
-    scores = logits.float()
-    for proc in (
-        RepetitionPenaltyLogitsProcessor(1.2),
-        TemperatureLogitsWarper(0.8),
-        TopKLogitsWarper(20),
-        TopPLogitsWarper(0.9),
-    ):
-        scores = proc(ids, scores)
-    assert torch.equal(Sampler(config).process(logits, ids.tolist()), scores)
+    assert torch.equal(Sampler(config).process(logits, ids.tolist()), hf_process(config, ids, logits.float()))
 
 
 def test_sampling_draws_like_hf_multinomial():
@@ -105,15 +109,7 @@ def test_sampling_draws_like_hf_multinomial():
     logits, ids = random_logits(7), random_history(7)
     config = SamplingConfig(temperature=0.9, top_k=10, top_p=0.95, repetition_penalty=1.1, seed=123)
     tokens, _ = Sampler(config).sample(logits, ids.tolist())
-    scores = logits
-    for proc in (
-        RepetitionPenaltyLogitsProcessor(1.1),
-        TemperatureLogitsWarper(0.9),
-        TopKLogitsWarper(10),
-        TopPLogitsWarper(0.95),
-    ):
-        scores = proc(ids, scores)
-    probs = scores.softmax(dim=-1)
+    probs = hf_process(config, ids, logits).softmax(dim=-1)
     expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(123)).squeeze(1)
     assert torch.equal(tokens, expected)
 
