@@ -11,6 +11,7 @@ from workbench.builder.config import BuildConfig
 from workbench.builder.engine import MANIFEST, Engine, load_engine
 from workbench.default_model import cache_dir
 from workbench.errors import WorkbenchError
+from workbench.fsutil import sha256_file
 
 
 @functools.cache
@@ -27,7 +28,7 @@ def builder_fingerprint() -> str:
 def engine_cache_dir(checkpoint: Path, config: BuildConfig) -> Path:
     """Where an engine built from `checkpoint` with `config` (by this builder) is cached."""
     ckpt = Path(checkpoint).absolute()
-    cfg_hash = hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()
+    cfg_hash = sha256_file(ckpt / "config.json")
     parts = f"{ckpt}|{cfg_hash}|{sorted(config.to_dict().items())}|{builder_fingerprint()}"
     key = hashlib.sha256(parts.encode()).hexdigest()[:12]
     return cache_dir() / "engines" / f"{ckpt.name}-{config.dtype}-{key}"

@@ -1,9 +1,10 @@
-"""File helpers every writer shares: atomic writes of files and directories, and file hashes."""
+"""File helpers every reader and writer shares: atomic writes of files and directories, JSON reads, file hashes."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -17,6 +18,14 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_json(path: Path, error: type[Exception], problem: str = "malformed JSON"):
+    """The JSON value in a file; text that does not parse raises `error` as '{path}: {problem} ({reason})'."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: {problem} ({e})") from None
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:

@@ -14,6 +14,7 @@ from workbench.builder.network import Network
 from workbench.builder.passes import eliminate_dead_code, mark_outputs
 from workbench.builder.quantization import quantize_network
 from workbench.errors import EngineFileError
+from workbench.fsutil import sha256_file
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -41,7 +42,7 @@ def build(checkpoint_dir: str | Path, config: BuildConfig | None = None, *, prog
     if config.quant is not None:  # before marking: calibration runs the unmarked graph
         net = quantize_network(net, config.quant, checkpoint_dir=ckpt, vocab_size=model_config.vocab_size)
     net = run_passes(net, config)
-    source = {"checkpoint": str(ckpt), "config_sha256": hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()}
+    source = {"checkpoint": str(ckpt), "config_sha256": sha256_file(ckpt / "config.json")}
     return Engine(network=net, architecture=model_config.architecture, model_config=model_config.to_dict(),
                   build_config=config, source=source)
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from workbench.builder.config import BuildConfig
 from workbench.builder.network import GraphError, Network
 from workbench.errors import EngineFileError, WorkbenchError
-from workbench.fsutil import atomic_dir, sha256_file  # sha256_file is also part of this module's API
+from workbench.fsutil import atomic_dir, read_json, sha256_file  # sha256_file is also part of this module's API
 
 FORMAT_VERSION = 1
 MANIFEST = "engine.json"
@@ -110,10 +110,7 @@ def load_engine(path: str | Path, *, verify: bool = True, shared_weights: Engine
         raise EngineFileError(f"{path}: not an engine directory (no such directory)")
     if not manifest_path.is_file():
         raise EngineFileError(f"{path}: not an engine directory ({MANIFEST} is missing)")
-    try:
-        m = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EngineFileError(f"{manifest_path}: malformed JSON ({e})") from None
+    m = read_json(manifest_path, EngineFileError)
     version = m.get("format_version") if isinstance(m, dict) else None
     if version != FORMAT_VERSION:
         raise EngineFileError(f"{manifest_path}: format version {version!r}, this workbench reads version "

@@ -9,7 +9,6 @@ Captured tensors drop the batch dim: [S, ...] with S the prompt length at step 0
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from workbench.builder.models.base import HFCapture
 from workbench.builder.models.checkpoint import read_config
 from workbench.builder.network import torch_dtype
 from workbench.errors import WorkbenchError
+from workbench.fsutil import sha256_file
 
 # Tokenizer files whose content decides how text becomes ids (generation config and chat template do not).
 TOKENIZING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -268,7 +268,7 @@ def check_same_model(engine: Engine, checkpoint: Path) -> list[str]:
         raise WorkbenchError(f"{checkpoint}: not the model the engine {engine.path or ''} was built from: "
                              + "; ".join(diffs[:4]) + (f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""))
     warnings = []
-    sha = hashlib.sha256((checkpoint / "config.json").read_bytes()).hexdigest()
+    sha = sha256_file(checkpoint / "config.json")
     recorded = engine.source.get("config_sha256")
     if recorded and sha != recorded:
         warnings.append(f"{source} changed since the engine was built (sha256 {sha[:12]}... vs {recorded[:12]}...); "

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.fsutil import atomic_write
+from workbench.fsutil import atomic_write, read_json, sha256_file
 from workbench.runtime.backends import BACKEND_NAMES
 
 FORMAT = "workbench-session"
@@ -102,7 +102,7 @@ def save_session(session: Session, path: str | Path) -> Path:
         atomic_write(path.with_name(tensors_file), blob)
     manifest = session.manifest(tensors_file)
     if tensors_file:
-        manifest["tensors_sha256"] = hashlib.sha256(path.with_name(tensors_file).read_bytes()).hexdigest()
+        manifest["tensors_sha256"] = sha256_file(path.with_name(tensors_file))
     manifest["checksum"] = _checksum(manifest)
     atomic_write(path, (json.dumps(manifest, indent=1, allow_nan=False) + "\n").encode())
     return path
@@ -113,10 +113,7 @@ def load_session(path: str | Path, *, with_tensors: bool = True) -> Session:
     path = Path(path)
     if not path.is_file():
         raise SessionFileError(f"{path}: no such session file")
-    try:
-        m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SessionFileError(f"{path}: not a session file, or truncated (invalid JSON: {e})") from None
+    m = read_json(path, SessionFileError, "not a session file, or truncated: invalid JSON")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise SessionFileError(f"{path}: not a workbench session file")
     if m.get("format_version") != FORMAT_VERSION:

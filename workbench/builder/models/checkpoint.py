@@ -9,6 +9,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from workbench.errors import ConversionError
+from workbench.fsutil import read_json
 
 
 def read_config(ckpt_dir: Path) -> dict:
@@ -18,10 +19,7 @@ def read_config(ckpt_dir: Path) -> dict:
         raise ConversionError(f"{ckpt_dir}: not a checkpoint directory")
     if not path.is_file():
         raise ConversionError(f"{path}: not found (a checkpoint directory needs config.json)")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path}: malformed JSON ({e})") from None
+    cfg = read_json(path, ConversionError)
     if not isinstance(cfg, dict):
         raise ConversionError(f"{path}: expected a JSON object")
     return cfg
