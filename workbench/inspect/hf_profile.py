@@ -18,7 +18,7 @@ from workbench.builder.engine import Engine
 from workbench.builder.models import FAMILIES
 from workbench.builder.network import torch_dtype
 from workbench.errors import WorkbenchError
-from workbench.inspect.profile_clock import Clock, quiet_timing
+from workbench.inspect.profile_clock import Clock, NodeTimer, quiet_timing
 from workbench.inspect.profile_report import BaselineProfile, ProfileConfig, ProfileReport, Row, Span, Stat
 from workbench.inspect.profiler import token_ids
 from workbench.runtime.nvtx import layer_group
@@ -60,14 +60,13 @@ def timed_modules(engine: Engine, model) -> dict[str, tuple[str, ...]]:
     return out
 
 
-class _ModuleTimer:
-    """Hooks that mark the start and end of every timed module's forward."""
+class _ModuleTimer(NodeTimer):
+    """Hooks that mark the start and end of every timed module's forward (read like the engine's node timer)."""
 
     def __init__(self, model, names: dict[str, tuple[str, ...]], clock: Clock):
-        self.clock = clock
+        super().__init__(clock)
         self.model = model
         self.names = names
-        self.marks: list[tuple[str, object, object]] = []
         self._open: dict[str, object] = {}
         self._handles = []
 
@@ -97,12 +96,6 @@ class _ModuleTimer:
             self.marks.append((name, self._open.pop(path), self.clock.mark()))
 
         return hook
-
-    def read(self) -> list[tuple[str, float, float]]:
-        ms = self.clock.ms
-        out = [(name, ms(s), ms(e)) for name, s, e in self.marks]
-        self.marks = []
-        return out
 
 
 def _cache_kw(model) -> str:
