@@ -18,12 +18,12 @@ import torch
 
 from workbench.builder.config import canonical_dtype
 from workbench.builder.engine import Engine
-from workbench.builder.models import FAMILIES, family_of
+from workbench.builder.models import family_of
 from workbench.builder.models.base import HFCapture
 from workbench.builder.models.checkpoint import read_config
-from workbench.builder.network import torch_dtype
 from workbench.errors import WorkbenchError
 from workbench.fsutil import sha256_file
+from workbench.inspect.hf_model import engine_name_map, load_hf_model, source_checkpoint
 
 # Tokenizer files whose content decides how text becomes ids (generation config and chat template do not).
 TOKENIZING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -85,20 +85,13 @@ class Baseline:
 
         `dtype` defaults to the engine's build dtype.
         """
-        ckpt = Path(checkpoint) if checkpoint is not None else Path(engine.source.get("checkpoint") or "")
-        if checkpoint is None and not engine.source.get("checkpoint"):
-            raise WorkbenchError(f"{engine.path}: the engine does not record the checkpoint it was built from; "
-                                 "pass the HF checkpoint directory as the baseline")
-        if not ckpt.is_dir() or not (ckpt / "config.json").is_file():
-            what = "is gone" if not ckpt.exists() else "has no config.json"
-            raise WorkbenchError(f"{ckpt}: the HF checkpoint the engine was built from {what}; "
-                                 "pass the checkpoint directory as the baseline (wb diff --baseline DIR)")
-        family = FAMILIES.get(engine.architecture)
-        if family is None:
-            raise WorkbenchError(f"engine architecture {engine.architecture!r} has no HF name map; "
-                                 f"supported: {', '.join(FAMILIES)}")
+        try:
+            ckpt = source_checkpoint(engine, checkpoint)
+        except WorkbenchError as e:  # the diff can take another checkpoint: say how
+            hint = "pass the HF checkpoint directory as the baseline (wb diff --baseline DIR)"
+            raise WorkbenchError(f"{e}; {hint}") from None
+        name_map = engine_name_map(engine)
         warnings = check_same_model(engine, ckpt)
-        name_map = family.hf_name_map(family.LlamaConfig.from_dict(engine.model_config))
         baseline = cls(ckpt, canonical_dtype(dtype) if dtype else engine.build_config.dtype, name_map, device)
         baseline.warnings = warnings
         return baseline
@@ -107,20 +100,7 @@ class Baseline:
     def model(self):
         """The HF model, loaded on first use."""
         if self._model is None:
-            from transformers import AutoModelForCausalLM
-            from transformers.utils import logging as hf_logging
-
-            bar = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # the library never writes to the terminal
-            try:
-                model = AutoModelForCausalLM.from_pretrained(str(self.checkpoint), dtype=torch_dtype(self.dtype),
-                                                             attn_implementation="eager")
-            except (OSError, ValueError) as e:
-                raise WorkbenchError(f"{self.checkpoint}: transformers cannot load the baseline model ({e})") from None
-            finally:
-                if bar:
-                    hf_logging.enable_progress_bar()
-            self._model = model.to(self.device).eval()
+            self._model = load_hf_model(self.checkpoint, self.dtype, self.device)
         return self._model
 
     def check_names(self, names: list[str]) -> None:

@@ -10,47 +10,28 @@ without hooks (end to end) and once with them.
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import torch
 
 from workbench.builder.engine import Engine
-from workbench.builder.models import FAMILIES
-from workbench.builder.network import torch_dtype
 from workbench.errors import WorkbenchError
+from workbench.inspect.hf_model import ATTN_IMPLEMENTATION, engine_name_map, load_hf_model, source_checkpoint
 from workbench.inspect.profile_clock import Clock, NodeTimer, quiet_timing
 from workbench.inspect.profile_report import BaselineProfile, ProfileConfig, ProfileReport, Row, Span, Stat
 from workbench.inspect.profiler import token_ids
 from workbench.runtime.nvtx import layer_group
 
-ATTN_IMPLEMENTATION = "eager"  # HF's plain attention, the baseline DESIGN.md's numbers use
 
-
-def load_hf_model(engine: Engine, device: torch.device):
+def engine_hf_model(engine: Engine, device: torch.device):
     """The HF model the engine was built from (its recorded checkpoint), in the engine's dtype, on `device`."""
-    ckpt = Path(engine.source.get("checkpoint") or "")
-    if not engine.source.get("checkpoint") or not (ckpt / "config.json").is_file():
-        raise WorkbenchError(f"no HF baseline: the checkpoint the engine was built from ({ckpt or 'unrecorded'}) "
-                             "is not there")
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch_dtype(engine.build_config.dtype),
-                                                     attn_implementation=ATTN_IMPLEMENTATION)
-    except (OSError, ValueError) as e:
-        raise WorkbenchError(f"{ckpt}: transformers cannot load the baseline model ({e})") from None
-    return model.to(device).eval()
+    return load_hf_model(source_checkpoint(engine), engine.build_config.dtype, device)
 
 
 def timed_modules(engine: Engine, model) -> dict[str, tuple[str, ...]]:
     """Canonical name -> the HF module paths whose forward time is that name's time."""
-    family = FAMILIES.get(engine.architecture)
-    if family is None:
-        raise WorkbenchError(f"no HF baseline for architecture {engine.architecture!r}")
-    name_map = family.hf_name_map(family.LlamaConfig.from_dict(engine.model_config))
     modules = dict(model.named_modules())
     out = {}
-    for name, cap in name_map.items():
+    for name, cap in engine_name_map(engine).items():
         if cap.how not in ("output", "concat_outputs"):
             continue
         missing = [m for m in cap.modules if m not in modules]
@@ -122,7 +103,7 @@ def _drop_last(cache, n: int) -> None:
 def profile_baseline(engine: Engine, config: ProfileConfig, ids: torch.Tensor, *, device: torch.device,
                      clock: Clock, model=None) -> dict[str, BaselineProfile]:
     """Time the HF model per canonical name over the same tokens [B, P + N] as the engine's profile."""
-    model = model if model is not None else load_hf_model(engine, device)
+    model = model if model is not None else engine_hf_model(engine, device)
     names = timed_modules(engine, model)
     kw = _cache_kw(model)
     p = config.prompt_len
@@ -199,7 +180,7 @@ def add_baseline(report: ProfileReport, engine: Engine, *, clock: Clock | None =
     """Time the HF model over the report's own settings and tokens and attach it to each phase (in place)."""
     device = torch.device(report.device)
     config = report.config
-    model = model if model is not None else load_hf_model(engine, device)
+    model = model if model is not None else engine_hf_model(engine, device)
     ids = token_ids(config, int(engine.model_config.get("vocab_size", 2)))
     with quiet_timing(config.threads):
         base = profile_baseline(engine, config, ids, device=device, clock=clock or Clock(device), model=model)
