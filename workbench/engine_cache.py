@@ -12,6 +12,7 @@ from workbench.builder.engine import MANIFEST, Engine, load_engine
 from workbench.default_model import cache_dir
 from workbench.errors import WorkbenchError
 from workbench.fsutil import sha256_file
+from workbench.runtime import calibration  # noqa: F401  (quantized builds calibrate through it)
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from workbench.builder.engine import load_engine
 from workbench.builder.summary import summarize
 from workbench.cli.common import build_progress, console, out
 from workbench.cli.quant_options import quant_line, quant_options
+from workbench.runtime import calibration  # noqa: F401  (quantized builds calibrate through it)
 
 
 @click.command("build")

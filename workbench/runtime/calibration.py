@@ -2,7 +2,10 @@
 the target linears (and k, v of every attention) marked as outputs, and reduce them as they come.
 
 `quantize_sequentially` is the other way to run calibration data: node by node, quantizing each
-target linear when the run reaches it (sequential GPTQ)."""
+target linear when the run reaches it (sequential GPTQ).
+
+The builder's quantization passes call both through the graph runner this module registers
+with them on import (builder/quantization/runner.py): the builder may not import the runtime."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from workbench.builder.network import Network
 from workbench.builder.passes import eliminate_dead_code
 from workbench.builder.quantization.calibration import Calibration, InputStats, KVStats
 from workbench.builder.quantization.rewrite import QuantizedLinear, quant_linear_node
+from workbench.builder.quantization.runner import register_graph_runner
 from workbench.errors import WorkbenchError
 from workbench.runtime import torch_ops
 from workbench.runtime.attention_meta import AttentionMeta
@@ -157,3 +161,13 @@ def _batches(sequences: list[list[int]], batch_tokens: int):
         n += len(s)
     if batch:
         yield batch
+
+
+class TorchGraphRunner:
+    """The quantization passes' graph runner: networks run on the torch executor."""
+
+    calibrate = staticmethod(calibrate)
+    quantize_sequentially = staticmethod(quantize_sequentially)
+
+
+register_graph_runner(TorchGraphRunner())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workbench.runtime import calibration  # noqa: F401  (the quantization passes calibrate through it)
+
 # hidden 256 (two int4 groups of 128), intermediate 512, 4 heads of 64 (2 KV heads), 2 layers, vocab 128.
 # A moderate init keeps the random decoder from amplifying small errors chaotically, and a
 # 10x LM head spreads the logits so that top-1 agreement measures the error, not near-ties.

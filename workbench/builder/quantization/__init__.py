@@ -5,6 +5,8 @@ the QuantConfig, the target linears and (where the method needs it) calibration 
 qkv, o_proj, gate_up and down; embeddings, norms and the LM head stay in the engine dtype),
 gathers calibration statistics when needed, and applies the weight method and the KV-cache
 quantization. Quantized nodes keep their canonical names (`layers.3.attn.qkv`).
+
+Calibration runs the network through the graph runner the runtime registers (runner.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from workbench.builder.quantization import awq, fp8, gptq, int4_wo, int8_wo, kv_
 from workbench.builder.quantization.calibration import Calibration, calibration_ids
 from workbench.builder.quantization.config import KV_CACHE_DTYPES, METHODS, QuantConfig
 from workbench.builder.quantization.rewrite import restore_linears, select_targets
+from workbench.builder.quantization.runner import graph_runner
 
 PASSES = {"int8_wo": int8_wo.quantize, "int4_wo": int4_wo.quantize, "smoothquant": smoothquant.quantize,
           "gptq": gptq.quantize, "awq": awq.quantize, "fp8": fp8.quantize}
@@ -31,12 +34,10 @@ def calibrate_network(net: Network, config: QuantConfig, sequences: list[list[in
 
     `all_stats` also gathers the Hessians and input samples every method could need.
     """
-    from workbench.runtime.calibration import calibrate  # running the graph needs an executor
-
     if targets is None:
         targets = select_targets(net, config.targets, config.exclude)
     one_pass_gptq = config.method == "gptq" and not config.gptq_sequential  # sequential GPTQ makes its own
-    return calibrate(net, sequences, targets, kv=config.kv_cache_dtype is not None or all_stats,
+    return graph_runner().calibrate(net, sequences, targets, kv=config.kv_cache_dtype is not None or all_stats,
                      hessian=one_pass_gptq or all_stats,
                      samples=AWQ_SAMPLES if config.method == "awq" or all_stats else 0, seed=config.seed, source=source)
 

@@ -2,8 +2,9 @@
 
 The statistics are collected by running the network through the torch executor with the
 input of every target linear (and k, v of every attention) marked as an output: see
-workbench/runtime/calibration.py. Sequential GPTQ cannot use statistics of the unquantized
-network; it runs the token ids again, quantizing as it goes (runtime.calibration.quantize_sequentially).
+workbench/runtime/calibration.py, which the passes reach through the graph runner (runner.py).
+Sequential GPTQ cannot use statistics of the unquantized network; it runs the token ids again,
+quantizing as it goes (the runner's quantize_sequentially).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Calibration is sequential, as in the paper: linears are quantized in graph order
 one's Hessian comes from the calibration tokens run through the network whose earlier linears
 are already quantized (so a layer compensates for the error the layers before it made; within
 a decoder layer o_proj sees the quantized qkv, down the quantized gate_up). One pass over the
-calibration tokens does it (runtime.calibration.quantize_sequentially). `gptq_sequential=False`
+calibration tokens does it (the graph runner's quantize_sequentially). `gptq_sequential=False`
 takes every Hessian from the one calibration pass of the full-precision network instead.
 """
 
@@ -28,6 +28,7 @@ from workbench.builder.quantization.calibration import Calibration
 from workbench.builder.quantization.config import QuantConfig
 from workbench.builder.quantization.int4_wo import check_groups, w4a16
 from workbench.builder.quantization.rewrite import QuantizedLinear, replace_linears, weight_of
+from workbench.builder.quantization.runner import graph_runner
 from workbench.errors import WorkbenchError
 
 
@@ -109,6 +110,4 @@ def quantize(net: Network, config: QuantConfig, targets: list[str], calib: Calib
         return replace_linears(net, {name: one(name, calib.inputs[name].hessian) for name in targets})
     if not calib.sequences:
         raise WorkbenchError("gptq: sequential calibration needs the calibration token ids (Calibration.sequences)")
-    from workbench.runtime.calibration import quantize_sequentially  # running the graph needs an executor
-
-    return replace_linears(net, quantize_sequentially(net, calib.sequences, targets, one))
+    return replace_linears(net, graph_runner().quantize_sequentially(net, calib.sequences, targets, one))
