@@ -23,6 +23,7 @@
 #   bash bench/run_gpu.sh final3  # every GPU test; decode (bf16, int8, int8 + logits, int4), debug engines and
 #                                 # prefill with the built-in defaults
 #   bash bench/run_gpu.sh peers8b8 # 8B batch 8 beside HF eager and compiled; the decode step's kernels
+#   bash bench/run_gpu.sh final3b # final3 again at the end of the session, and the step's kernels
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
 #                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
@@ -122,6 +123,14 @@ elif [ "$stage" = final3 ]; then  # third session: every GPU test, then the buil
     --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
   step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
   step 70 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
+elif [ "$stage" = final3b ]; then  # the committed state at the end of the third session
+  step 160 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider -rA
+  step 200 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
+  step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
+  step 70 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
+  step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
 elif [ "$stage" = peers8b8 ]; then  # 8B batch 8 beside HF eager and HF compiled; the step's kernels
   step 380 python bench/decode.py --models llama-3-8b --batches 8 --repeats 2 --gemv table \
     --compile-models llama-3-8b --budget-s 360 --name decode_8b_b8_peers_h100
