@@ -112,12 +112,18 @@ def attention(ctx: StepContext, node: Node, q: torch.Tensor, k: torch.Tensor, v:
 
         return flash_attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, a["scale"], window)
     kv = ctx.kv[layer]
-    if ctx.partitions is None:
-        ctx.partitions = pa.decode_partitions(ctx.block_tables.shape[1] * kv.shape[2], q.shape[0], kv.shape[3],
-                                              kv.shape[2])
-    part, parts = ctx.partitions
+    part, parts = _partitions(ctx, kv, q.shape[0])
     return pa.paged_decode_attention(q, kv, ctx.block_tables, ctx.seq_lens, a["scale"], window, part=part,
                                      num_parts=parts)
+
+
+def _partitions(ctx: StepContext, kv: torch.Tensor, batch: int) -> tuple[int, int]:
+    """The decode split of this step (the same for every layer; a captured step has it set already)."""
+    from workbench.plugins import paged_attention as pa
+
+    if ctx.partitions is None:
+        ctx.partitions = pa.decode_partitions(ctx.block_tables.shape[1] * kv.shape[2], batch, kv.shape[3], kv.shape[2])
+    return ctx.partitions
 
 
 def rope_qkv(ctx: StepContext, qkv: torch.Tensor, positions: torch.Tensor, num_heads: int, num_kv_heads: int,
@@ -139,11 +145,8 @@ def rope_attention(ctx: StepContext, node: Node, qkv: torch.Tensor, positions: t
         from workbench.plugins import paged_attention as pa
 
         kv = ctx.kv[layer]
-        if ctx.partitions is None:
-            ctx.partitions = pa.decode_partitions(ctx.block_tables.shape[1] * kv.shape[2], qkv.shape[0],
-                                                  kv.shape[3], kv.shape[2])
         cos, sin = ctx.tables[table]
-        part, parts = ctx.partitions
+        part, parts = _partitions(ctx, kv, qkv.shape[0])
         return pa.paged_decode_attention_rope(qkv, num_heads, cos, sin, positions, ctx.slots, kv, ctx.block_tables,
                                               ctx.seq_lens, node.attrs["scale"], node.attrs.get("sliding_window"),
                                               part=part, num_parts=parts)
