@@ -57,7 +57,7 @@ def _advance(S, NEXT, PV, HIST, STEP, B, ss, sh, hist_len, nch, BLOCK_B: tl.cons
     m = b < B
     row = S + b * ss
     valid = (tl.load(row + 2, mask=m, other=0) != 0) & m
-    if ARGMAX:  # NEXT: each chunk's argmax; the first chunk with the row's largest value has the row's
+    if ARGMAX:  # NEXT: each chunk's argmax; the row's is that of the first chunk holding its largest value
         c = tl.arange(0, CHUNKS)
         pv = tl.load(PV + b[:, None] * nch + c[None, :], mask=m[:, None] & (c < nch)[None, :], other=float("-inf"))
         best = tl.argmax(pv, 1, tie_break_left=True)
