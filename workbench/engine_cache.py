@@ -11,7 +11,7 @@ from workbench.builder.config import BuildConfig
 from workbench.builder.engine import MANIFEST, Engine, load_engine
 from workbench.default_model import cache_dir
 from workbench.errors import WorkbenchError
-from workbench.fsutil import sha256_file
+from workbench.fsutil import sha256_file, touch
 from workbench.runtime import calibration  # noqa: F401  (quantized builds calibrate through it)
 
 
@@ -38,9 +38,14 @@ def engine_cache_dir(checkpoint: Path, config: BuildConfig) -> Path:
 def cached_engine(checkpoint: Path, config: BuildConfig, progress: Progress | None = None) -> Engine:
     """The cached engine for (checkpoint, config), built on first use; a broken cache entry is rebuilt."""
     target = engine_cache_dir(checkpoint, config)
+    ckpt = Path(checkpoint).absolute()
+    if ckpt.parent == cache_dir().absolute() / "checkpoints":
+        touch(ckpt)  # its engines' use keeps a cached checkpoint from looking unused to `wb cache prune`
     if (target / MANIFEST).is_file():
         try:
-            return load_engine(target)
+            engine = load_engine(target)
+            touch(target)
+            return engine
         except WorkbenchError:
             pass
     return build_engine(checkpoint, target, config, progress=progress)

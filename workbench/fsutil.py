@@ -1,4 +1,4 @@
-"""File helpers every reader and writer shares: atomic writes of files and directories, JSON reads, file hashes."""
+"""File helpers every reader and writer shares: atomic writes of files and directories, JSON reads, file hashes, touches."""
 
 from __future__ import annotations
 
@@ -50,13 +50,22 @@ def atomic_dir(out: str | Path):
     tmp.mkdir()  # mkdir, not mkdtemp: the directory gets the umask's permissions like any other
     try:
         yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        try:
             os.rename(out, old)
-            os.rename(tmp, out)
+        except FileNotFoundError:  # nothing to replace, or `wb cache prune` removed it meanwhile
+            old = None
+        os.rename(tmp, out)
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def touch(path: str | Path) -> None:
+    """Mark a cache directory as just used by setting its mtime to now; a read-only cache is left as it is."""
+    try:
+        os.utime(path)  # one metadata write: cheap, atomic, and no file appears that a reader could see half-made
+    except OSError:
+        pass

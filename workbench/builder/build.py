@@ -14,7 +14,7 @@ from workbench.builder.network import Network
 from workbench.builder.passes import eliminate_dead_code, mark_outputs
 from workbench.builder.quantization import quantize_network
 from workbench.errors import EngineFileError
-from workbench.fsutil import sha256_file
+from workbench.fsutil import sha256_file, touch
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -75,6 +75,7 @@ def debug_engine(engine: Engine, patterns: list[str] | str) -> Engine:
         try:
             cached = load_engine(cache_dir, verify=False, shared_weights=engine)
             if cached.weights_sha256 == engine.weights_sha256 and sorted(cached.marked) == wanted:
+                touch(cache_dir)  # last use, for `wb cache prune`
                 return cached
         except EngineFileError:
             pass  # a stale or broken cache entry is rebuilt below

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.fsutil import atomic_dir
+from workbench.fsutil import atomic_dir, touch
 
 # architecture -> (transformers config class, model class)
 CLASSES = {
@@ -72,5 +72,6 @@ def tiny_checkpoint(spec: dict) -> Path:
 
     out = cache_dir() / "checkpoints" / f"tiny-{spec_key(spec)}"
     if (out / "config.json").is_file():
+        touch(out)
         return out
     return make_tiny_checkpoint(spec, out)
