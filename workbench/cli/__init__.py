@@ -33,7 +33,8 @@ def _register() -> None:
     """Add the commands of every `workbench/cli/*_cmd.py` module present (each lists its COMMANDS)."""
     import importlib
 
-    for name in ("build_cmd", "run_cmd", "diff_cmd", "profile_cmd", "replay_cmd", "tui_cmd", "quant_cmd"):
+    for name in ("build_cmd", "run_cmd", "diff_cmd", "profile_cmd", "replay_cmd", "tui_cmd", "quant_cmd",
+                 "cache_cmd"):
         try:
             module = importlib.import_module(f"workbench.cli.{name}")
         except ModuleNotFoundError as e:
