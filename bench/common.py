@@ -44,10 +44,12 @@ def median(xs: list[float]) -> float:
 
 
 def write_result(name: str, data: dict) -> Path:
-    """Write bench/results/<name>.json atomically."""
+    """Write bench/results/<name>.json atomically, and a copy to $OUT when set (the device tool brings it back)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"{name}.json").write_text(json.dumps(data, indent=2))
     return path

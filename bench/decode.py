@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
@@ -144,8 +143,6 @@ def _save(result: dict, args) -> tuple[Path, dict]:
                 if isinstance(row, dict):
                     row.pop("_tokens_tensor", None)
     path = write_result(args.name, clean)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"{args.name}.json").write_text(json.dumps(clean, indent=2))
     return path, clean
 
 

@@ -14,8 +14,6 @@ beside the sum of its kernels (the rest is launch gaps). Writes bench/results/de
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -103,8 +101,6 @@ def main() -> None:
         result = {"benchmark": "decode_kernels", "device": device_name(), "machine": machine(), "prompt": args.prompt,
                   "gemv_table": args.sweep or "built-in", "runs": results}
         path = write_result(args.name, result)
-        if os.environ.get("OUT"):
-            Path(os.environ["OUT"], f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(f"-> {path}")
 
 

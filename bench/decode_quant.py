@@ -20,8 +20,6 @@ Writes bench/results/decode_quant_h100.json (and $OUT/ when set).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import traceback
@@ -164,8 +162,6 @@ def main() -> None:
         torch.cuda.empty_cache()
     result["wall_s"] = round(time.perf_counter() - start, 1)
     path = write_result(args.name, result)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(f"-> {path}")
     for name, m in result["models"].items():
         for b in args.batches:

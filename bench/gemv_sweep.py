@@ -18,8 +18,6 @@ Reports microseconds per call and GB/s of weights read; the JSON's `table` is th
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -189,11 +187,9 @@ def main() -> None:
 
 
 def save(name: str, rows: list, table: list) -> Path:
-    """Write the sweep so far (bench/results and $OUT)."""
+    """Write the sweep so far (bench/results and $OUT, by write_result)."""
     result = {"benchmark": "gemv_sweep", "device": device_name(), "machine": machine(), "calls_per_graph": CALLS,
               "rows": rows, "table": table}
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"{name}.json").write_text(json.dumps(result, indent=2))
     return write_result(name, result)
 
 

@@ -16,8 +16,6 @@ a breakdown of the step's kernels timed alone. Writes bench/results/prefill_h100
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import traceback
@@ -161,8 +159,6 @@ def main() -> None:
         torch.cuda.empty_cache()
     result["wall_s"] = round(time.perf_counter() - start, 1)
     path = write_result(args.name, result)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(f"-> {path}")
     for name, m in result["models"].items():
         e, h, b = m.get("engine", {}), m.get("hf_sdpa", {}), m.get("engine_best_flash", {})

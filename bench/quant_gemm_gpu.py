@@ -1,8 +1,8 @@
 """Quantized GEMMs at decode shapes on the GPU: bf16 cuBLAS vs the W8A16 / W4A16 Triton kernels, batch 1 and 8.
 
 Usage: python bench/quant_gemm_gpu.py [--out DIR]. Llama-3-8B decoder shapes (qkv, o_proj,
-gate_up, down). This times the GEMMs alone, not a whole decode step: the quantized kernels
-are not yet wired into the cuda backend's decode program.
+gate_up, down). This times the GEMMs alone, not a whole decode step (bench/decode_quant.py
+times those).
 """
 
 from __future__ import annotations
@@ -18,24 +18,14 @@ import torch.nn.functional as TF
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import machine  # noqa: E402
+from gpu_models import cuda_time_ms  # noqa: E402
 
 SHAPES = {"qkv": (4096, 6144), "o_proj": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 
 
-def timed(fn, reps: int = 50) -> float:
-    """Median milliseconds over `reps` CUDA-event timed calls, after warm-up."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+def timed_ms(fn) -> float:
+    """Median milliseconds of fn over 50 timed calls after 5 untimed ones."""
+    return cuda_time_ms(fn, warmup=5, repeats=50)
 
 
 def main() -> None:
@@ -58,8 +48,8 @@ def main() -> None:
             s4, z4 = s4.float().contiguous(), z4.to(torch.uint8).contiguous()
             ref8 = TF.linear(x.float(), (q8.float() * s8[:, None]))
             err8 = ((w8a16_gemm(x, q8, s8).float() - ref8).norm() / ref8.norm()).item()
-            t = {"bf16": timed(lambda: TF.linear(x, w)), "w8a16": timed(lambda: w8a16_gemm(x, q8, s8)),
-                 "w4a16": timed(lambda: w4a16_gemm(x, q4, s4, z4, 128))}
+            t = {"bf16": timed_ms(lambda: TF.linear(x, w)), "w8a16": timed_ms(lambda: w8a16_gemm(x, q8, s8)),
+                 "w4a16": timed_ms(lambda: w4a16_gemm(x, q4, s4, z4, 128))}
             rows.append({"batch": m, "layer": name, "k": k, "n": n, **{f"{k2}_ms": round(v, 4) for k2, v in t.items()},
                          "w8a16_rel_err": err8})
             for k2, v in t.items():
