@@ -43,6 +43,15 @@ FMA_QUANT = [(16, 1024, 1, 4, 3), (32, 1024, 1, 8, 3), (64, 512, 1, 8, 3), (8, 1
              (8, 512, 1, 4, 1), (8, 1024, 1, 4, 1), (16, 512, 1, 4, 1), (8, 512, 2, 4, 2), (8, 256, 1, 4, 2),
              (8, 512, 1, 8, 2), (16, 512, 1, 8, 2), (8, 2048, 1, 8, 2), (4, 1024, 1, 4, 2), (4, 512, 1, 2, 2)]
 # one row, word tiles (int8, int4): stages 1 loads each tile where it is used, more prefetch the next one
+TMA = [(8, 256, 1, 4, 4), (8, 256, 1, 4, 6), (16, 256, 1, 4, 4), (16, 256, 1, 8, 4), (32, 256, 1, 8, 3),
+       (16, 128, 1, 4, 6), (32, 128, 1, 4, 4), (8, 128, 1, 2, 8), (4, 256, 1, 2, 6), (64, 128, 1, 8, 3),
+       (16, 256, 2, 4, 4), (8, 256, 2, 4, 4)]
+TMA_INT8 = [(8, 1024, 1, 4, 4), (8, 1024, 1, 4, 6), (16, 512, 1, 4, 4), (16, 1024, 1, 8, 4), (32, 512, 1, 8, 3),
+            (4, 1024, 1, 2, 6), (16, 512, 2, 4, 4), (8, 512, 1, 4, 6), (32, 256, 1, 4, 4), (64, 256, 1, 8, 3),
+            (8, 1024, 2, 4, 4)]
+# one row, tiles brought into shared memory by TMA copies, num_stages of them in flight (float and int8 weights)
+TIMES: dict[str, float] = {}  # every config best_config timed, for the result file
+FAMILIES = {"dot", "fma", "tma", "table"}  # which configs best_config tries (--families); table: the built-in one
 CALLS = 20
 GROUP = 128
 
@@ -106,9 +115,16 @@ def call(fmt: str, x, w: dict, cfg, swiglu: bool = False):
 
 def best_config(fmt, x, ws, n, m, ref, swiglu=False):
     """(us, config) of the fastest correct config, and the errors of any wrong ones (or that do not compile)."""
+    from workbench.runtime.gemv_policy import H100_GEMV
+
     best, errors = None, {}
     fma = FMA + (FMA_QUANT if fmt != "bf16" else [])
-    configs = DOT + ([c + (False,) for c in fma] if m == 1 else [])
+    configs = (DOT if "dot" in FAMILIES else []) + ([c + (False,) for c in fma] if m == 1 and "fma" in FAMILIES else [])
+    if m == 1 and "tma" in FAMILIES and fmt in ("bf16", "w8a16"):
+        configs += [c + ("tma",) for c in (TMA if fmt == "bf16" else TMA_INT8)]
+    key = (1 if m == 1 else 8, n, x.shape[1]) + (() if fmt == "bf16" else (fmt,)) + (("swiglu",) if swiglu else ())
+    if "table" in FAMILIES and key in H100_GEMV and tuple(H100_GEMV[key]) not in configs:
+        configs.append(tuple(H100_GEMV[key]))
     for cfg in configs:
         if cfg[2] > 1 and n >= 16384:
             continue  # big N has enough programs without splitting K
@@ -122,6 +138,7 @@ def best_config(fmt, x, ws, n, m, ref, swiglu=False):
             errors[str(cfg)] = err
             continue
         us = time_graph([lambda i=i: call(fmt, x, ws[i % len(ws)], cfg, swiglu) for i in range(CALLS)])
+        TIMES[str(cfg)] = round(us, 2)
         if best is None or us < best[0]:
             best = (us, cfg)
     return best, errors
@@ -136,7 +153,11 @@ def main() -> None:
     ap.add_argument("--models", default="1b,8b")
     ap.add_argument("--rows", default="1,8")
     ap.add_argument("--name", default="gemv_sweep_h100")
+    ap.add_argument("--families", default="dot,fma,tma,table",
+                    help="configs to try: dot, fma (register tiles), tma, table (the built-in config)")
     args = ap.parse_args()
+    FAMILIES.clear()
+    FAMILIES.update(args.families.split(","))
     rows_out, table = [], []
     for model in args.models.split(","):
         for fmt in args.formats.split(","):
@@ -152,7 +173,9 @@ def main() -> None:
                     if fmt == "bf16":
                         res["cublas_us"] = round(time_graph([lambda i=i: call(fmt, x, ws[i % copies], None)
                                                              for i in range(CALLS)]), 2)
+                    TIMES.clear()
                     best, errors = best_config(fmt, x, ws, n, m, ref)
+                    res["times_us"] = dict(TIMES)
                     if errors:
                         res["errors"] = errors
                     res["triton_us"], res["triton_config"] = round(best[0], 2), list(best[1])
@@ -164,7 +187,9 @@ def main() -> None:
                         line += f"  cuBLAS {res['cublas_us']:8.2f} us ({res['cublas_GBps']:6.0f} GB/s)"
                     if (n, k) == GATE_UP[model]:  # the activation written by the gate_up GEMV, or a kernel of its own
                         sref = silu_and_mul(ref.to(torch.bfloat16)).float()
+                        TIMES.clear()
                         sbest, _ = best_config(fmt, x, ws, n, m, sref, swiglu=True)
+                        res["swiglu_times_us"] = dict(TIMES)
                         plain = best[1] if fmt != "bf16" or best[0] < res["cublas_us"] else None
                         unfused = time_graph([lambda i=i: silu_and_mul(call(fmt, x, ws[i % copies], plain))
                                               for i in range(CALLS)])

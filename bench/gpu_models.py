@@ -150,8 +150,8 @@ def device_name() -> str:
 
 
 def sweep_table(paths: str) -> tuple[dict | None, str]:
-    """The GEMV table of bench/gemv_sweep.py JSON files (a comma list, later ones overriding earlier ones) and
-    where it came from; (None, "built-in ...") when none is there."""
+    """The GEMV table of bench/gemv_sweep.py JSON files (a comma list, later ones overriding earlier ones; `builtin`
+    is the built-in table) and where it came from; (None, "built-in ...") when none is there."""
     import json
     from pathlib import Path
 
@@ -159,7 +159,12 @@ def sweep_table(paths: str) -> tuple[dict | None, str]:
 
     table, used = {}, []
     for path in map(Path, filter(None, paths.split(","))):
-        if path.is_file() and "table" in json.loads(path.read_text()):
+        if str(path) == "builtin":  # the built-in table, for a sweep of some shapes to override
+            from workbench.runtime.gemv_policy import H100_GEMV
+
+            table.update(H100_GEMV)
+            used.append("built-in H100_GEMV")
+        elif path.is_file() and "table" in json.loads(path.read_text()):
             table.update(GemvPolicy.table_from_sweep(json.loads(path.read_text())["table"]))
             used.append(path.name)
     return (table, ", ".join(used)) if used else (None, "built-in H100_GEMV")

@@ -24,6 +24,8 @@
 #                                 # prefill with the built-in defaults
 #   bash bench/run_gpu.sh peers8b8 # 8B batch 8 beside HF eager and compiled; the decode step's kernels
 #   bash bench/run_gpu.sh final3b # final3 again at the end of the session, and the step's kernels
+#   bash bench/run_gpu.sh tma     # GEMV tests; one-row bf16/int8 sweep of TMA-pipelined tiles against the built-in
+#                                 # configs; decode with the built-in table, then with the sweep's (PDL late, prefetch)
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
 #                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
@@ -143,6 +145,18 @@ elif [ "$stage" = ropeattn ]; then  # rope inside the decode attention kernel; d
       --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_ropeattn_part$p
   done
   step 100 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3.2-1b:bf16 --name decode_kernels_ropeattn_h100
+elif [ "$stage" = tma ]; then  # one-row GEMVs with TMA-pipelined weight tiles: sweep, then decode against built-in
+  step 100 python -m pytest tests/plugins/test_gemv.py -q -n 4 -p no:cacheprovider
+  step 260 python bench/gemv_sweep.py --formats bf16,w8a16 --rows 1 --families tma,table --name gemv_sweep_tma_h100
+  step 70 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 --modes bf16,int8_wo_logits \
+    --plain-modes "" --repeats 3 --sweep builtin --name decode_quant_base_h100
+  for mode in late prefetch; do
+    WB_GEMV_PDL=$mode step 70 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep builtin,bench/results/gemv_sweep_tma_h100.json \
+      --name decode_quant_tma_${mode}_h100
+  done
+  step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16 \
+    --sweep builtin,bench/results/gemv_sweep_tma_h100.json --name decode_kernels_tma_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -181,3 +181,37 @@ def test_int8_byte_permute_unpacking_agrees_with_the_integer_one(monkeypatch, dt
     assert (fast != exact).float().mean() < 0.01
     ulp = exact.float().abs() * (2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10) + 1e-6
     assert ((fast.float() - exact.float()).abs() <= ulp).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fmt", ["float", "int8"])
+@pytest.mark.parametrize("split,swiglu,bias", [(1, False, True), (2, False, False), (1, True, False), (3, True, True)])
+def test_tma_tiles_match_the_register_tiles(dtype, fmt, split, swiglu, bias):
+    # the products from tiles that TMA copies bring into shared memory (zeros past the weights' edge: 40 or 80 rows
+    # are not whole tiles, nor 296 columns)
+    n, k = (80 if swiglu else 40), 296
+    x = _x(1, k, dtype)
+    b = _bias(n, dtype, bias)
+    if fmt == "float":
+        w = (_w(n, k) * (20 if swiglu else 1)).to(dtype).to(DEV)
+        tma = gm.gemv(x, w, b, (16, 32, split, 4, 3, "tma"), swiglu)
+        regs = gm.gemv(x, w, b, (16, 32, split, 4, 1, False), swiglu)
+        ref = gm.gemv_ref(x, w, b, swiglu=swiglu)
+    else:
+        ops = _int8(n, k)
+        tma = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], b, (16, 32, split, 4, 3, "tma"), swiglu)
+        regs = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], b, (16, 32, split, 4, 1, False), swiglu)
+        ref = gm.w8a16_gemv_ref(x, ops["qweight"], ops["scales"], b, swiglu=swiglu)
+    assert tma.shape == regs.shape == (1, n // 2 if swiglu else n)
+    # the same products; the fp32 sums may be added in another order (the tiles' register layouts differ)
+    assert rel_err(tma, regs) < (1e-5 if dtype == torch.float32 else 8e-3)
+    assert rel_err(tma, ref) < (TOL[dtype] if dtype == torch.float32 else 2e-2)
+
+
+def test_tma_config_falls_back_where_tma_cannot_read_the_weights():
+    # rows of 298 bf16 values are not 16-byte aligned: the config runs as register tiles, with the same result
+    x = _x(1, 298, torch.bfloat16)
+    w = _w(24, 298).to(torch.bfloat16).to(DEV)
+    assert not gm._tma_fits(w, gm.FLOAT, 298, 16, 32, 0)
+    y = gm.gemv(x, w, None, (16, 32, 1, 4, 3, "tma"))
+    assert rel_err(y, gm.gemv_ref(x, w)) < 8e-3

@@ -28,6 +28,7 @@ import triton
 
 from workbench.plugins.common import dot_in_fp32, gdc, interpreting
 from workbench.plugins.gemv_kernels import _gemv, _gemv_reduce, _gemv_words
+from workbench.plugins.gemv_tma import _gemv_tma
 
 FLOAT, INT8, INT4 = 0, 8, 4  # weight formats (the kernel's WQ)
 # one-row int8 with 16-bit activations: words unpacked by byte permutes (WB_GEMV_PRMT=0: integer shifts)
@@ -44,7 +45,9 @@ PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
 PDL_MODE = os.environ.get("WB_GEMV_PDL", "late")  # late: 1B int8 batch 1 0.878 -> 0.827 ms, the rest within 1%
 
 
-# BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, dot]: a 5-tuple means dot=True
+# BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, kind]: kind True (a 5-tuple) multiplies tiles on the tensor
+# cores, False by fp32 multiply-adds from register tiles (one row), "tma" by multiply-adds from tiles that TMA
+# copies bring into shared memory, num_stages of them in flight (one row of float or int8 weights)
 DEFAULT = (32, 256, 1, 4, 4)
 DEFAULT_QUANT = (32, 256, 1, 4, 4, False)  # one row; more rows take the dot with this tiling
 SHARED_BYTES = 220 * 1024  # about what the dot's pipelined operand tiles may take (an H100 SM has 227 KiB)
@@ -62,9 +65,10 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     if m > 16 or w.stride(-1) != 1 or k != k_w:
         raise ValueError(f"gemv: x {tuple(shape)} and weights {tuple(w.shape)} do not fit, or more than 16 rows, or "
                          f"the weights are not row-major")
-    bn, bk, split, warps, stages, dot = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
+    bn, bk, split, warps, stages, kind = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
-    dot = bool(dot) or m > 1  # multiply-adds for one row only
+    tma = kind == "tma" and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word)
+    dot = kind is True or (kind != "tma" and bool(kind)) or m > 1  # multiply-adds for one row only
     prefetch = not dot and stages > 1  # one row of word tiles: a register prefetch of the next tile
     if interpreting():
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
@@ -90,7 +94,10 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     if PDL_MODE not in PDL_MODES:
         raise ValueError(f"WB_GEMV_PDL={PDL_MODE!r}: choose one of {', '.join(PDL_MODES)}")
     gdc_mode = PDL_MODES[PDL_MODE]
-    if words:
+    if tma:
+        _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
+                    stages, gdc_mode, launch)
+    elif words:
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
                           HAS_BIAS=bias is not None, SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq,
@@ -108,6 +115,30 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
                                                  HAS_BIAS=bias is not None, SWIGLU=swiglu, num_warps=4, **gdc("gemv"))
     return y.view(*shape[:-1], n)
+
+
+def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int) -> bool:
+    """Whether the weights can be read by TMA copies of [bn, bk] values: float or int8 (as words), 16-byte aligned
+    rows, boxes of at most 256 elements a side (where they cannot, the config runs as register tiles)."""
+    if wq not in (FLOAT, INT8) or (wq == INT8 and (k % 4 or bk % 4)):
+        return False
+    row_bytes = w.stride(0) * w.element_size()
+    return w.data_ptr() % 16 == 0 and row_bytes % 16 == 0 and bn <= 256 and bk // max(per_word, 1) <= 256
+
+
+def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps, stages,
+                gdc_mode, launch) -> None:
+    """The one-row GEMV with TMA-pipelined weight tiles (gemv_tma.py)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    words = bk // max(per_word, 1)
+    wv = w.view(torch.int32) if wq == INT8 else w
+    desc = TensorDescriptor(wv, list(wv.shape), [wv.stride(0), 1], [bn, words])
+    _gemv_tma[(triton.cdiv(n, bn), split)](
+        x2, desc, s, b, y, part, n, k, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=has_bias,
+        SWIGLU=swiglu, WQ=wq, PER_WORD=max(per_word, 1), WORDS=words,
+        PRMT=PRMT and wq == INT8 and x2.dtype in (torch.bfloat16, torch.float16) and not interpreting(),
+        STAGES=max(stages, 1), GDC_MODE=gdc_mode, num_warps=warps, num_stages=1, **launch)
 
 
 def _check_swiglu(w: torch.Tensor, swiglu: bool) -> None:

@@ -1,0 +1,82 @@
+"""The one-row GEMV with its weight tiles brought in by the Hopper tensor memory accelerator (plugins/gemv.py
+launches it for configs whose kind is "tma").
+
+The register-tile kernels (gemv_kernels.py) keep one tile a program in flight: a warp issues its loads, then
+waits for them before it multiplies. Here each tile is one TMA copy into shared memory, and the loop is
+software-pipelined over STAGES buffers, so a program has STAGES - 1 tiles on their way while it multiplies
+one, without registers to hold them; rows and columns past the weights' edge arrive as zeros.
+
+Float weights are multiplied as stored; int8 weights are read as int32 words and unpacked as the word-tile
+kernel does (byte permutes for 16-bit x, integer shifts otherwise), so results are the same bits as that
+kernel's for the same BLOCK_N and BLOCK_K.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait
+from workbench.plugins.gemv_kernels import _finish, _int8_word_floats, _program, _word_values, _x_columns
+
+
+@triton.jit
+def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, WQ: tl.constexpr,
+              PER_WORD: tl.constexpr, WORDS: tl.constexpr, PRMT: tl.constexpr, STAGES: tl.constexpr,
+              GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+    """y [1, N] = x [1, K] @ W^T from the descriptor Wd of W [N or 2N, K / PER_WORD] (int32 words when WQ == 8);
+    tiles [BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES; `prefetch` waits for the kernel before inside the first
+    iteration, after the pipeline's first weight tiles are requested (weights are never written by it)."""
+    if GDC_MODE == 1:
+        gdc_begin(USE_GDC)
+    elif GDC_MODE == 2:
+        gdc_wait(USE_GDC)
+    DT = X.dtype.element_ty
+    pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(1, N, K, k_per_split, 1, BLOCK_N,
+                                                                          WORDS, False)
+    row0 = tl.program_id(0) * BLOCK_N
+    xsum = tl.zeros([1, WORDS], tl.float32)
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+        if GDC_MODE == 3:
+            if k0 == k_lo:
+                gdc_wait(USE_GDC)
+        w = Wd.load([row0, k0 // PER_WORD])
+        wu = w
+        if SWIGLU:  # the up rows, N below the gate rows
+            wu = Wd.load([N + row0, k0 // PER_WORD])
+        if WQ == 0:
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(X + offs_k, mask=offs_k < k_hi, other=0.0).to(tl.float32)[None, :]
+            acc += w.to(tl.float32) * x
+            if SWIGLU:
+                accu += wu.to(tl.float32) * x
+        elif PRMT:
+            offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
+            x0, x1, x2, x3 = _x_columns(X, offs_w, k_hi // PER_WORD)
+            xsum += (x0 + x1) + (x2 + x3)
+            v0, v1, v2, v3 = _int8_word_floats(w)
+            acc += v0 * x0  # four multiply-adds per word
+            acc += v1 * x1
+            acc += v2 * x2
+            acc += v3 * x3
+            if SWIGLU:
+                u0, u1, u2, u3 = _int8_word_floats(wu)
+                accu += u0 * x0
+                accu += u1 * x1
+                accu += u2 * x2
+                accu += u3 * x3
+        else:
+            offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
+            wkmask = offs_w < k_hi // PER_WORD
+            for j in tl.static_range(PER_WORD):
+                x = tl.load(X + offs_w * PER_WORD + j, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+                acc += _word_values(w, j, 0.0, 0.0, WQ, DT) * x
+                if SWIGLU:
+                    accu += _word_values(wu, j, 0.0, 0.0, WQ, DT) * x
+    if GDC_MODE >= 2:
+        gdc_trigger(USE_GDC)
+    offset = 1152.0 * tl.sum(xsum) if PRMT else 0.0
+    acc = tl.sum(acc, axis=1)[None, :] - offset
+    accu = tl.sum(accu, axis=1)[None, :] - offset
+    _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
