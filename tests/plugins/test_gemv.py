@@ -215,3 +215,39 @@ def test_tma_config_falls_back_where_tma_cannot_read_the_weights():
     assert not gm._tma_fits(w, gm.FLOAT, 298, 16, 32, 0)
     y = gm.gemv(x, w, None, (16, 32, 1, 4, 3, "tma"))
     assert rel_err(y, gm.gemv_ref(x, w)) < 8e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fmt", ["float", "int8", "int4"])
+@pytest.mark.parametrize("kind,split,swiglu", [(False, 1, False), (False, 2, True), (True, 1, False), ("tma", 1, True),
+                                               ("tma", 3, False)])
+def test_norm_in_the_gemv_is_the_norm_kernel_then_the_gemv(dtype, fmt, kind, split, swiglu):
+    # the prologue's norm has the add + norm kernel's arithmetic (its sum of squares in fp64, so the tiling does not
+    # matter): the same bits for the sum and the product
+    from workbench.plugins.rms_norm import add_rms_norm
+
+    n, k = (80 if swiglu else 40), 256
+    a, b = _x(1, k, dtype, seed=4), _x(1, k, dtype, seed=5)
+    g = (1 + 0.1 * torch.randn(k, generator=torch.Generator().manual_seed(6))).to(dtype).to(DEV)
+    cfg = (16, 64, split, 4, 3, kind)
+    if fmt == "float":
+        w = (_w(n, k) * (20 if swiglu else 1)).to(dtype).to(DEV)
+        run = lambda x, norm=None: gm.gemv(x, w, None, cfg, swiglu, norm)  # noqa: E731
+    elif fmt == "int8":
+        ops = _int8(n, k)
+        run = lambda x, norm=None: gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu, norm)  # noqa: E731
+    else:
+        ops = _int4(n, k, 64)
+        run = lambda x, norm=None: gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 64, None, cfg,  # noqa: E731
+                                                 swiglu, norm)
+    h, y = run(a, (b, g, 1e-5))
+    h0, x0 = add_rms_norm(a, b, g, 1e-5)
+    assert torch.equal(h, h0)
+    assert torch.equal(y, run(x0))
+
+
+def test_norm_in_the_gemv_takes_one_row():
+    x = _x(2, 64, torch.float32)
+    w = _w(8, 64).to(DEV)
+    with pytest.raises(ValueError, match="the norm takes one row"):
+        gm.gemv(x, w, norm=(x, torch.ones(64, device=DEV), 1e-5))

@@ -26,7 +26,7 @@ import os
 import torch
 import triton
 
-from workbench.plugins.common import dot_in_fp32, gdc, interpreting
+from workbench.plugins.common import dot_in_fp32, gdc, interpreting, pow2
 from workbench.plugins.gemv_kernels import _gemv, _gemv_reduce, _gemv_words
 from workbench.plugins.gemv_tma import _gemv_tma
 
@@ -54,7 +54,7 @@ SHARED_BYTES = 220 * 1024  # about what the dot's pipelined operand tiles may ta
 
 
 def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales, zeros, group: int,
-            bias: torch.Tensor | None, config, swiglu: bool) -> torch.Tensor:
+            bias: torch.Tensor | None, config, swiglu: bool, norm: tuple | None = None):
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if x2.stride(-1) != 1:
@@ -65,6 +65,17 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     if m > 16 or w.stride(-1) != 1 or k != k_w:
         raise ValueError(f"gemv: x {tuple(shape)} and weights {tuple(w.shape)} do not fit, or more than 16 rows, or "
                          f"the weights are not row-major")
+    h = None
+    if norm is not None:  # x is rms_norm(x + residual): its sum h is written too
+        res, nw, eps = norm
+        if m != 1 or res.shape != shape or res.dtype != x.dtype or tuple(nw.shape) != (k,) or nw.dtype != x.dtype:
+            raise ValueError(f"gemv: the norm takes one row: x {tuple(shape)} {x.dtype}, residual {tuple(res.shape)} "
+                             f"{res.dtype} and norm weights {tuple(nw.shape)} {nw.dtype} must match")
+        h = torch.empty_like(x2)
+        norm_args = dict(R=res.reshape(1, k).contiguous(), NW=nw.contiguous(), H=h, eps=float(eps), NORM=True,
+                         NORM_BLOCK=pow2(k))
+    else:
+        norm_args = dict(R=x2, NW=x2, H=x2, eps=0.0, NORM=False, NORM_BLOCK=1)
     bn, bk, split, warps, stages, kind = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
     tma = kind == "tma" and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word)
@@ -96,7 +107,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     gdc_mode = PDL_MODES[PDL_MODE]
     if tma:
         _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
-                    stages, gdc_mode, launch)
+                    stages, gdc_mode, launch, norm_args)
     elif words:
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
@@ -104,17 +115,18 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
                           GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot,
                           PRMT=PRMT and wq == INT8 and not dot and x.dtype in (torch.bfloat16, torch.float16)
                           and not interpreting(), PREFETCH=prefetch, GDC_MODE=gdc_mode, num_warps=warps,
-                          num_stages=stages, **launch)
+                          num_stages=stages, **norm_args, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
                     SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot,
-                    GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **launch)
+                    GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **norm_args, **launch)
     if split > 1:
         block = 1024 if not interpreting() else 64
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
                                                  HAS_BIAS=bias is not None, SWIGLU=swiglu, num_warps=4, **gdc("gemv"))
-    return y.view(*shape[:-1], n)
+    y = y.view(*shape[:-1], n)
+    return y if h is None else (h.view(shape), y)
 
 
 def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int) -> bool:
@@ -127,7 +139,7 @@ def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int)
 
 
 def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps, stages,
-                gdc_mode, launch) -> None:
+                gdc_mode, launch, norm_args) -> None:
     """The one-row GEMV with TMA-pipelined weight tiles (gemv_tma.py)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -138,7 +150,7 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
         x2, desc, s, b, y, part, n, k, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=has_bias,
         SWIGLU=swiglu, WQ=wq, PER_WORD=max(per_word, 1), WORDS=words,
         PRMT=PRMT and wq == INT8 and x2.dtype in (torch.bfloat16, torch.float16) and not interpreting(),
-        STAGES=max(stages, 1), GDC_MODE=gdc_mode, num_warps=warps, num_stages=1, **launch)
+        STAGES=max(stages, 1), GDC_MODE=gdc_mode, num_warps=warps, num_stages=1, **norm_args, **launch)
 
 
 def _check_swiglu(w: torch.Tensor, swiglu: bool) -> None:
@@ -147,30 +159,34 @@ def _check_swiglu(w: torch.Tensor, swiglu: bool) -> None:
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config: tuple | None = None,
-         swiglu: bool = False) -> torch.Tensor:
+         swiglu: bool = False, norm: tuple | None = None):
     """x [..., K] @ w[N, K]^T (+ bias) for at most 16 rows of x; swiglu: w is the gated MLP's gate_up [2I, K] and the
-    result is silu(gate) * up [..., I], as activation.silu_and_mul of the unfused product."""
+    result is silu(gate) * up [..., I], as activation.silu_and_mul of the unfused product; norm = (residual,
+    weight, eps): the product is of rms_norm.add_rms_norm(x, residual, weight, eps)'s norm, and (sum, y) comes back
+    (one row)."""
     if w.dim() != 2:
         raise ValueError(f"gemv: weights of shape {tuple(w.shape)} are not a matrix")
     _check_swiglu(w, swiglu)
-    return _launch(x, w, w.shape[0], w.shape[1], FLOAT, None, None, 1, bias, config, swiglu)
+    return _launch(x, w, w.shape[0], w.shape[1], FLOAT, None, None, 1, bias, config, swiglu, norm)
 
 
 def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-               config: tuple | None = None, swiglu: bool = False) -> torch.Tensor:
-    """x [..., K] @ (int8 qweight [N, K] * per-channel scales [N])^T (+ bias), at most 16 rows; swiglu as gemv."""
+               config: tuple | None = None, swiglu: bool = False, norm: tuple | None = None):
+    """x [..., K] @ (int8 qweight [N, K] * per-channel scales [N])^T (+ bias), at most 16 rows; swiglu, norm as
+    gemv."""
     _check_swiglu(qweight, swiglu)
     return _launch(x, qweight, qweight.shape[0], qweight.shape[1], INT8, scales, None, 1, bias,
-                   config or DEFAULT_QUANT, swiglu)
+                   config or DEFAULT_QUANT, swiglu, norm)
 
 
 def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-               bias: torch.Tensor | None = None, config: tuple | None = None, swiglu: bool = False) -> torch.Tensor:
+               bias: torch.Tensor | None = None, config: tuple | None = None, swiglu: bool = False,
+               norm: tuple | None = None):
     """x [..., K] @ int4 weights (packed [N, K/2], per-group scales and zeros [N, G])^T (+ bias), at most 16 rows;
-    swiglu as gemv."""
+    swiglu, norm as gemv."""
     _check_swiglu(qweight, swiglu)
     return _launch(x, qweight, qweight.shape[0], 2 * qweight.shape[1], INT4, scales, zeros, group_size, bias,
-                   config or DEFAULT_QUANT, swiglu)
+                   config or DEFAULT_QUANT, swiglu, norm)
 
 
 def gemv_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config=None,

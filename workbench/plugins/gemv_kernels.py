@@ -15,6 +15,35 @@ import triton
 import triton.language as tl
 
 from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, mma, rounded
+from workbench.plugins.rms_norm import normed, rstd
+
+
+@triton.jit
+def _norm_prologue(X, R, H, K, eps, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr):
+    """NORM: 1 / rms of the row x + r (K values; rms_norm's arithmetic), that sum written to H by program (0, 0);
+    else 1.0 (unused)."""
+    if NORM:
+        offs = tl.arange(0, NORM_BLOCK)
+        mask = offs < K
+        DT = X.dtype.element_ty
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        h = rounded(x + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32), DT)
+        first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0)
+        tl.store(H + offs, h.to(DT), mask=mask & first)
+        return rstd(h, K, eps)
+    else:
+        return 1.0
+
+
+@triton.jit
+def _xin(X, R, G, offs, mask, inv, NORM: tl.constexpr):
+    """x's values at offs (x's dtype): as stored, or (NORM) rms_norm(x + r) there, inv being the row's 1 / rms."""
+    x = tl.load(X + offs, mask=mask, other=0.0)
+    if NORM:
+        DT = X.dtype.element_ty
+        h = rounded(x.to(tl.float32) + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32), DT)
+        x = normed(h, tl.load(G + offs, mask=mask, other=0.0), inv, DT, DT).to(DT)
+    return x
 
 
 @triton.jit
@@ -115,23 +144,24 @@ def _program(M, N, K, k_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
+def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
           SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr,
-          GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+          NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """GDC_MODE: see gemv.PDL_MODES (float tiles take no register prefetch: it slowed the 8B bf16 step by 12% on an
-    H100, so `prefetch` acts as `late` here)."""
+    H100, so `prefetch` acts as `late` here). NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     else:
         gdc_wait(USE_GDC)
+    inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
                                                                           BLOCK_K, DOT)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < k_hi
-        x = tl.load(X + offs_m[:, None] * sxm + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        x = _xin(X, R, NW, offs_m[:, None] * sxm + offs_k[None, :], mmask[:, None] & kmask[None, :], inv, NORM)
         w = _tile(W, S, Z, offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
         acc = _accumulate(acc, x, w, DOT, FP32)
         if SWIGLU:  # the up rows, N below the gate rows
@@ -183,13 +213,13 @@ def _int8_word_floats(words):
 
 
 @triton.jit
-def _x_columns(X, offs_w, w_hi):
-    """x's columns 4w, 4w + 1, 4w + 2, 4w + 3 of the words w in fp32 (rows of 1), zero past w_hi."""
+def _x_columns(X, R, NW, offs_w, w_hi, inv, NORM: tl.constexpr):
+    """x's columns 4w, 4w + 1, 4w + 2, 4w + 3 of the words w in fp32 (rows of 1), zero past w_hi (NORM: _xin's)."""
     mask = offs_w < w_hi
-    x0 = tl.load(X + offs_w * 4, mask=mask, other=0.0).to(tl.float32)[None, :]
-    x1 = tl.load(X + offs_w * 4 + 1, mask=mask, other=0.0).to(tl.float32)[None, :]
-    x2 = tl.load(X + offs_w * 4 + 2, mask=mask, other=0.0).to(tl.float32)[None, :]
-    x3 = tl.load(X + offs_w * 4 + 3, mask=mask, other=0.0).to(tl.float32)[None, :]
+    x0 = _xin(X, R, NW, offs_w * 4, mask, inv, NORM).to(tl.float32)[None, :]
+    x1 = _xin(X, R, NW, offs_w * 4 + 1, mask, inv, NORM).to(tl.float32)[None, :]
+    x2 = _xin(X, R, NW, offs_w * 4 + 2, mask, inv, NORM).to(tl.float32)[None, :]
+    x3 = _xin(X, R, NW, offs_w * 4 + 3, mask, inv, NORM).to(tl.float32)[None, :]
     return x0, x1, x2, x3
 
 
@@ -209,11 +239,12 @@ def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr,
 
 
 @triton.jit
-def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BLOCK_M: tl.constexpr,
+def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
                 PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, PRMT: tl.constexpr,
-                PREFETCH: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+                PREFETCH: tl.constexpr, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr,
+                USE_GDC: tl.constexpr):
     """x times quantized weights read as int32 words (PER_WORD values each): value j of every word is taken at
     once, against x's columns j, j + PER_WORD, ...; for one row by fp32 multiply-adds, for more (DOT) by one
     tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4).
@@ -223,11 +254,15 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
     accumulation rounds, on sums about 1152 / |q| larger: still near fp32 precision, far below x's.
 
     PREFETCH: the next tile's words are loaded into registers before the current tile is multiplied, so a
-    program keeps a load in flight while it computes (Triton pipelines only the loads that feed a dot)."""
+    program keeps a load in flight while it computes (Triton pipelines only the loads that feed a dot).
+
+    NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2 or not PREFETCH:
         gdc_wait(USE_GDC)
+    if GDC_MODE == 1 or GDC_MODE == 2 or not PREFETCH:
+        inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
                                                                           WORDS, DOT)
@@ -243,8 +278,9 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
             next_words_u = tl.load(up_rows + first[None, :], mask=nmask[:, None] & (first < w_hi)[None, :], other=0)
         if GDC_MODE == 3:
             gdc_wait(USE_GDC)
+            inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
         if PRMT:
-            next_x0, next_x1, next_x2, next_x3 = _x_columns(X, first, w_hi)
+            next_x0, next_x1, next_x2, next_x3 = _x_columns(X, R, NW, first, w_hi, inv, NORM)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
         wkmask = offs_w < w_hi
@@ -273,9 +309,9 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
         if PRMT:
             if PREFETCH:  # x's columns too: they come from L2 and would stall the multiply-adds
                 x0, x1, x2, x3 = next_x0, next_x1, next_x2, next_x3
-                next_x0, next_x1, next_x2, next_x3 = _x_columns(X, ahead, w_hi)
+                next_x0, next_x1, next_x2, next_x3 = _x_columns(X, R, NW, ahead, w_hi, inv, NORM)
             else:
-                x0, x1, x2, x3 = _x_columns(X, offs_w, w_hi)
+                x0, x1, x2, x3 = _x_columns(X, R, NW, offs_w, w_hi, inv, NORM)
             xsum += (x0 + x1) + (x2 + x3)
             v0, v1, v2, v3 = _int8_word_floats(words)
             acc += v0 * x0  # four multiply-adds per word
@@ -291,12 +327,12 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, BL
         for j in tl.static_range(0 if PRMT else PER_WORD):
             cols = offs_w * PER_WORD + j
             if DOT:
-                x = tl.load(X + offs_m[:, None] * sxm + cols[None, :], mask=mmask[:, None] & wkmask[None, :], other=0.0)
+                x = _xin(X, R, NW, offs_m[:, None] * sxm + cols[None, :], mmask[:, None] & wkmask[None, :], inv, NORM)
                 acc = _accumulate(acc, x, _word_values(words, j, s, z, WQ, DT).to(DT), True, FP32)
                 if SWIGLU:
                     accu = _accumulate(accu, x, _word_values(words_u, j, su, zu, WQ, DT).to(DT), True, FP32)
             else:
-                x = tl.load(X + cols, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+                x = _xin(X, R, NW, cols, wkmask, inv, NORM).to(tl.float32)[None, :]
                 acc += _word_values(words, j, s, z, WQ, DT) * x
                 if SWIGLU:
                     accu += _word_values(words_u, j, su, zu, WQ, DT) * x

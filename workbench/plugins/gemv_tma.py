@@ -7,8 +7,8 @@ software-pipelined over STAGES buffers, so a program has STAGES - 1 tiles on the
 one, without registers to hold them; rows and columns past the weights' edge arrive as zeros.
 
 Float weights are multiplied as stored; int8 weights are read as int32 words and unpacked as the word-tile
-kernel does (byte permutes for 16-bit x, integer shifts otherwise), so results are the same bits as that
-kernel's for the same BLOCK_N and BLOCK_K.
+kernel does (byte permutes for 16-bit x, integer shifts otherwise): the same products, summed in an order that
+may differ from that kernel's where the tiles' register layouts differ.
 """
 
 from __future__ import annotations
@@ -17,21 +17,26 @@ import triton
 import triton.language as tl
 
 from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait
-from workbench.plugins.gemv_kernels import _finish, _int8_word_floats, _program, _word_values, _x_columns
+from workbench.plugins.gemv_kernels import (_finish, _int8_word_floats, _norm_prologue, _program, _word_values,
+                                            _x_columns, _xin)
 
 
 @triton.jit
-def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, WQ: tl.constexpr,
-              PER_WORD: tl.constexpr, WORDS: tl.constexpr, PRMT: tl.constexpr, STAGES: tl.constexpr,
-              GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
+              WQ: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr, PRMT: tl.constexpr, STAGES: tl.constexpr,
+              NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """y [1, N] = x [1, K] @ W^T from the descriptor Wd of W [N or 2N, K / PER_WORD] (int32 words when WQ == 8);
     tiles [BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES; `prefetch` waits for the kernel before inside the first
-    iteration, after the pipeline's first weight tiles are requested (weights are never written by it)."""
+    iteration, after the pipeline's first weight tiles are requested (weights are never written by it), and
+    computes NORM's prologue there. NORM: x is rms_norm(x + r) with weights NW (see gemv.py)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2:
         gdc_wait(USE_GDC)
+    inv = 1.0
+    if GDC_MODE != 3:
+        inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(1, N, K, k_per_split, 1, BLOCK_N,
                                                                           WORDS, False)
@@ -41,19 +46,20 @@ def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, BLOCK_N: tl.constexpr, 
         if GDC_MODE == 3:
             if k0 == k_lo:
                 gdc_wait(USE_GDC)
+                inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
         w = Wd.load([row0, k0 // PER_WORD])
         wu = w
         if SWIGLU:  # the up rows, N below the gate rows
             wu = Wd.load([N + row0, k0 // PER_WORD])
         if WQ == 0:
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(X + offs_k, mask=offs_k < k_hi, other=0.0).to(tl.float32)[None, :]
+            x = _xin(X, R, NW, offs_k, offs_k < k_hi, inv, NORM).to(tl.float32)[None, :]
             acc += w.to(tl.float32) * x
             if SWIGLU:
                 accu += wu.to(tl.float32) * x
         elif PRMT:
             offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
-            x0, x1, x2, x3 = _x_columns(X, offs_w, k_hi // PER_WORD)
+            x0, x1, x2, x3 = _x_columns(X, R, NW, offs_w, k_hi // PER_WORD, inv, NORM)
             xsum += (x0 + x1) + (x2 + x3)
             v0, v1, v2, v3 = _int8_word_floats(w)
             acc += v0 * x0  # four multiply-adds per word
@@ -70,7 +76,7 @@ def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, BLOCK_N: tl.constexpr, 
             offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
             wkmask = offs_w < k_hi // PER_WORD
             for j in tl.static_range(PER_WORD):
-                x = tl.load(X + offs_w * PER_WORD + j, mask=wkmask, other=0.0).to(tl.float32)[None, :]
+                x = _xin(X, R, NW, offs_w * PER_WORD + j, wkmask, inv, NORM).to(tl.float32)[None, :]
                 acc += _word_values(w, j, 0.0, 0.0, WQ, DT) * x
                 if SWIGLU:
                     accu += _word_values(wu, j, 0.0, 0.0, WQ, DT) * x

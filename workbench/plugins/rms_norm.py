@@ -1,7 +1,9 @@
 """RMSNorm, optionally fused with the residual add before it: s = x + r; y = w * norm(s).
 
 Matches the reference backend's rounding (torch_ops.rms_norm): the sum is rounded to the
-activation dtype, the reduction runs in fp32, the normalised row is rounded before the scale.
+activation dtype, the normalised row is rounded before the scale. The sum of squares is taken in
+fp64, where the squares of 16-bit values add exactly whatever the order: so the GEMV that fuses
+this norm into its prologue (plugins/gemv.py, `norm=`) gets the same bits with another tiling.
 """
 
 from __future__ import annotations
@@ -25,11 +27,22 @@ def _add_rms_norm(X, R, W, S, Y, sx, sr, ss, sy, n, eps, BLOCK: tl.constexpr, HA
         r = tl.load(R + row * sr + offs, mask=mask, other=0.0)
         h = rounded(h + r.to(tl.float32), dt)  # the sum, rounded as torch's add rounds it
         tl.store(S + row * ss + offs, h.to(dt), mask=mask)
-    var = tl.sum(h * h, 0) / n
-    h = rounded(h * (1.0 / tl.sqrt(var + eps)), dt)
-    w = tl.load(W + offs, mask=mask, other=0.0)
-    y = rounded(w.to(tl.float32) * h, Y.dtype.element_ty)
+    y = normed(h, tl.load(W + offs, mask=mask, other=0.0), rstd(h, n, eps), dt, Y.dtype.element_ty)
     tl.store(Y + row * sy + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rstd(h, n, eps):
+    """1 / sqrt(mean(h^2) + eps) of the fp32 values h (zeros past the row's n), their squares summed in fp64."""
+    h64 = h.to(tl.float64)
+    var = (tl.sum(h64 * h64) / n).to(tl.float32)
+    return 1.0 / tl.sqrt(var + eps)
+
+
+@triton.jit
+def normed(h, w, inv, DT: tl.constexpr, OUT: tl.constexpr):
+    """w * (h * inv rounded to DT), rounded to OUT, in fp32: the norm of the row h (fp32 values of DT)."""
+    return rounded(w.to(tl.float32) * rounded(h * inv, DT), OUT)
 
 
 def _launch(x, r, w, eps):

@@ -4,6 +4,10 @@ The graph interpreter pays a dict lookup, a closure call and bookkeeping per nod
 becomes one line of generated source (readable: `Program.source`), with three fusions:
 
 - `add` -> `rms_norm` of its sum: one pass writing both the sum (the residual stream) and the norm;
+  where the norm's only reader is a linear layer (plain, weight-only quantized, or the gate_up of the
+  activation fusion below), the add and the norm move into that layer's call: a one-row GEMV computes
+  the norm in its prologue and writes the sum (plugins/gemv.py, `norm=`), anything else runs the add
+  + norm pass first;
 - gate_up projection -> `slice` gate/up -> `silu(gate) * up`: computed from the projection's
   input by one call that, where the decode step's GEMV policy chooses it, is one GEMV writing the
   activation (gate_up never written, no activation kernel), else the projection then one
@@ -82,6 +86,8 @@ class _Compiler:
         self.emit_at: dict[str, tuple[str, tuple]] = {}  # node -> (fusion kind, details), emitted at its position
         self.absorbed: set[str] = set()  # computed by a fusion emitted elsewhere
         self.rope_tables: dict[str, tuple[str, float]] = {}
+        self.norm_into: dict[str, str] = {}  # projection -> the add whose add + norm its call computes
+        self.norm_at: dict[str, str] = {}  # projection -> the node where that call is emitted
 
     # -- pattern matching ---------------------------------------------------------------------------
     def match(self) -> None:
@@ -93,6 +99,9 @@ class _Compiler:
                 self._match_add_norm(node)
             elif node.op == "mul":
                 self._match_silu_mul(node)
+        for node in self.nodes.values():
+            if self.emit_at.get(node.name, ("",))[0] == "add_rms_norm":
+                self._match_norm_into_projection(node)
 
     def _match_add_norm(self, norm: Node) -> None:
         add = self.nodes[norm.inputs[0]]
@@ -106,6 +115,22 @@ class _Compiler:
         self.emit_at[add.name] = ("add_rms_norm", (norm.name,))
         self.absorbed.add(norm.name)
         self.fusions[add.name] = self.fusions[norm.name] = "add_rms_norm"
+
+    def _match_norm_into_projection(self, add: Node) -> None:
+        """add + norm computed by the call of the norm's only reader, a projection, if nothing reads the sum
+        before that call (which sits at the activation's node when the projection is a fused gate_up)."""
+        norm = self.emit_at[add.name][1][0]
+        readers = self.consumers[norm]
+        if len(readers) != 1 or not self._projection(readers[0]) or self.nodes[readers[0]].inputs[0] != norm:
+            return
+        proj = readers[0]
+        at = next((n for n, (kind, info) in self.emit_at.items() if kind == "swiglu_linear" and info[0] == proj), proj)
+        order = {name: i for i, name in enumerate(self.nodes)}
+        if any(order[c] <= order[at] for c in self.consumers[add.name] if c != norm):
+            return
+        self.norm_into[proj] = add.name
+        self.norm_at[proj] = at
+        self.fusions[add.name] = self.fusions[norm] = "add_rms_norm_linear"
 
     def _match_silu_mul(self, mul: Node) -> None:
         if len(mul.inputs) != 2:
@@ -182,6 +207,9 @@ class _Compiler:
                 continue
             var[node.name] = _ident(node.name, taken)
             fused = self.emit_at.get(node.name)
+            if self.norm_at.get(node.name) == node.name:
+                stmts.append(self._norm_projection(node, var[node.name], var, ""))
+                continue
             stmts.append(self._fused(node, fused, var, taken) if fused else self._plain(node, var))
         # absorbed nodes that someone outside their fusion still reads are already defined by the fusion
         ret = ", ".join(f"{o!r}: {var[o]}" for o in self.net.outputs)
@@ -231,6 +259,9 @@ class _Compiler:
             norm = self.nodes[info[0]]
             var[norm.name] = _ident(norm.name, taken)
             a, b = (var[i] for i in node.inputs)
+            fused = node.name in self.norm_into.values()
+            if fused:  # the sum comes from the projection's call; the norm here only for other readers (marks)
+                out = _ident("_", taken)
             code = f"{out}, {var[norm.name]} = _add_rms_norm({a}, {b}, {var[norm.inputs[1]]}, {norm.attrs['eps']!r})"
             return _Stmt(code, (out, var[norm.name]), (a, b))
         if kind == "silu_and_mul":
@@ -238,6 +269,8 @@ class _Compiler:
             return _Stmt(f"{out} = _silu_and_mul({gu})", (out,), (gu,))
         if kind == "swiglu_linear":  # from the projection's inputs: gate_up itself is only computed if read
             proj = self.nodes[info[0]]
+            if proj.name in self.norm_into:
+                return self._norm_projection(proj, out, var, "swiglu_")
             xs = [var[i] for i in proj.inputs]
             reads = tuple(x for x in xs if not x.startswith("W["))
             if proj.op == "linear":
@@ -256,6 +289,22 @@ class _Compiler:
                     f"{layer}, {key!r})")
             return _Stmt(code, (out,), (var[qkv], var[pos]), pure=False)
         raise AssertionError(kind)
+
+    def _norm_projection(self, proj: Node, out: str, var: dict[str, str], swiglu: str) -> _Stmt:
+        """`sum, out = _norm_[swiglu_][quant_]linear(a, b, norm weight, eps, ...)`: the add + norm the projection's
+        call computes (see `_match_norm_into_projection`), then the projection (or its activation)."""
+        add = self.nodes[self.norm_into[proj.name]]
+        norm = self.nodes[proj.inputs[0]]
+        a, b = (var[i] for i in add.inputs)
+        head = f"{var[add.name]}, {out} = "
+        args = f"{a}, {b}, {var[norm.inputs[1]]}, {norm.attrs['eps']!r}"
+        rest = [var[i] for i in proj.inputs[1:]]
+        if proj.op == "linear":
+            code = f"{head}_norm_{swiglu}linear({args}, {rest[0]}, {rest[1] if len(rest) == 2 else None})"
+        else:
+            code = f"{head}_norm_{swiglu}quant_linear({args}, N[{proj.name!r}], [{', '.join(rest)}])"
+        reads = (a, b) + tuple(x for x in rest if not x.startswith("W["))
+        return _Stmt(code, (var[add.name], out), reads)
 
 
 def _drop_dead(stmts: list[_Stmt], keep: set[str]) -> list[_Stmt]:

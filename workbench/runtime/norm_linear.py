@@ -1,0 +1,84 @@
+"""The compiled program's `_norm_*linear` helpers: add + RMSNorm, then a projection, in one call
+(runtime.cuda_program's fusion of a norm into its only reader).
+
+A one-row step whose projection runs the GEMV computes the norm in the GEMV's prologue and writes the
+sum from it (plugins/gemv.py, `norm=`): the decode step at batch 1 loses its add + norm kernels. Any
+other step (more rows, cuBLAS, a GEMM, a smoothed input) runs the add + norm kernel, then the
+projection as the unfused program would. Both give the same bits: the norm's sum of squares is taken
+in fp64, where it does not depend on how the kernel tiles the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def _one_row(a: torch.Tensor, g: torch.Tensor) -> bool:
+    return a.dim() == 2 and a.shape[0] == 1 and g.dtype == a.dtype
+
+
+def _quant_gemv(method: str, x, ops: dict, group, cfg, swiglu: bool, norm: tuple):
+    from workbench.plugins.gemv import w4a16_gemv, w8a16_gemv
+
+    if method == "w8a16":
+        return w8a16_gemv(x, ops["qweight"], ops["scales"], ops.get("bias"), cfg, swiglu, norm)
+    return w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, ops.get("bias"), cfg, swiglu, norm)
+
+
+def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear: Callable,
+                 swiglu_quant_linear: Callable) -> dict[str, Callable]:
+    """The four helpers, over the program's own projection helpers and the decode step's GEMV policy; each
+    returns (sum, result)."""
+    from workbench.plugins.activation import silu_and_mul
+    from workbench.plugins.gemv import gemv
+    from workbench.plugins.rms_norm import add_rms_norm
+
+    def norm_linear(a, b, g, eps, w, bias):
+        cfg = policy.config(1, w.shape[0], w.shape[1]) if _one_row(a, g) else None
+        if cfg is not None:
+            return gemv(a, w, bias, cfg, norm=(b, g, eps))
+        h, x = add_rms_norm(a, b, g, eps)
+        return h, linear(x, w, bias)
+
+    def norm_swiglu_linear(a, b, g, eps, w, bias):
+        if _one_row(a, g):
+            cfg = policy.swiglu_config(1, w.shape[0], w.shape[1])
+            if cfg is not None:
+                return gemv(a, w, bias, cfg, swiglu=True, norm=(b, g, eps))
+            cfg = policy.config(1, w.shape[0], w.shape[1])
+            if cfg is not None:
+                h, y = gemv(a, w, bias, cfg, norm=(b, g, eps))
+                return h, silu_and_mul(y)
+        h, x = add_rms_norm(a, b, g, eps)
+        return h, swiglu_linear(x, w, bias)
+
+    def _quant_fusable(node, a, g, ops) -> bool:
+        return _one_row(a, g) and node.attrs["method"] in ("w8a16", "w4a16") and "smooth" not in ops
+
+    def norm_quant_linear(a, b, g, eps, node, rest):
+        method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
+        if _quant_fusable(node, a, g, ops):
+            cfg = policy.quant_config(method, 1, ops["qweight"].shape[0], a.shape[1])
+            if cfg is not None:
+                return _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
+        h, x = add_rms_norm(a, b, g, eps)
+        return h, quant_linear(node, [x, *rest])
+
+    def norm_swiglu_quant_linear(a, b, g, eps, node, rest):
+        method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
+        if _quant_fusable(node, a, g, ops):
+            n, k = ops["qweight"].shape[0], a.shape[1]
+            cfg = policy.swiglu_config(1, n, k, method)
+            if cfg is not None:
+                return _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, True, (b, g, eps))
+            cfg = policy.quant_config(method, 1, n, k)
+            if cfg is not None:
+                h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
+                return h, silu_and_mul(y)
+        h, x = add_rms_norm(a, b, g, eps)
+        return h, swiglu_quant_linear(node, [x, *rest])
+
+    return {"_norm_linear": norm_linear, "_norm_swiglu_linear": norm_swiglu_linear,
+            "_norm_quant_linear": norm_quant_linear, "_norm_swiglu_quant_linear": norm_swiglu_quant_linear}
