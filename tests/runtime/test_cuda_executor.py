@@ -26,17 +26,24 @@ def _cuda(engine, gemv: str = "table"):
     return CudaExecutor(engine, DEV, gemv=GemvPolicy.parse(gemv))
 
 
-def test_program_fuses_and_reads_like_the_graph(batch_engines):
+@pytest.mark.parametrize("norm_fusion", ["off", "prologue"])
+def test_program_fuses_and_reads_like_the_graph(batch_engines, monkeypatch, norm_fusion):
+    from workbench.runtime import cuda_program
+
+    monkeypatch.setattr(cuda_program, "NORM_FUSION", norm_fusion)
     ex = _cuda(batch_engines("llama_gqa"))
     src = ex.program.source
-    # the add + norm (post_norm of each layer, input_norm of layer 1, final_norm) move into their projection's call
-    assert "_add_rms_norm(" not in src
-    assert src.count("_norm_swiglu_linear(") == 2 and src.count("_norm_linear(") == 2
+    if norm_fusion == "off":  # post_norm of each layer, input_norm of layer 1, final_norm: add + norm kernels
+        assert src.count("_add_rms_norm(") == 4 and src.count("_swiglu_linear(") == 2
+        assert ex.program.fusions["layers.1.input_norm"] == "add_rms_norm"
+    else:  # the add + norm move into their projection's call
+        assert "_add_rms_norm(" not in src
+        assert src.count("_norm_swiglu_linear(") == 2 and src.count("_norm_linear(") == 2
+        assert ex.program.fusions["layers.1.input_norm"] == "add_rms_norm_linear"
     assert src.count("_rope_attention(") == 2  # silu * up from gate_up's GEMV
     assert "_rope_qkv(" not in src  # rotated q and k alone only when something else reads them
     assert "_silu_and_mul(" not in src  # the activation alone is computed only when something reads it
     assert "_op(" not in src  # every op of the family has a direct line
-    assert ex.program.fusions["layers.1.input_norm"] == "add_rms_norm_linear"
 
 
 @pytest.mark.parametrize("family", ["llama_gqa", "llama_mqa", "mistral_window", "qwen2_bias", "llama_tied"])
@@ -64,7 +71,11 @@ def test_session_greedy_matches_reference(batch_engines, family):
     assert cache.num_used_blocks == 0
 
 
-def test_marks_change_nothing_and_match_the_reference(batch_engines):
+@pytest.mark.parametrize("norm_fusion", ["off", "prologue"])
+def test_marks_change_nothing_and_match_the_reference(batch_engines, monkeypatch, norm_fusion):
+    from workbench.runtime import cuda_program
+
+    monkeypatch.setattr(cuda_program, "NORM_FUSION", norm_fusion)
     # half precision, where fusions could change roundings (fp16: Triton's interpreter rounds bf16 by truncation)
     engine = batch_engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
     dbg = debug_engine(engine, ["all"])
@@ -72,7 +83,7 @@ def test_marks_change_nothing_and_match_the_reference(batch_engines):
     assert "layers.0.mlp.gate_act" in dbg.marked
     assert "_silu(" in marked.program.source  # gate_act is fused away: computed on the side when marked
     assert marked.program.source.count("_swiglu_linear(") == 2  # the same kernels as the plain engine
-    assert marked.program.source.count("_add_rms_norm(") == 4  # the marked norms, on the side
+    assert marked.program.source.count("_add_rms_norm(") == 4  # (prologue: the marked norms, on the side)
     a, b = plain.forward(BATCH), marked.forward(BATCH)
     ref = Executor(dbg, DEV).forward(BATCH)
     for x, y, r in zip(a, b, ref):
@@ -130,7 +141,9 @@ def test_one_row_steps_take_the_norm_in_the_gemv(batch_engines, monkeypatch):
     # at one row the add + norm run in the prologue of the projection's GEMV: the same tokens as the reference,
     # and a debug engine (its norms computed on the side) the same logits and tokens as the plain one
     import workbench.plugins.gemv as gm
+    from workbench.runtime import cuda_program
 
+    monkeypatch.setattr(cuda_program, "NORM_FUSION", "prologue")
     engine = batch_engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
     dbg = debug_engine(engine, ["all"])
     plain, marked = _cuda(engine, "triton-swiglu"), _cuda(dbg, "triton-swiglu")
@@ -141,8 +154,8 @@ def test_one_row_steps_take_the_norm_in_the_gemv(batch_engines, monkeypatch):
     cfg = GenerationConfig(max_new_tokens=4, eos_token_ids=[], debug_steps=[2])
     r1 = GenerationSession(engine, device=DEV, executor=plain).generate(BATCH[2:3], cfg)
     # four one-row passes (the one-token prompt, three steps), each with four GEMVs taking a norm: gate_up of both
-    # layers, qkv of layer 1, the logits
-    assert fused.count(True) == 4 * 4
+    # layers, qkv of layer 1, the logits (on a GPU, capturing the decode graphs runs the step more times)
+    assert fused.count(True) == 16 if DEV == "cpu" else fused.count(True) >= 16 and fused.count(True) % 4 == 0
     r2 = GenerationSession(dbg, device=DEV, executor=marked, debug_mode=True).generate(BATCH[2:3], cfg)
     ref = GenerationSession(dbg, device=DEV, debug_mode=True).generate(BATCH[2:3], cfg)
     assert r1.token_ids == r2.token_ids == ref.token_ids

@@ -6,8 +6,9 @@ decode steps replay a CUDA graph. So:
 
 - per-row timings: a copy of the program with every statement wrapped in the profiler's node hook
   (timer and NVTX ranges), under the canonical name of what it computes: its first canonical
-  value, else its first value (`layers.3, layers.4.input_norm = _add_rms_norm(...)` is timed as
-  `layers.3`; `ProfileReport.fused` says `layers.4.input_norm` is computed there). A row's FLOPs
+  value, else its first value (`layers.3.mlp.act, layers.3.attn_residual = _norm_swiglu_linear(...)`
+  is timed as `layers.3.mlp.act`; `ProfileReport.fused` says the add and `layers.3.post_norm` are
+  computed there). A row's FLOPs
   and bytes are the sums of the graph nodes it computes, views and absorbed nodes included;
 - the end-to-end step runs as the engine ships (the program; a graph replay for decode steps);
 - `graph_step_time`: decode steps back to back as `CudaExecutor.generate_greedy` runs them (graph
@@ -38,7 +39,8 @@ from workbench.runtime.cuda_executor import CudaExecutor
 
 # what a fused statement is called in the rows, and its op kind
 FUSIONS = {"add_rms_norm": "norm", "swiglu_linear": "gemm", "swiglu_quant_linear": "gemm", "rope_qkv": "elementwise",
-           "silu_and_mul": "elementwise"}
+           "silu_and_mul": "elementwise", "norm_linear": "gemm", "norm_swiglu_linear": "gemm",
+           "norm_quant_linear": "gemm", "norm_swiglu_quant_linear": "gemm"}
 
 
 @dataclass
@@ -141,8 +143,12 @@ class TimedProgram:
 
     @property
     def fused(self) -> dict[str, str]:
-        """Each value a statement computes beside the one it is named by -> that statement's row."""
-        return {v: st.name for st in self.statements for v in st.values if v != st.name}
+        """Each value a statement computes beside the one it is named by (values it defines, and canonical ones it
+        computes inside, as a norm inside a GEMV) -> that statement's row."""
+        net = self.engine.network
+        canon = set(canonical_names(sum(1 for n in net.nodes.values() if n.op == "attention")))
+        return {v: st.name for st in self.statements for v in st.values + [c for c in st.computes if c in canon]
+                if v != st.name}
 
     def fold_costs(self, costs: dict[str, OpCost]) -> dict[str, OpCost]:
         """Per row: the sums of the costs of the nodes it computes (None where none of them counts one)."""

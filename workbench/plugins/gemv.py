@@ -85,7 +85,8 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
     elif dot:  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two weight tiles take more)
         size = 4 if dot_in_fp32(x.dtype) else 2
-        while stages > 1 and stages * ((2 if swiglu else 1) * bn + 16) * bk * size > SHARED_BYTES:
+        x_tiles = 3 if norm is not None else 1  # a norm pipelines x, the residual and the norm weights
+        while stages > 1 and stages * ((2 if swiglu else 1) * bn + 16 * x_tiles) * bk * size > SHARED_BYTES:
             stages -= 1
     # quantized weights go as int32 words where rows and groups hold whole words (and a dot gets 16 of them)
     words = bool(wq) and not (k % per_word or group % per_word) and (not dot or bk // per_word >= 16)

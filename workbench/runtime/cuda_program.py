@@ -24,6 +24,7 @@ is computed on the side from the same inputs, so marking never changes what the 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,12 @@ from dataclasses import dataclass, field
 from workbench.builder.network import Network, Node
 
 PURE_VIEWS = ("identity", "reshape", "slice")
+# Where an add + norm goes (WB_NORM_FUSION): "prologue" into the reading projection's GEMV (measured on an H100,
+# bench/results/decode_quant_norm_late_h100.json: 1B bf16 926 -> 945 tok/s, but 8B bf16 182 -> 177 and int8 305 ->
+# 255: every program of a GEMV reads the whole row for the norm, and big grids pay that many times), "off": the
+# add + norm kernel.
+NORM_FUSIONS = ("prologue", "off")
+NORM_FUSION = os.environ.get("WB_NORM_FUSION", "off")
 
 
 @dataclass
@@ -99,8 +106,10 @@ class _Compiler:
                 self._match_add_norm(node)
             elif node.op == "mul":
                 self._match_silu_mul(node)
+        if NORM_FUSION not in NORM_FUSIONS:
+            raise ValueError(f"WB_NORM_FUSION={NORM_FUSION!r}: choose one of {', '.join(NORM_FUSIONS)}")
         for node in self.nodes.values():
-            if self.emit_at.get(node.name, ("",))[0] == "add_rms_norm":
+            if NORM_FUSION == "prologue" and self.emit_at.get(node.name, ("",))[0] == "add_rms_norm":
                 self._match_norm_into_projection(node)
 
     def _match_add_norm(self, norm: Node) -> None:
@@ -291,12 +300,12 @@ class _Compiler:
         raise AssertionError(kind)
 
     def _norm_projection(self, proj: Node, out: str, var: dict[str, str], swiglu: str) -> _Stmt:
-        """`sum, out = _norm_[swiglu_][quant_]linear(a, b, norm weight, eps, ...)`: the add + norm the projection's
+        """`out, sum = _norm_[swiglu_][quant_]linear(a, b, norm weight, eps, ...)`: the add + norm the projection's
         call computes (see `_match_norm_into_projection`), then the projection (or its activation)."""
         add = self.nodes[self.norm_into[proj.name]]
         norm = self.nodes[proj.inputs[0]]
         a, b = (var[i] for i in add.inputs)
-        head = f"{var[add.name]}, {out} = "
+        head = f"{out}, {var[add.name]} = "
         args = f"{a}, {b}, {var[norm.inputs[1]]}, {norm.attrs['eps']!r}"
         rest = [var[i] for i in proj.inputs[1:]]
         if proj.op == "linear":
@@ -304,7 +313,7 @@ class _Compiler:
         else:
             code = f"{head}_norm_{swiglu}quant_linear({args}, N[{proj.name!r}], [{', '.join(rest)}])"
         reads = (a, b) + tuple(x for x in rest if not x.startswith("W["))
-        return _Stmt(code, (var[add.name], out), reads)
+        return _Stmt(code, (out, var[add.name]), reads)
 
 
 def _drop_dead(stmts: list[_Stmt], keep: set[str]) -> list[_Stmt]:

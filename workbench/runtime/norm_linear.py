@@ -30,7 +30,7 @@ def _quant_gemv(method: str, x, ops: dict, group, cfg, swiglu: bool, norm: tuple
 def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear: Callable,
                  swiglu_quant_linear: Callable) -> dict[str, Callable]:
     """The four helpers, over the program's own projection helpers and the decode step's GEMV policy; each
-    returns (sum, result)."""
+    returns (result, sum): the statement is then named after the projection wherever it is timed."""
     from workbench.plugins.activation import silu_and_mul
     from workbench.plugins.gemv import gemv
     from workbench.plugins.rms_norm import add_rms_norm
@@ -38,21 +38,23 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
     def norm_linear(a, b, g, eps, w, bias):
         cfg = policy.config(1, w.shape[0], w.shape[1]) if _one_row(a, g) else None
         if cfg is not None:
-            return gemv(a, w, bias, cfg, norm=(b, g, eps))
+            h, y = gemv(a, w, bias, cfg, norm=(b, g, eps))
+            return y, h
         h, x = add_rms_norm(a, b, g, eps)
-        return h, linear(x, w, bias)
+        return linear(x, w, bias), h
 
     def norm_swiglu_linear(a, b, g, eps, w, bias):
         if _one_row(a, g):
             cfg = policy.swiglu_config(1, w.shape[0], w.shape[1])
             if cfg is not None:
-                return gemv(a, w, bias, cfg, swiglu=True, norm=(b, g, eps))
+                h, y = gemv(a, w, bias, cfg, swiglu=True, norm=(b, g, eps))
+                return y, h
             cfg = policy.config(1, w.shape[0], w.shape[1])
             if cfg is not None:
                 h, y = gemv(a, w, bias, cfg, norm=(b, g, eps))
-                return h, silu_and_mul(y)
+                return silu_and_mul(y), h
         h, x = add_rms_norm(a, b, g, eps)
-        return h, swiglu_linear(x, w, bias)
+        return swiglu_linear(x, w, bias), h
 
     def _quant_fusable(node, a, g, ops) -> bool:
         return _one_row(a, g) and node.attrs["method"] in ("w8a16", "w4a16") and "smooth" not in ops
@@ -62,9 +64,10 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
         if _quant_fusable(node, a, g, ops):
             cfg = policy.quant_config(method, 1, ops["qweight"].shape[0], a.shape[1])
             if cfg is not None:
-                return _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
+                h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
+                return y, h
         h, x = add_rms_norm(a, b, g, eps)
-        return h, quant_linear(node, [x, *rest])
+        return quant_linear(node, [x, *rest]), h
 
     def norm_swiglu_quant_linear(a, b, g, eps, node, rest):
         method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
@@ -72,13 +75,14 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
             n, k = ops["qweight"].shape[0], a.shape[1]
             cfg = policy.swiglu_config(1, n, k, method)
             if cfg is not None:
-                return _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, True, (b, g, eps))
+                h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, True, (b, g, eps))
+                return y, h
             cfg = policy.quant_config(method, 1, n, k)
             if cfg is not None:
                 h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
-                return h, silu_and_mul(y)
+                return silu_and_mul(y), h
         h, x = add_rms_norm(a, b, g, eps)
-        return h, swiglu_quant_linear(node, [x, *rest])
+        return swiglu_quant_linear(node, [x, *rest]), h
 
     return {"_norm_linear": norm_linear, "_norm_swiglu_linear": norm_swiglu_linear,
             "_norm_quant_linear": norm_quant_linear, "_norm_swiglu_quant_linear": norm_swiglu_quant_linear}
