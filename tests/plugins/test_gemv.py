@@ -251,3 +251,43 @@ def test_norm_in_the_gemv_takes_one_row():
     w = _w(8, 64).to(DEV)
     with pytest.raises(ValueError, match="the norm takes one row"):
         gm.gemv(x, w, norm=(x, torch.ones(64, device=DEV), 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fmt", ["float", "int8", "int4"])
+@pytest.mark.parametrize("kind,split", [(False, 1), (False, 3), (True, 1), (True, 2), ("tma", 1), ("tma", 2)])
+def test_add_norm_after_the_gemv_is_the_gemv_then_the_norm_kernel(dtype, fmt, kind, split):
+    # the last program to finish adds the residual to the whole row and takes its norm (the split-K reduce kernel's
+    # last program where K is split), with the add + norm kernel's arithmetic: the same bits
+    from workbench.plugins.rms_norm import add_rms_norm
+
+    n, k = 80, 256
+    x, res = _x(1, k, dtype, seed=4), _x(1, n, dtype, seed=5)
+    g = (1 + 0.1 * torch.randn(n, generator=torch.Generator().manual_seed(6))).to(dtype).to(DEV)
+    cfg = (16, 64, split, 4, 3, kind)
+    if fmt == "float":
+        w = _w(n, k).to(dtype).to(DEV)
+        run = lambda add_norm=None: gm.gemv(x, w, None, cfg, add_norm=add_norm)  # noqa: E731
+    elif fmt == "int8":
+        ops = _int8(n, k)
+        run = lambda add_norm=None: gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg,  # noqa: E731
+                                                  add_norm=add_norm)
+    else:
+        ops = _int4(n, k, 64)
+        run = lambda add_norm=None: gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 64, None, cfg,  # noqa: E731
+                                                  add_norm=add_norm)
+    for _ in range(3):  # the count the programs take is back at 0 after each call
+        y, h, xn = run((res, g, 1e-5))
+        y0 = run()
+        h0, xn0 = add_rms_norm(res, y0, g, 1e-5)
+        assert torch.equal(y, y0) and torch.equal(h, h0) and torch.equal(xn, xn0)
+    assert gm._counter(x.device).item() == 0
+
+
+def test_add_norm_takes_one_row_and_no_swiglu():
+    x = _x(1, 64, torch.float32)
+    w = _w(16, 64).to(DEV)
+    with pytest.raises(ValueError, match="the norm of the product takes one row"):
+        gm.gemv(x, w, swiglu=True, add_norm=(torch.zeros(1, 8, device=DEV), torch.ones(8, device=DEV), 1e-5))
+    with pytest.raises(ValueError, match="cannot both be taken"):
+        gm.gemv(x, w, norm=(x, torch.ones(64, device=DEV), 1e-5), add_norm=(x, torch.ones(16, device=DEV), 1e-5))
