@@ -30,6 +30,7 @@
 #                                 # trigger late, prefetch); the step's kernels
 #   bash bench/run_gpu.sh epi     # GPU tests; decode with the add + norm in the last program of the GEMV whose
 #                                 # output it adds (WB_NORM_FUSION=epilogue) against off; the step's kernels
+#   bash bench/run_gpu.sh pro     # decode with the norm in the prologue of GEMVs of at most 512 ... all programs
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
 #                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
@@ -181,6 +182,16 @@ elif [ "$stage" = epi ]; then  # the add + norm in the last program of the GEMV 
     --batches 1 --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_epi_prefetch_h100
   WB_NORM_FUSION=epilogue step 60 python bench/decode_kernels.py \
     --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16 --name decode_kernels_epi_h100
+elif [ "$stage" = pro ]; then  # the norm in the prologue of the GEMVs of at most WB_NORM_MAX_PROGRAMS programs
+  step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 --modes bf16,int8_wo_logits \
+    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_pro_off_h100
+  for most in 512 1024 4096 100000; do
+    WB_NORM_FUSION=prologue WB_NORM_MAX_PROGRAMS=$most step 80 python bench/decode_quant.py \
+      --models llama-3-8b,llama-3.2-1b --batches 1 --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 \
+      --sweep "" --name decode_quant_pro_${most}_h100
+  done
+  WB_NORM_FUSION=prologue WB_GEMV_PDL=prefetch step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b \
+    --batches 1 --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_pro_prefetch_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -14,13 +14,27 @@ taken in fp64, where it does not depend on how a kernel tiles the row.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
+import triton
+
+# prologue: the GEMVs that take the norm, by their number of programs (each reads the whole row for the norm, so a
+# big grid pays for it many times; WB_NORM_MAX_PROGRAMS overrides it for measuring)
+NORM_MAX_PROGRAMS = int(os.environ.get("WB_NORM_MAX_PROGRAMS", "1024"))
 
 
 def _one_row(a: torch.Tensor, g: torch.Tensor) -> bool:
     return a.dim() == 2 and a.shape[0] == 1 and g.dtype == a.dtype
+
+
+def _few_programs(cfg, n: int):
+    """cfg if its GEMV over n output columns runs at most NORM_MAX_PROGRAMS programs (a norm in the prologue), else
+    None."""
+    if cfg is None:
+        return None
+    return cfg if triton.cdiv(n, cfg[0]) * (cfg[2] if len(cfg) > 2 else 1) <= NORM_MAX_PROGRAMS else None
 
 
 def _quant_gemv(method: str, x, ops: dict, group, cfg, swiglu: bool, norm: tuple):
@@ -40,7 +54,7 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
     from workbench.plugins.rms_norm import add_rms_norm
 
     def norm_linear(a, b, g, eps, w, bias):
-        cfg = policy.config(1, w.shape[0], w.shape[1]) if _one_row(a, g) else None
+        cfg = _few_programs(policy.config(1, w.shape[0], w.shape[1]), w.shape[0]) if _one_row(a, g) else None
         if cfg is not None:
             h, y = gemv(a, w, bias, cfg, norm=(b, g, eps))
             return y, h
@@ -49,12 +63,12 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
 
     def norm_swiglu_linear(a, b, g, eps, w, bias):
         if _one_row(a, g):
-            cfg = policy.swiglu_config(1, w.shape[0], w.shape[1])
+            cfg = _few_programs(policy.swiglu_config(1, w.shape[0], w.shape[1]), w.shape[0] // 2)
             if cfg is not None:
                 h, y = gemv(a, w, bias, cfg, swiglu=True, norm=(b, g, eps))
                 return y, h
-            cfg = policy.config(1, w.shape[0], w.shape[1])
-            if cfg is not None:
+            cfg = _few_programs(policy.config(1, w.shape[0], w.shape[1]), w.shape[0])
+            if cfg is not None and policy.swiglu_config(1, w.shape[0], w.shape[1]) is None:
                 h, y = gemv(a, w, bias, cfg, norm=(b, g, eps))
                 return silu_and_mul(y), h
         h, x = add_rms_norm(a, b, g, eps)
@@ -66,7 +80,8 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
     def norm_quant_linear(a, b, g, eps, node, rest):
         method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
         if _quant_fusable(node, a, g, ops):
-            cfg = policy.quant_config(method, 1, ops["qweight"].shape[0], a.shape[1])
+            cfg = _few_programs(policy.quant_config(method, 1, ops["qweight"].shape[0], a.shape[1]),
+                                ops["qweight"].shape[0])
             if cfg is not None:
                 h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
                 return y, h
@@ -77,12 +92,12 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
         method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
         if _quant_fusable(node, a, g, ops):
             n, k = ops["qweight"].shape[0], a.shape[1]
-            cfg = policy.swiglu_config(1, n, k, method)
+            cfg = _few_programs(policy.swiglu_config(1, n, k, method), n // 2)
             if cfg is not None:
                 h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, True, (b, g, eps))
                 return y, h
-            cfg = policy.quant_config(method, 1, n, k)
-            if cfg is not None:
+            cfg = _few_programs(policy.quant_config(method, 1, n, k), n)
+            if cfg is not None and policy.swiglu_config(1, n, k, method) is None:
                 h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
                 return silu_and_mul(y), h
         h, x = add_rms_norm(a, b, g, eps)
