@@ -26,7 +26,7 @@ def _cuda(engine, gemv: str = "table"):
     return CudaExecutor(engine, DEV, gemv=GemvPolicy.parse(gemv))
 
 
-@pytest.mark.parametrize("norm_fusion", ["off", "prologue", "epilogue"])
+@pytest.mark.parametrize("norm_fusion", ["off", "prologue"])
 def test_program_fuses_and_reads_like_the_graph(batch_engines, monkeypatch, norm_fusion):
     from workbench.runtime import cuda_program
 
@@ -36,10 +36,6 @@ def test_program_fuses_and_reads_like_the_graph(batch_engines, monkeypatch, norm
     if norm_fusion == "off":  # post_norm of each layer, input_norm of layer 1, final_norm: add + norm kernels
         assert src.count("_add_rms_norm(") == 4 and src.count("_swiglu_linear(") == 2
         assert ex.program.fusions["layers.1.input_norm"] == "add_rms_norm"
-    elif norm_fusion == "epilogue":  # the add + norm move into the call of the projection whose output they add
-        assert "_add_rms_norm(" not in src
-        assert src.count("_linear_add_norm(") == 4 and src.count("_swiglu_linear(") == 2
-        assert ex.program.fusions["layers.1.input_norm"] == "linear_add_rms_norm"
     else:  # the add + norm move into their projection's call
         assert "_add_rms_norm(" not in src
         assert src.count("_norm_swiglu_linear(") == 2 and src.count("_norm_linear(") == 2
@@ -75,7 +71,7 @@ def test_session_greedy_matches_reference(batch_engines, family):
     assert cache.num_used_blocks == 0
 
 
-@pytest.mark.parametrize("norm_fusion", ["off", "prologue", "epilogue"])
+@pytest.mark.parametrize("norm_fusion", ["off", "prologue"])
 def test_marks_change_nothing_and_match_the_reference(batch_engines, monkeypatch, norm_fusion):
     from workbench.runtime import cuda_program
 
@@ -87,8 +83,7 @@ def test_marks_change_nothing_and_match_the_reference(batch_engines, monkeypatch
     assert "layers.0.mlp.gate_act" in dbg.marked
     assert "_silu(" in marked.program.source  # gate_act is fused away: computed on the side when marked
     assert marked.program.source.count("_swiglu_linear(") == 2  # the same kernels as the plain engine
-    if norm_fusion != "epilogue":  # (prologue: the marked norms, on the side)
-        assert marked.program.source.count("_add_rms_norm(") == 4
+    assert marked.program.source.count("_add_rms_norm(") == 4  # (prologue: the marked norms, on the side)
     a, b = plain.forward(BATCH), marked.forward(BATCH)
     ref = Executor(dbg, DEV).forward(BATCH)
     for x, y, r in zip(a, b, ref):
@@ -142,27 +137,24 @@ def test_marked_rotated_q_and_k_are_computed_on_the_side(batch_engines):
         assert got[name].shape == want[name].shape and err < 2e-2, name
 
 
-@pytest.mark.parametrize("norm_fusion", ["prologue", "epilogue"])
-def test_one_row_steps_take_the_norm_in_the_gemv(batch_engines, monkeypatch, norm_fusion):
-    # at one row the add + norm run in a GEMV (prologue: of the projection reading the norm; epilogue: of the one whose
-    # output is added): the same tokens as the reference, and a debug engine the same logits and tokens as the plain
+def test_one_row_steps_take_the_norm_in_the_gemv(batch_engines, monkeypatch):
+    # at one row the add + norm run in the prologue of the projection's GEMV: the same tokens as the reference,
+    # and a debug engine (its norms computed on the side) the same logits and tokens as the plain one
     import workbench.plugins.gemv as gm
     from workbench.runtime import cuda_program
 
-    monkeypatch.setattr(cuda_program, "NORM_FUSION", norm_fusion)
+    monkeypatch.setattr(cuda_program, "NORM_FUSION", "prologue")
     engine = batch_engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
     dbg = debug_engine(engine, ["all"])
     plain, marked = _cuda(engine, "triton-swiglu"), _cuda(dbg, "triton-swiglu")
     fused = []
     launch = gm._launch
-    at = 11 if norm_fusion == "prologue" else 12  # _launch's norm or add_norm
-    monkeypatch.setattr(gm, "_launch", lambda *a, **k: (fused.append(len(a) > at and a[at] is not None)
+    monkeypatch.setattr(gm, "_launch", lambda *a, **k: (fused.append(len(a) > 11 and a[11] is not None)
                                                         or launch(*a, **k)))
     cfg = GenerationConfig(max_new_tokens=4, eos_token_ids=[], debug_steps=[2])
     r1 = GenerationSession(engine, device=DEV, executor=plain).generate(BATCH[2:3], cfg)
-    # four one-row passes (the one-token prompt, three steps), each with four GEMVs taking an add + norm (prologue:
-    # gate_up of both layers, qkv of layer 1, the logits; epilogue: o_proj and down of both layers); on a GPU,
-    # capturing the decode graphs runs the step more times
+    # four one-row passes (the one-token prompt, three steps), each with four GEMVs taking a norm: gate_up of both
+    # layers, qkv of layer 1, the logits (on a GPU, capturing the decode graphs runs the step more times)
     assert fused.count(True) == 16 if DEV == "cpu" else fused.count(True) >= 16 and fused.count(True) % 4 == 0
     r2 = GenerationSession(dbg, device=DEV, executor=marked, debug_mode=True).generate(BATCH[2:3], cfg)
     ref = GenerationSession(dbg, device=DEV, debug_mode=True).generate(BATCH[2:3], cfg)

@@ -4,7 +4,6 @@ the quantized GEMV, both against the reference backend (CPU: Triton's interprete
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 import torch
@@ -40,8 +39,7 @@ def test_quantized_engine_matches_reference(checkpoint, method):
     engine = build(checkpoint, BuildConfig(max_seq_len=48, max_batch_size=2, kv_page_size=8,
                                            quant=QuantConfig(method=method, **MODES[method])))
     ex = CudaExecutor(engine, DEV, gemv=GemvPolicy("cublas"))  # cublas: float linears; quantized ones take the GEMV
-    # qkv, o_proj, gate_up, down of two layers (alone, with the activation, or with an add + norm)
-    assert len(re.findall(r"quant_linear\w*\(", ex.program.source)) == 8
+    assert ex.program.source.count("_quant_linear(") == 8  # qkv, o_proj, gate_up, down of two layers
     ref = Executor(engine, DEV).forward(PROMPTS)
     got = ex.forward(PROMPTS)  # 15 rows: the GEMM kernels
     if method == "fp8" and DEV == "cuda":

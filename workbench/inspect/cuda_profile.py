@@ -40,8 +40,7 @@ from workbench.runtime.cuda_executor import CudaExecutor
 # what a fused statement is called in the rows, and its op kind
 FUSIONS = {"add_rms_norm": "norm", "swiglu_linear": "gemm", "swiglu_quant_linear": "gemm", "rope_qkv": "elementwise",
            "silu_and_mul": "elementwise", "norm_linear": "gemm", "norm_swiglu_linear": "gemm",
-           "norm_quant_linear": "gemm", "norm_swiglu_quant_linear": "gemm", "linear_add_norm": "gemm",
-           "quant_linear_add_norm": "gemm"}
+           "norm_quant_linear": "gemm", "norm_swiglu_quant_linear": "gemm"}
 
 
 @dataclass

@@ -54,8 +54,7 @@ SHARED_BYTES = 220 * 1024  # about what the dot's pipelined operand tiles may ta
 
 
 def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales, zeros, group: int,
-            bias: torch.Tensor | None, config, swiglu: bool, norm: tuple | None = None,
-            add_norm: tuple | None = None):
+            bias: torch.Tensor | None, config, swiglu: bool, norm: tuple | None = None):
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     if x2.stride(-1) != 1:
@@ -66,7 +65,17 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     if m > 16 or w.stride(-1) != 1 or k != k_w:
         raise ValueError(f"gemv: x {tuple(shape)} and weights {tuple(w.shape)} do not fit, or more than 16 rows, or "
                          f"the weights are not row-major")
-    norm_args, h, xn = _norm_args(x2, shape, n, norm, add_norm, swiglu)
+    h = None
+    if norm is not None:  # x is rms_norm(x + residual): its sum h is written too
+        res, nw, eps = norm
+        if m != 1 or res.shape != shape or res.dtype != x.dtype or tuple(nw.shape) != (k,) or nw.dtype != x.dtype:
+            raise ValueError(f"gemv: the norm takes one row: x {tuple(shape)} {x.dtype}, residual {tuple(res.shape)} "
+                             f"{res.dtype} and norm weights {tuple(nw.shape)} {nw.dtype} must match")
+        h = torch.empty_like(x2)
+        norm_args = dict(R=res.reshape(1, k).contiguous(), NW=nw.contiguous(), H=h, eps=float(eps), NORM=True,
+                         NORM_BLOCK=pow2(k))
+    else:
+        norm_args = dict(R=x2, NW=x2, H=x2, eps=0.0, NORM=False, NORM_BLOCK=1)
     bn, bk, split, warps, stages, kind = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
     tma = kind == "tma" and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word)
@@ -115,49 +124,10 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
                     GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **norm_args, **launch)
     if split > 1:
         block = 1024 if not interpreting() else 64
-        tail = {k: v for k, v in norm_args.items() if k in ("R", "NW", "H", "eps", "XN", "CNT", "NORM_BLOCK")}
-        _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), **tail, BLOCK=block, SPLIT_K=split,
-                                                 WQ=wq, HAS_BIAS=bias is not None, SWIGLU=swiglu,
-                                                 ADD_NORM=norm_args["ADD_NORM"], num_warps=4, **gdc("gemv"))
+        _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
+                                                 HAS_BIAS=bias is not None, SWIGLU=swiglu, num_warps=4, **gdc("gemv"))
     y = y.view(*shape[:-1], n)
-    if add_norm is not None:
-        return y, h.view(y.shape), xn.view(y.shape)
     return y if h is None else (h.view(shape), y)
-
-
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counter(device: torch.device) -> torch.Tensor:
-    """The count an add_norm GEMV's programs take to find the last of them (one per device: those GEMVs run one
-    after another on a stream, and the last program sets it back to 0)."""
-    if device not in _COUNTERS:
-        _COUNTERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _COUNTERS[device]
-
-
-def _norm_args(x2: torch.Tensor, shape, n: int, norm: tuple | None, add_norm: tuple | None, swiglu: bool):
-    """The kernels' norm arguments, and the sum and the norm they write: `norm` = (residual, weights, eps) for x as
-    rms_norm(x + residual) (the sum comes back), `add_norm` the same for the product's row (sum and norm come back);
-    one row."""
-    m, k = x2.shape
-    if norm is not None and add_norm is not None:
-        raise ValueError("gemv: a norm of x and a norm of the product cannot both be taken")
-    if norm is None and add_norm is None:
-        return dict(R=x2, NW=x2, H=x2, eps=0.0, XN=x2, CNT=x2, NORM=False, ADD_NORM=False, NORM_BLOCK=1), None, None
-    res, nw, eps = norm if norm is not None else add_norm
-    width = k if norm is not None else n
-    what = "the norm of x" if norm is not None else "the norm of the product"
-    if m != 1 or res.numel() != width or res.dtype != x2.dtype or tuple(nw.shape) != (width,) or nw.dtype != x2.dtype \
-            or (add_norm is not None and swiglu):
-        raise ValueError(f"gemv: {what} takes one row (no swiglu): x {tuple(shape)} {x2.dtype}, residual "
-                         f"{tuple(res.shape)} {res.dtype} and norm weights {tuple(nw.shape)} {nw.dtype} must match")
-    h = torch.empty(1, width, dtype=x2.dtype, device=x2.device)
-    xn = torch.empty_like(h) if add_norm is not None else h
-    args = dict(R=res.reshape(1, width).contiguous(), NW=nw.contiguous(), H=h, eps=float(eps), XN=xn,
-                CNT=_counter(x2.device) if add_norm is not None else x2, NORM=norm is not None,
-                ADD_NORM=add_norm is not None, NORM_BLOCK=pow2(width))
-    return args, h, xn
 
 
 def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int) -> bool:
@@ -190,36 +160,34 @@ def _check_swiglu(w: torch.Tensor, swiglu: bool) -> None:
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config: tuple | None = None,
-         swiglu: bool = False, norm: tuple | None = None, add_norm: tuple | None = None):
+         swiglu: bool = False, norm: tuple | None = None):
     """x [..., K] @ w[N, K]^T (+ bias) for at most 16 rows of x; swiglu: w is the gated MLP's gate_up [2I, K] and the
-    result is silu(gate) * up [..., I], as activation.silu_and_mul of the unfused product. One row only:
-    norm = (residual, weight, eps): the product is of rms_norm.add_rms_norm(x, residual, weight, eps)'s norm, and
-    (sum, y) comes back; add_norm = (residual, weight, eps): (y, sum, norm) of add_rms_norm(residual, y, ...) come
-    back, the last program to finish computing the sum and the norm."""
+    result is silu(gate) * up [..., I], as activation.silu_and_mul of the unfused product; norm = (residual,
+    weight, eps): the product is of rms_norm.add_rms_norm(x, residual, weight, eps)'s norm, and (sum, y) comes back
+    (one row)."""
     if w.dim() != 2:
         raise ValueError(f"gemv: weights of shape {tuple(w.shape)} are not a matrix")
     _check_swiglu(w, swiglu)
-    return _launch(x, w, w.shape[0], w.shape[1], FLOAT, None, None, 1, bias, config, swiglu, norm, add_norm)
+    return _launch(x, w, w.shape[0], w.shape[1], FLOAT, None, None, 1, bias, config, swiglu, norm)
 
 
 def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-               config: tuple | None = None, swiglu: bool = False, norm: tuple | None = None,
-               add_norm: tuple | None = None):
-    """x [..., K] @ (int8 qweight [N, K] * per-channel scales [N])^T (+ bias), at most 16 rows; swiglu, norm,
-    add_norm as gemv."""
+               config: tuple | None = None, swiglu: bool = False, norm: tuple | None = None):
+    """x [..., K] @ (int8 qweight [N, K] * per-channel scales [N])^T (+ bias), at most 16 rows; swiglu, norm as
+    gemv."""
     _check_swiglu(qweight, swiglu)
     return _launch(x, qweight, qweight.shape[0], qweight.shape[1], INT8, scales, None, 1, bias,
-                   config or DEFAULT_QUANT, swiglu, norm, add_norm)
+                   config or DEFAULT_QUANT, swiglu, norm)
 
 
 def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
                bias: torch.Tensor | None = None, config: tuple | None = None, swiglu: bool = False,
-               norm: tuple | None = None, add_norm: tuple | None = None):
+               norm: tuple | None = None):
     """x [..., K] @ int4 weights (packed [N, K/2], per-group scales and zeros [N, G])^T (+ bias), at most 16 rows;
-    swiglu, norm, add_norm as gemv."""
+    swiglu, norm as gemv."""
     _check_swiglu(qweight, swiglu)
     return _launch(x, qweight, qweight.shape[0], 2 * qweight.shape[1], INT4, scales, zeros, group_size, bias,
-                   config or DEFAULT_QUANT, swiglu, norm, add_norm)
+                   config or DEFAULT_QUANT, swiglu, norm)
 
 
 def gemv_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config=None,

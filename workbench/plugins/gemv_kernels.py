@@ -47,26 +47,6 @@ def _xin(X, R, G, offs, mask, inv, NORM: tl.constexpr):
 
 
 @triton.jit
-def _add_norm_tail(Y, R, NW, H, XN, CNT, N, eps, ADD_NORM: tl.constexpr, NORM_BLOCK: tl.constexpr):
-    """ADD_NORM: the program that finishes last (a count at CNT, 0 again after it) adds the residual R to the whole
-    output row Y and writes the sum to H and its rms_norm (weights NW) to XN, rms_norm.add_rms_norm's arithmetic;
-    the other programs only count. Their stores of Y are released by the count and acquired by the last one."""
-    if ADD_NORM:
-        tl.debug_barrier()  # every thread's stores of Y before the count
-        ticket = tl.atomic_add(CNT, 1, sem="acq_rel", scope="gpu")
-        if ticket == tl.num_programs(0) * tl.num_programs(1) - 1:
-            offs = tl.arange(0, NORM_BLOCK)
-            mask = offs < N
-            DT = Y.dtype.element_ty
-            y = tl.load(Y + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-            h = rounded(tl.load(R + offs, mask=mask, other=0.0).to(tl.float32) + y, DT)
-            tl.store(H + offs, h.to(DT), mask=mask)
-            out = normed(h, tl.load(NW + offs, mask=mask, other=0.0), rstd(h, N, eps), DT, XN.dtype.element_ty)
-            tl.store(XN + offs, out.to(XN.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(CNT, 0)
-
-
-@triton.jit
 def _tile(W, S, Z, rows, rmask, offs_k, kmask, k0, G, swn, WQ: tl.constexpr, GROUP: tl.constexpr,
           BLOCK_K: tl.constexpr, FP32: tl.constexpr, DT: tl.constexpr):
     """The weight tile [rows, BLOCK_K] in DT (fp32 values rounded to DT when FP32): float weights as stored, int8
@@ -164,14 +144,12 @@ def _program(M, N, K, k_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, XN, CNT,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-          HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
-          DOT: tl.constexpr, NORM: tl.constexpr, ADD_NORM: tl.constexpr, NORM_BLOCK: tl.constexpr,
-          GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, BLOCK_M: tl.constexpr,
+          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+          SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr,
+          NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """GDC_MODE: see gemv.PDL_MODES (float tiles take no register prefetch: it slowed the 8B bf16 step by 12% on an
-    H100, so `prefetch` acts as `late` here). NORM: x is rms_norm(x + r) with weights NW; ADD_NORM: y + r and its
-    norm are written too (_add_norm_tail); one row, see gemv.py."""
+    H100, so `prefetch` acts as `late` here). NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     else:
@@ -195,7 +173,6 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H,
         acc = tl.sum(acc, axis=1)[None, :]
         accu = tl.sum(accu, axis=1)[None, :]
     _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
-    _add_norm_tail(Y, R, NW, H, XN, CNT, N, eps, ADD_NORM and SPLIT_K == 1, NORM_BLOCK)
 
 
 @triton.jit
@@ -262,12 +239,12 @@ def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr,
 
 
 @triton.jit
-def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, XN, CNT,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr,
-                GROUP: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr,
-                PRMT: tl.constexpr, PREFETCH: tl.constexpr, NORM: tl.constexpr, ADD_NORM: tl.constexpr,
-                NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
+                PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, PRMT: tl.constexpr,
+                PREFETCH: tl.constexpr, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr,
+                USE_GDC: tl.constexpr):
     """x times quantized weights read as int32 words (PER_WORD values each): value j of every word is taken at
     once, against x's columns j, j + PER_WORD, ...; for one row by fp32 multiply-adds, for more (DOT) by one
     tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4).
@@ -279,7 +256,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
     PREFETCH: the next tile's words are loaded into registers before the current tile is multiplied, so a
     program keeps a load in flight while it computes (Triton pipelines only the loads that feed a dot).
 
-    NORM, ADD_NORM as in _gemv."""
+    NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2 or not PREFETCH:
@@ -366,13 +343,11 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
         acc = tl.sum(acc, axis=1)[None, :] - offset
         accu = tl.sum(accu, axis=1)[None, :] - offset
     _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
-    _add_norm_tail(Y, R, NW, H, XN, CNT, N, eps, ADD_NORM and SPLIT_K == 1, NORM_BLOCK)
 
 
 @triton.jit
-def _gemv_reduce(P, S, B, Y, M, N, sym, R, NW, H, eps, XN, CNT, BLOCK: tl.constexpr, SPLIT_K: tl.constexpr,
-                 WQ: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, ADD_NORM: tl.constexpr,
-                 NORM_BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
+def _gemv_reduce(P, S, B, Y, M, N, sym, BLOCK: tl.constexpr, SPLIT_K: tl.constexpr, WQ: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, USE_GDC: tl.constexpr):
     gdc_begin(USE_GDC)
     m = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -389,4 +364,3 @@ def _gemv_reduce(P, S, B, Y, M, N, sym, R, NW, H, eps, XN, CNT, BLOCK: tl.conste
     if SWIGLU:
         acc = _swiglu(acc, _epilogue(accu, S, B, N + offs, mask, WQ, HAS_BIAS), Y.dtype.element_ty)
     tl.store(Y + m * sym + offs[None, :], acc.to(Y.dtype.element_ty), mask=mask[None, :])
-    _add_norm_tail(Y, R, NW, H, XN, CNT, N, eps, ADD_NORM, NORM_BLOCK)

@@ -17,20 +17,19 @@ import triton
 import triton.language as tl
 
 from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait
-from workbench.plugins.gemv_kernels import (_add_norm_tail, _finish, _int8_word_floats, _norm_prologue, _program,
-                                            _word_values, _x_columns, _xin)
+from workbench.plugins.gemv_kernels import (_finish, _int8_word_floats, _norm_prologue, _program, _word_values,
+                                            _x_columns, _xin)
 
 
 @triton.jit
-def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, XN, CNT, BLOCK_N: tl.constexpr,
+def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOCK_N: tl.constexpr,
               BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
               WQ: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr, PRMT: tl.constexpr, STAGES: tl.constexpr,
-              NORM: tl.constexpr, ADD_NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr,
-              USE_GDC: tl.constexpr):
+              NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """y [1, N] = x [1, K] @ W^T from the descriptor Wd of W [N or 2N, K / PER_WORD] (int32 words when WQ == 8);
     tiles [BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES; `prefetch` waits for the kernel before inside the first
     iteration, after the pipeline's first weight tiles are requested (weights are never written by it), and
-    computes NORM's prologue there. NORM, ADD_NORM as in gemv_kernels._gemv."""
+    computes NORM's prologue there. NORM: x is rms_norm(x + r) with weights NW (see gemv.py)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2:
@@ -87,4 +86,3 @@ def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, XN, CNT,
     acc = tl.sum(acc, axis=1)[None, :] - offset
     accu = tl.sum(accu, axis=1)[None, :] - offset
     _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
-    _add_norm_tail(Y, R, NW, H, XN, CNT, N, eps, ADD_NORM and SPLIT_K == 1, NORM_BLOCK)

@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from workbench.builder.network import Network, Node
 
 PURE_VIEWS = ("identity", "reshape", "slice")
-# Where an add + norm goes (WB_NORM_FUSION): "epilogue" into the GEMV of the projection whose output it adds, whose
-# last program computes the sum and the norm; "prologue" into the reading projection's GEMV (measured on an H100,
+# Where an add + norm goes (WB_NORM_FUSION): "prologue" into the reading projection's GEMV (measured on an H100,
 # bench/results/decode_quant_norm_late_h100.json: 1B bf16 926 -> 945 tok/s, but 8B bf16 182 -> 177 and int8 305 ->
-# 255: every program of a GEMV reads the whole row for the norm, and big grids pay that many times); "off": the
+# 255: every program of a GEMV reads the whole row for the norm, and big grids pay that many times), "off": the
 # add + norm kernel.
-NORM_FUSIONS = ("epilogue", "prologue", "off")
+NORM_FUSIONS = ("prologue", "off")
 NORM_FUSION = os.environ.get("WB_NORM_FUSION", "off")
 
 
@@ -96,7 +95,6 @@ class _Compiler:
         self.rope_tables: dict[str, tuple[str, float]] = {}
         self.norm_into: dict[str, str] = {}  # projection -> the add whose add + norm its call computes
         self.norm_at: dict[str, str] = {}  # projection -> the node where that call is emitted
-        self.add_norm_of: dict[str, str] = {}  # projection -> the add + norm of its output its call computes
 
     # -- pattern matching ---------------------------------------------------------------------------
     def match(self) -> None:
@@ -111,11 +109,8 @@ class _Compiler:
         if NORM_FUSION not in NORM_FUSIONS:
             raise ValueError(f"WB_NORM_FUSION={NORM_FUSION!r}: choose one of {', '.join(NORM_FUSIONS)}")
         for node in self.nodes.values():
-            if self.emit_at.get(node.name, ("",))[0] == "add_rms_norm":
-                if NORM_FUSION == "prologue":
-                    self._match_norm_into_projection(node)
-                elif NORM_FUSION == "epilogue":
-                    self._match_norm_into_producer(node)
+            if NORM_FUSION == "prologue" and self.emit_at.get(node.name, ("",))[0] == "add_rms_norm":
+                self._match_norm_into_projection(node)
 
     def _match_add_norm(self, norm: Node) -> None:
         add = self.nodes[norm.inputs[0]]
@@ -145,26 +140,6 @@ class _Compiler:
         self.norm_into[proj] = add.name
         self.norm_at[proj] = at
         self.fusions[add.name] = self.fusions[norm] = "add_rms_norm_linear"
-
-    def _match_norm_into_producer(self, add: Node) -> None:
-        """add + norm computed by the call of the projection whose output (through identities) is one of the add's
-        inputs, where the other input is defined before that projection."""
-        order = {name: i for i, name in enumerate(self.nodes)}
-        for mine, other in ((0, 1), (1, 0)):
-            proj = self.nodes[add.inputs[mine]]
-            while proj.op == "identity":
-                proj = self.nodes[proj.inputs[0]]
-            res = add.inputs[other]
-            # where res is defined: at its node, or at the projection whose call computes it (an earlier fusion)
-            res_at = next((p for p, a in self.add_norm_of.items() if a == res), res)
-            if not self._projection(proj.name) or proj.name in self.emit_at or proj.name in self.add_norm_of \
-                    or proj.name in self.absorbed or order[res_at] >= order[proj.name]:
-                continue
-            norm = self.emit_at[add.name][1][0]
-            self.add_norm_of[proj.name] = add.name
-            self.absorbed.add(add.name)
-            self.fusions[add.name] = self.fusions[norm] = "linear_add_rms_norm"
-            return
 
     def _match_silu_mul(self, mul: Node) -> None:
         if len(mul.inputs) != 2:
@@ -243,9 +218,6 @@ class _Compiler:
             fused = self.emit_at.get(node.name)
             if self.norm_at.get(node.name) == node.name:
                 stmts.append(self._norm_projection(node, var[node.name], var, ""))
-                continue
-            if node.name in self.add_norm_of:
-                stmts.append(self._projection_add_norm(node, var, taken))
                 continue
             stmts.append(self._fused(node, fused, var, taken) if fused else self._plain(node, var))
         # absorbed nodes that someone outside their fusion still reads are already defined by the fusion
@@ -326,32 +298,6 @@ class _Compiler:
                     f"{layer}, {key!r})")
             return _Stmt(code, (out,), (var[qkv], var[pos]), pure=False)
         raise AssertionError(kind)
-
-    def _projection_add_norm(self, proj: Node, var: dict[str, str], taken: set[str]) -> _Stmt:
-        """`out, sum, norm = _[quant_]linear_add_norm(..., residual, norm weight, eps)`: the projection, then the add
-        of its output and the norm of that sum (see `_match_norm_into_producer`)."""
-        add = self.nodes[self.add_norm_of[proj.name]]
-        norm = self.nodes[self.emit_at[add.name][1][0]]
-        var[add.name] = _ident(add.name, taken)
-        var[norm.name] = _ident(norm.name, taken)
-        mine = [i for i in add.inputs if self._through_identities(i) == proj.name][0]
-        res = var[[i for i in add.inputs if i != mine][0]]
-        out = var[proj.name]
-        xs = [var[i] for i in proj.inputs]
-        tail = f"{res}, {var[norm.inputs[1]]}, {norm.attrs['eps']!r}"
-        if proj.op == "linear":
-            code = f"_linear_add_norm({xs[0]}, {xs[1]}, {xs[2] if len(xs) == 3 else None}, {tail})"
-        else:
-            code = f"_quant_linear_add_norm(N[{proj.name!r}], [{', '.join(xs)}], {tail})"
-        reads = tuple(x for x in xs if not x.startswith("W[")) + (res,)
-        return _Stmt(f"{out}, {var[add.name]}, {var[norm.name]} = {code}", (out, var[add.name], var[norm.name]),
-                     reads)
-
-    def _through_identities(self, name: str) -> str:
-        node = self.nodes[name]
-        while node.op == "identity":
-            node = self.nodes[node.inputs[0]]
-        return node.name
 
     def _norm_projection(self, proj: Node, out: str, var: dict[str, str], swiglu: str) -> _Stmt:
         """`out, sum = _norm_[swiglu_][quant_]linear(a, b, norm weight, eps, ...)`: the add + norm the projection's

@@ -1,15 +1,11 @@
-"""The compiled program's helpers that take an add + RMSNorm into a projection's call
-(runtime.cuda_program's norm fusions, WB_NORM_FUSION):
+"""The compiled program's `_norm_*linear` helpers: add + RMSNorm, then a projection, in one call
+(runtime.cuda_program's fusion of a norm into its only reader).
 
-- `epilogue`: `_[quant_]linear_add_norm`: the projection, then the add of its output to the residual and
-  the norm of the sum. A one-row GEMV does it all, its last program computing the sum and the norm
-  (plugins/gemv.py, `add_norm=`): the decode step at batch 1 loses its add + norm kernels.
-- `prologue`: `_norm_*linear`: add + norm, then the projection. A one-row GEMV computes the norm in its
-  prologue, in every program (`norm=`).
-
-Any other step (more rows, cuBLAS, a GEMM, a smoothed input) runs the projection and the add + norm
-kernel as the unfused program would. Fused and unfused give the same bits: the norm's sum of squares is
-taken in fp64, where it does not depend on how a kernel tiles the row.
+A one-row step whose projection runs the GEMV computes the norm in the GEMV's prologue and writes the
+sum from it (plugins/gemv.py, `norm=`): the decode step at batch 1 loses its add + norm kernels. Any
+other step (more rows, cuBLAS, a GEMM, a smoothed input) runs the add + norm kernel, then the
+projection as the unfused program would. Both give the same bits: the norm's sum of squares is taken
+in fp64, where it does not depend on how the kernel tiles the row.
 """
 
 from __future__ import annotations
@@ -103,29 +99,5 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
         h, x = add_rms_norm(a, b, g, eps)
         return swiglu_quant_linear(node, [x, *rest]), h
 
-    def linear_add_norm(x, w, bias, res, g, eps):
-        if _one_row(x, g) and res.dtype == x.dtype:
-            cfg = policy.config(1, w.shape[0], w.shape[1])
-            if cfg is not None:
-                return gemv(x, w, bias, cfg, add_norm=(res, g, eps))
-        y = linear(x, w, bias)
-        return (y, *add_rms_norm(res, y, g, eps))
-
-    def quant_linear_add_norm(node, xs, res, g, eps):
-        method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], xs[1:]))
-        x = xs[0]
-        if _quant_fusable(node, x, g, ops) and res.dtype == x.dtype:
-            cfg = policy.quant_config(method, 1, ops["qweight"].shape[0], x.shape[1])
-            if cfg is not None:
-                from workbench.plugins.gemv import w4a16_gemv, w8a16_gemv
-
-                if method == "w8a16":
-                    return w8a16_gemv(x, ops["qweight"], ops["scales"], ops.get("bias"), cfg, add_norm=(res, g, eps))
-                return w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], node.attrs["group_size"],
-                                  ops.get("bias"), cfg, add_norm=(res, g, eps))
-        y = quant_linear(node, xs)
-        return (y, *add_rms_norm(res, y, g, eps))
-
     return {"_norm_linear": norm_linear, "_norm_swiglu_linear": norm_swiglu_linear,
-            "_norm_quant_linear": norm_quant_linear, "_norm_swiglu_quant_linear": norm_swiglu_quant_linear,
-            "_linear_add_norm": linear_add_norm, "_quant_linear_add_norm": quant_linear_add_norm}
+            "_norm_quant_linear": norm_quant_linear, "_norm_swiglu_quant_linear": norm_swiglu_quant_linear}
