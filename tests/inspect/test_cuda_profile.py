@@ -50,27 +50,30 @@ def test_timed_program_computes_what_the_program_computes(engine):
     assert seen == [st.name for st in timed.statements] and seen[0] == "embed" and seen[-1] == "logits"
     assert timed.executor.program.fn is not None and "_hook" not in timed.executor.program.source  # put back
     by_name = {st.name: st for st in timed.statements}
-    assert by_name["layers.0"].values == ["layers.0", "layers.1.input_norm"] and by_name["layers.0"].op == "add_rms_norm"
+    qkv = by_name["layers.1.attn.qkv"]  # the add + norm before it, inside its call
+    assert qkv.values == ["layers.1.attn.qkv", "layers.0"] and qkv.op == "norm_linear"
+    assert "layers.1.input_norm" in qkv.computes
     assert "layers.0.mlp.gate_up" in by_name["layers.0.mlp.act"].computes  # fused away: its cost goes here
-    assert timed.fused["final_norm"] == "layers.1"
+    assert timed.fused["final_norm"] == "logits"
 
 
 def test_rows_carry_canonical_names_and_fused_statements(report):
     assert report.backend == "cuda" and report.device.startswith(DEV)
     canon = canonical_names(2)
     for ph in report.phases.values():
-        assert list(ph.layers) == ["embed", "layers.0", "layers.1", "logits"]  # final_norm is fused into layers.1
-        assert set(ph.names) <= set(canon) and {"embed", "layers.0.attn", "layers.1.mlp", "layers.1", "logits"} <= set(ph.names)
+        assert list(ph.layers) == ["embed", "layers.0", "layers.1", "logits"]  # final_norm is fused into logits
+        # the last residual sum (layers.1) is computed inside the logits GEMV, with final_norm
+        assert set(ph.names) <= set(canon) and {"embed", "layers.0.attn", "layers.1.mlp", "logits"} <= set(ph.names)
         assert all(n.startswith(("embed", "layers.", "logits")) for n in ph.nodes)
-        assert ph.nodes["layers.0"].op == "add_rms_norm" and ph.nodes["layers.0"].kind == "norm"
+        assert ph.nodes["layers.1.attn.qkv"].op == "norm_linear" and ph.nodes["layers.1.attn.qkv"].kind == "gemm"
         assert ph.nodes["layers.0.attn.sdpa"].kind == "attention"
         swiglu = ph.nodes["layers.0.mlp.act"]
-        assert swiglu.op == "swiglu_linear" and swiglu.kind == "gemm" and swiglu.flops > 0
+        assert swiglu.op == "norm_swiglu_linear" and swiglu.kind == "gemm" and swiglu.flops > 0
         assert ph.attributed_ms > 0 and ph.step_time.median_ms > 0
     ctx = report.phases["context"].nodes
     t, h, inter = QUICK.prompt_len, 64, 128
     assert ctx["layers.0.mlp.act"].flops == 2 * t * h * 2 * inter  # the gate_up GEMM it computes
-    assert report.fused["layers.1.input_norm"] == "layers.0" and report.fused["final_norm"] == "layers.1"
+    assert report.fused["layers.1.input_norm"] == "layers.1.attn.qkv" and report.fused["final_norm"] == "logits"
 
 
 def test_the_decode_step_is_timed_as_generation_replays_it(report):
@@ -80,7 +83,10 @@ def test_the_decode_step_is_timed_as_generation_replays_it(report):
     assert report.phases["context"].graph_step_time is None
     summary = summarize_profile(report)
     assert summary.backend == "cuda" and summary.phases[1].graph_step_time == gen.graph_step_time
-    assert summary.fused == {"layers.1.input_norm": "layers.0", "final_norm": "layers.1"}  # canonical names only
+    # canonical names only: each add + norm inside the projection that reads the norm
+    assert summary.fused == {"layers.0.post_norm": "layers.0.mlp.act", "layers.0": "layers.1.attn.qkv",
+                             "layers.1.input_norm": "layers.1.attn.qkv", "layers.1.post_norm": "layers.1.mlp.act",
+                             "layers.1": "logits", "final_norm": "logits"}
 
 
 def test_report_round_trips_and_traces(report):
@@ -98,9 +104,9 @@ def test_cli_profile_backend_cuda(tiny_engine_dir, tmp_path):
             "--repeats", "1", "--warmup", "0", "--no-baseline", "--trace", str(trace)]
     res = CliRunner().invoke(main, args, env={"WB_CACHE": str(tmp_path / "cache")})
     assert res.exit_code == 0, res.output
-    assert "cuda backend" in res.output and "fused: layers.1.input_norm in layers.0" in res.output
+    assert "cuda backend" in res.output and "layers.1.input_norm in layers.1.attn.qkv" in res.output
     assert "replayed back to back" in res.output and "statements timed one by one sum to" in res.output
-    assert "swiglu_linear" in res.output
+    assert "norm_swiglu_line" in res.output  # the op column (cut to its width)
     assert json.loads(trace.read_text())["otherData"]["backend"] == "cuda"
 
 

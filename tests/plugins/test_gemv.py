@@ -249,5 +249,5 @@ def test_norm_in_the_gemv_is_the_norm_kernel_then_the_gemv(dtype, fmt, kind, spl
 def test_norm_in_the_gemv_takes_one_row():
     x = _x(2, 64, torch.float32)
     w = _w(8, 64).to(DEV)
-    with pytest.raises(ValueError, match="the norm of x takes one row"):
+    with pytest.raises(ValueError, match="the norm takes one row"):
         gm.gemv(x, w, norm=(x, torch.ones(64, device=DEV), 1e-5))

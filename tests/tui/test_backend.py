@@ -53,7 +53,7 @@ async def test_the_cuda_backend_diffs_profiles_and_saves_and_b_switches_to_torch
         assert f"cuda backend{' on cpu' if NO_GPU else ''} · accumulated" in screen.sub_title
         await pilot.press("2")
         timeline = plain(screen, "#timeline-body")
-        assert "cuda backend" in timeline and "fused: " in timeline and "final_norm in layers.1" in timeline
+        assert "cuda backend" in timeline and "fused: " in timeline and "final_norm in logits" in timeline
         assert "as the decode graph replays" in timeline
         out = tmp_path / "fast.wbs"
         await pilot.press("w")

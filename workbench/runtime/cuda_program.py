@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from workbench.builder.network import Network, Node
 
 PURE_VIEWS = ("identity", "reshape", "slice")
-# Where an add + norm goes (WB_NORM_FUSION): "prologue" into the reading projection's GEMV (measured on an H100,
-# bench/results/decode_quant_norm_late_h100.json: 1B bf16 926 -> 945 tok/s, but 8B bf16 182 -> 177 and int8 305 ->
-# 255: every program of a GEMV reads the whole row for the norm, and big grids pay that many times), "off": the
-# add + norm kernel.
+# Where an add + norm goes (WB_NORM_FUSION): "prologue" into the call of the projection that reads the norm, whose
+# GEMV computes it in its prologue where runtime.norm_linear says so (one row, float weights, a small grid); "off":
+# the add + norm kernel. Measured on an H100 (bench/results/h100_notes.md, this session's calls 2-4): 1B bf16 at
+# batch 1 922 -> 948 tok/s, 8B unchanged. An "epilogue" fusion (the last program of the GEMV whose output the add
+# takes computes the sum and the norm, commit e8d0455) was slower everywhere and is gone.
 NORM_FUSIONS = ("prologue", "off")
-NORM_FUSION = os.environ.get("WB_NORM_FUSION", "off")
+NORM_FUSION = os.environ.get("WB_NORM_FUSION", "prologue")
 
 
 @dataclass

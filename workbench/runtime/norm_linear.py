@@ -1,10 +1,10 @@
 """The compiled program's `_norm_*linear` helpers: add + RMSNorm, then a projection, in one call
 (runtime.cuda_program's fusion of a norm into its only reader).
 
-A one-row step whose projection runs the GEMV computes the norm in the GEMV's prologue and writes the
-sum from it (plugins/gemv.py, `norm=`): the decode step at batch 1 loses its add + norm kernels. Any
-other step (more rows, cuBLAS, a GEMM, a smoothed input) runs the add + norm kernel, then the
-projection as the unfused program would. Both give the same bits: the norm's sum of squares is taken
+A one-row step whose projection runs a GEMV of few programs over float weights computes the norm in the
+GEMV's prologue and writes the sum from it (plugins/gemv.py, `norm=`): the decode step at batch 1 loses
+those add + norm kernels. Any other step (more rows, a big grid, quantized weights, cuBLAS, a GEMM) runs
+the add + norm kernel, then the projection as the unfused program would. Both give the same bits: the norm's sum of squares is taken
 in fp64, where it does not depend on how the kernel tiles the row.
 """
 
@@ -16,9 +16,13 @@ from collections.abc import Callable
 import torch
 import triton
 
-# prologue: the GEMVs that take the norm, by their number of programs (each reads the whole row for the norm, so a
-# big grid pays for it many times; WB_NORM_MAX_PROGRAMS overrides it for measuring)
-NORM_MAX_PROGRAMS = int(os.environ.get("WB_NORM_MAX_PROGRAMS", "1024"))
+# The GEMVs that take the norm: at most this many programs (each reads the whole row for the norm, so a big grid
+# pays for it many times; WB_NORM_MAX_PROGRAMS overrides it for measuring), and float weights (H100, this session's
+# call 4: 1B bf16 at batch 1 922 -> 948 tok/s with 512 or 1024, 8B bf16 181.8 -> 179.5 with 1024 (its qkv GEMV has
+# 768 programs), 8B int8 304 -> 269 (its gate_up has 224 programs: the int8 kernel normalises four x columns per
+# word, in every thread that holds them, which costs more than the norm kernel saves).
+NORM_MAX_PROGRAMS = int(os.environ.get("WB_NORM_MAX_PROGRAMS", "512"))
+NORM_QUANTIZED = os.environ.get("WB_NORM_QUANTIZED", "0") == "1"
 
 
 def _one_row(a: torch.Tensor, g: torch.Tensor) -> bool:
@@ -71,7 +75,7 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
         return swiglu_linear(x, w, bias), h
 
     def _quant_fusable(node, a, g, ops) -> bool:
-        return _one_row(a, g) and node.attrs["method"] in ("w8a16", "w4a16") and "smooth" not in ops
+        return NORM_QUANTIZED and _one_row(a, g) and node.attrs["method"] in ("w8a16", "w4a16") and "smooth" not in ops
 
     def norm_quant_linear(a, b, g, eps, node, rest):
         method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
