@@ -41,7 +41,8 @@ def _rotated(x, partner, c, s, first_half):
 @triton.jit
 def _write_new_kv(QKV, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv, s_pg, s_h, HQ, HKV,
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr):
-    """Rotate the new token's key of head kvh and store it and its value at the cache slot."""
+    """Rotate the new token's key of head kvh and store it and its value at the cache slot; both come back (in the
+    cache's dtype)."""
     offs_d = tl.arange(0, D_PAD)
     dmask = offs_d < D
     half = offs_d < D // 2
@@ -51,10 +52,40 @@ def _write_new_kv(QKV, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv,
     kp = tl.load(row + (HQ + kvh) * D + partner, mask=dmask, other=0.0)
     c = tl.load(COS + pos * s_cos + offs_d, mask=dmask, other=0.0)
     sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)
-    v = tl.load(row + (HQ + HKV + kvh) * D + offs_d, mask=dmask, other=0.0)
+    v = tl.load(row + (HQ + HKV + kvh) * D + offs_d, mask=dmask, other=0.0).to(KV.dtype.element_ty)
+    k = _rotated(k, kp, c, sn, half).to(KV.dtype.element_ty)
     dst = KV + (slot // PAGE) * s_blk + (slot % PAGE) * s_pg + kvh * s_h + offs_d
-    tl.store(dst, _rotated(k, kp, c, sn, half).to(KV.dtype.element_ty), mask=dmask)
-    tl.store(dst + s_kv, v.to(KV.dtype.element_ty), mask=dmask)
+    tl.store(dst, k, mask=dmask)
+    tl.store(dst + s_kv, v, mask=dmask)
+    return k, v
+
+
+@triton.jit
+def _kv_block(KV, table, s, hi, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """Keys and values of tokens s .. s + BLOCK_N (zeros from hi on) of one kv head, and which of them are real."""
+    offs_n = s + tl.arange(0, BLOCK_N)
+    nmask = offs_n < hi
+    page = tl.load(table + offs_n // PAGE, mask=nmask, other=0).to(tl.int64)
+    row = page * s_blk + (offs_n % PAGE).to(tl.int64) * s_pg + kvh * s_h
+    lmask = nmask[:, None] & dmask[None, :]
+    k = tl.load(KV + row[:, None] + offs_d[None, :], mask=lmask, other=0.0)
+    v = tl.load(KV + s_kv + row[:, None] + offs_d[None, :], mask=lmask, other=0.0)
+    return k, v, offs_n, nmask
+
+
+@triton.jit
+def _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32: tl.constexpr):
+    """The online softmax's update by one block of keys and values."""
+    qk = mma(q, tl.trans(k), FP32) * scale_log2  # [REP_PAD, BLOCK_N]
+    qk = tl.where(nmask[None, :], qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(qk - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, FP32)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -63,7 +94,11 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
                   NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
                   USE_GDC: tl.constexpr):
-    gdc_begin(USE_GDC)
+    """ROPE: the first block of keys and values is read before waiting for the kernel before (the qkv projection,
+    which writes nothing they hold: the new token's key and value are this kernel's to write, and replace what
+    the block read at that token)."""
+    if not ROPE:
+        gdc_begin(USE_GDC)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -75,6 +110,10 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
     offs_r = tl.arange(0, REP_PAD)
     offs_d = tl.arange(0, D_PAD)
     dmask = offs_d < D
+    table = block_tables + b.to(tl.int64) * sbt
+    k, v, offs_n, nmask = _kv_block(KV, table, lo, hi, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE, BLOCK_N)
+    if ROPE:
+        gdc_begin(USE_GDC)
     heads = kvh * REP + offs_r
     hmask = offs_r < REP
     qmask = hmask[:, None] & dmask[None, :]
@@ -90,30 +129,19 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
         slot = tl.load(SLOTS + b)
         if (slot >= 0) & (lo <= length - 1) & (length - 1 < hi):  # this program reads the new token
             hq = tl.num_programs(1) * REP
-            _write_new_kv(Q, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv, s_pg, s_h, hq,
-                          tl.num_programs(1), D, D_PAD, PAGE)
-            tl.debug_barrier()  # the block's stores are visible to its own loads below
+            k_new, v_new = _write_new_kv(Q, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv, s_pg, s_h, hq,
+                                         tl.num_programs(1), D, D_PAD, PAGE)
+            new = (offs_n == length - 1)[:, None]
+            k = tl.where(new, k_new[None, :], k)
+            v = tl.where(new, v_new[None, :], v)
+            tl.debug_barrier()  # the block's stores are visible to its own loads of later blocks
     m_i = tl.full([REP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([REP_PAD], tl.float32)
     acc = tl.zeros([REP_PAD, D_PAD], tl.float32)
-    table = block_tables + b.to(tl.int64) * sbt
-    for s in range(lo, hi, BLOCK_N):
-        offs_n = s + tl.arange(0, BLOCK_N)
-        nmask = offs_n < hi
-        page = tl.load(table + offs_n // PAGE, mask=nmask, other=0).to(tl.int64)
-        row = page * s_blk + (offs_n % PAGE).to(tl.int64) * s_pg + kvh * s_h
-        lmask = nmask[:, None] & dmask[None, :]
-        k = tl.load(KV + row[:, None] + offs_d[None, :], mask=lmask, other=0.0)
-        v = tl.load(KV + s_kv + row[:, None] + offs_d[None, :], mask=lmask, other=0.0)
-        qk = mma(q, tl.trans(k), FP32) * scale_log2  # [REP_PAD, BLOCK_N]
-        qk = tl.where(nmask[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(qk - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, FP32)
-        m_i = m_new
+    m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32)
+    for s in range(lo + BLOCK_N, hi, BLOCK_N):
+        k, v, offs_n, nmask = _kv_block(KV, table, s, hi, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE, BLOCK_N)
+        m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32)
     if NUM_PARTS == 1:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(O + b * sob + heads[:, None] * soh + offs_d[None, :], out.to(O.dtype.element_ty),
