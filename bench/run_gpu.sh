@@ -31,6 +31,7 @@
 #   bash bench/run_gpu.sh epi     # (the add + norm in the last program of the GEMV whose output it adds: measured
 #                                 # slower in call 3 and removed; the stage needs commit e8d0455)
 #   bash bench/run_gpu.sh pro     # decode with the norm in the prologue of GEMVs of at most 512 ... all programs
+#   bash bench/run_gpu.sh kvpre   # GPU tests; decode with attention's first key/value block read before its wait
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
 #                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
@@ -181,6 +182,13 @@ elif [ "$stage" = pro ]; then  # the norm in the prologue of the GEMVs of at mos
   done
   WB_NORM_FUSION=prologue WB_GEMV_PDL=prefetch step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b \
     --batches 1 --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_pro_prefetch_h100
+elif [ "$stage" = kvpre ]; then  # attention reads its first key/value block before waiting; norm prologue default
+  step 150 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider
+  step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 --modes bf16,int8_wo_logits \
+    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_kvpre_h100
+  step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16 \
+    --name decode_kernels_kvpre_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
