@@ -32,6 +32,8 @@
 #                                 # slower in call 3 and removed; the stage needs commit e8d0455)
 #   bash bench/run_gpu.sh pro     # decode with the norm in the prologue of GEMVs of at most 512 ... all programs
 #   bash bench/run_gpu.sh kvpre   # GPU tests; decode with attention's first key/value block read before its wait
+#   bash bench/run_gpu.sh final4  # every GPU test; decode (all formats), debug engines, prefill, the step's kernels
+#                                 # with the built-in defaults; decode with attention's first block read after its wait
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
 #                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
@@ -139,6 +141,16 @@ elif [ "$stage" = final3b ]; then  # the committed state at the end of the third
   step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
   step 70 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
   step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
+elif [ "$stage" = final4 ]; then  # the committed state at the end of the fourth session; attention's early block A/B
+  step 160 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider -rA
+  step 200 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
+  step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
+  step 70 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
+  step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
+  WB_ATTN_KV_EARLY=0 step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_kvlate_h100
 elif [ "$stage" = peers8b8 ]; then  # 8B batch 8 beside HF eager and HF compiled; the step's kernels
   step 380 python bench/decode.py --models llama-3-8b --batches 8 --repeats 2 --gemv table \
     --compile-models llama-3-8b --budget-s 360 --name decode_8b_b8_peers_h100
