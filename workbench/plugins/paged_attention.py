@@ -93,12 +93,11 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
                   s_pg, s_h, sbt, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
                   NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
-                  EARLY: tl.constexpr, USE_GDC: tl.constexpr):
-    """EARLY (with ROPE): the first block of keys and values is read before waiting for the kernel before (the qkv
-    projection, which writes nothing they hold: the new token's key and value are this kernel's to write, and
-    replace what the block read at that token)."""
-    if not EARLY:
-        gdc_begin(USE_GDC)
+                  USE_GDC: tl.constexpr):
+    """ROPE: the first block of keys and values is read before the new token's key and value are written, and
+    those replace what the block read at that token. (Reading that block before waiting for the qkv projection,
+    which writes none of it, measured no faster on an H100: 1B bf16 941 against 944 tok/s.)"""
+    gdc_begin(USE_GDC)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -112,8 +111,6 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
     dmask = offs_d < D
     table = block_tables + b.to(tl.int64) * sbt
     k, v, offs_n, nmask = _kv_block(KV, table, lo, hi, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE, BLOCK_N)
-    if EARLY:
-        gdc_begin(USE_GDC)
     heads = kvh * REP + offs_r
     hmask = offs_r < REP
     qmask = hmask[:, None] & dmask[None, :]
@@ -190,10 +187,6 @@ def decode_partitions(max_len: int, batch: int, kv_heads: int, page_size: int, s
 MIN_PARTITION = int(os.environ.get("WB_DECODE_MIN_PART", "64"))
 
 
-# the rope kernel reads its first key/value block before waiting for the qkv projection (WB_ATTN_KV_EARLY=0: after)
-KV_EARLY = os.environ.get("WB_ATTN_KV_EARLY", "1") != "0"
-
-
 def _block_n(page_size: int) -> int:
     return 16 if interpreting() else max(64, page_size)
 
@@ -254,8 +247,7 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
         cos.stride(0) if rope is not None else 0, kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3),
         block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E, int(window or 0), REP=rep,
         REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
-        WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, EARLY=rope is not None and KV_EARLY,
-        num_warps=4,
+        WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, num_warps=4,
         num_stages=1 if interp else 3, **gdc("attention"))
     if num_parts > 1:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
