@@ -213,6 +213,24 @@ def _int8_word_floats(words):
 
 
 @triton.jit
+def _permuted_fma(acc, accu, words, words_u, x0, x1, x2, x3, SWIGLU: tl.constexpr):
+    """acc (and accu, of the up rows' words when SWIGLU) plus the int8 words, unpacked by _int8_word_floats, times
+    x's four columns: four multiply-adds a word."""
+    v0, v1, v2, v3 = _int8_word_floats(words)
+    acc += v0 * x0
+    acc += v1 * x1
+    acc += v2 * x2
+    acc += v3 * x3
+    if SWIGLU:
+        u0, u1, u2, u3 = _int8_word_floats(words_u)
+        accu += u0 * x0
+        accu += u1 * x1
+        accu += u2 * x2
+        accu += u3 * x3
+    return acc, accu
+
+
+@triton.jit
 def _x_columns(X, R, NW, offs_w, w_hi, inv, NORM: tl.constexpr):
     """x's columns 4w, 4w + 1, 4w + 2, 4w + 3 of the words w in fp32 (rows of 1), zero past w_hi (NORM: _xin's)."""
     mask = offs_w < w_hi
@@ -313,17 +331,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
             else:
                 x0, x1, x2, x3 = _x_columns(X, R, NW, offs_w, w_hi, inv, NORM)
             xsum += (x0 + x1) + (x2 + x3)
-            v0, v1, v2, v3 = _int8_word_floats(words)
-            acc += v0 * x0  # four multiply-adds per word
-            acc += v1 * x1
-            acc += v2 * x2
-            acc += v3 * x3
-            if SWIGLU:
-                u0, u1, u2, u3 = _int8_word_floats(words_u)
-                accu += u0 * x0
-                accu += u1 * x1
-                accu += u2 * x2
-                accu += u3 * x3
+            acc, accu = _permuted_fma(acc, accu, words, words_u, x0, x1, x2, x3, SWIGLU)
         for j in tl.static_range(0 if PRMT else PER_WORD):
             cols = offs_w * PER_WORD + j
             if DOT:

@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait
-from workbench.plugins.gemv_kernels import (_finish, _int8_word_floats, _norm_prologue, _program, _word_values,
-                                            _x_columns, _xin)
+from workbench.plugins.gemv_kernels import (_finish, _norm_prologue, _permuted_fma, _program, _word_values, _x_columns,
+                                            _xin)
 
 
 @triton.jit
@@ -61,17 +61,7 @@ def _gemv_tma(X, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOCK_N:
             offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
             x0, x1, x2, x3 = _x_columns(X, R, NW, offs_w, k_hi // PER_WORD, inv, NORM)
             xsum += (x0 + x1) + (x2 + x3)
-            v0, v1, v2, v3 = _int8_word_floats(w)
-            acc += v0 * x0  # four multiply-adds per word
-            acc += v1 * x1
-            acc += v2 * x2
-            acc += v3 * x3
-            if SWIGLU:
-                u0, u1, u2, u3 = _int8_word_floats(wu)
-                accu += u0 * x0
-                accu += u1 * x1
-                accu += u2 * x2
-                accu += u3 * x3
+            acc, accu = _permuted_fma(acc, accu, w, wu, x0, x1, x2, x3, SWIGLU)
         else:
             offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
             wkmask = offs_w < k_hi // PER_WORD
