@@ -35,6 +35,8 @@
 #                                 # (measured no faster and removed)
 #   bash bench/run_gpu.sh final4  # every GPU test; decode (all formats), debug engines, prefill, the step's kernels
 #                                 # with the built-in defaults
+#   bash bench/run_gpu.sh alltma  # decode with every one-row GEMV on TMA tiles (gemv_table_all_tma.json), PDL late
+#                                 # and prefetch, against the built-in table
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
 #                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
@@ -152,6 +154,14 @@ elif [ "$stage" = final4 ]; then  # the committed state at the end of the fourth
   step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
   # (call 6 also ran decode_quant.py --batches 1 --modes bf16,int8_wo_logits with the early key/value block off,
   # WB_ATTN_KV_EARLY=0, then a switch: decode_quant_kvlate_h100.json; that order is now the only one)
+elif [ "$stage" = alltma ]; then  # every one-row GEMV on TMA tiles, PDL late or prefetch, against the built-in table
+  for mode in late prefetch; do
+    WB_GEMV_PDL=$mode step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_builtin_${mode}_h100
+    WB_GEMV_PDL=$mode step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep builtin,bench/results/gemv_table_all_tma.json \
+      --name decode_quant_alltma_${mode}_h100
+  done
 elif [ "$stage" = peers8b8 ]; then  # 8B batch 8 beside HF eager and HF compiled; the step's kernels
   step 380 python bench/decode.py --models llama-3-8b --batches 8 --repeats 2 --gemv table \
     --compile-models llama-3-8b --budget-s 360 --name decode_8b_b8_peers_h100
