@@ -39,10 +39,12 @@ PRMT = os.environ.get("WB_GEMV_PRMT", "1") != "0"
 #             programs then take the SMs this one's last programs leave, not the ones its later programs need);
 #   prefetch: as late, and a one-row word-tile GEMV loads its first weight tile before waiting (weights are not
 #             written by the kernel before, so reading them early overlaps that kernel's end).
+#             TMA tiles wait inside their first iteration, once the pipeline's first copies are issued.
 # Measured on an H100 (bench/results/decode_quant_pdl_{start,late,prefetch}.json): within 1% of each other on
-# 8B, late 6% faster than start for 1B int8 at batch 1.
+# 8B, late 6% faster than start for 1B int8 at batch 1; with TMA tiles (decode_quant_builtin_{late,prefetch}_h100
+# .json, this session's call 8) prefetch against late: 8B bf16 181.6 -> 182.6 tok/s, int8 303.2 -> 307.1, 1B equal.
 PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
-PDL_MODE = os.environ.get("WB_GEMV_PDL", "late")  # late: 1B int8 batch 1 0.878 -> 0.827 ms, the rest within 1%
+PDL_MODE = os.environ.get("WB_GEMV_PDL", "prefetch")
 
 
 # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, kind]: kind True (a 5-tuple) multiplies tiles on the tensor
