@@ -36,6 +36,8 @@
 #   bash bench/run_gpu.sh final4  # every GPU test; decode (all formats), debug engines, prefill, the step's kernels
 #                                 # with the built-in defaults
 #   bash bench/run_gpu.sh final4b # final4's GPU tests, decode and kernels with this session's last defaults
+#   bash bench/run_gpu.sh xtma    # int8 TMA GEMVs with x by TMA too: tests, sweep, decode with the built-in table
+#                                 # and with the sweep's
 #   bash bench/run_gpu.sh alltma  # decode with every one-row GEMV on TMA tiles (gemv_table_all_tma.json), PDL late
 #                                 # and prefetch, against the built-in table
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
@@ -170,6 +172,13 @@ elif [ "$stage" = final4b ]; then  # final4 with the PDL prefetch mode and the T
     --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
   step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
   step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
+elif [ "$stage" = xtma ]; then  # one-row int8 TMA GEMVs with x's chunks by TMA too: sweep, then decode
+  step 100 python -m pytest tests/plugins/test_gemv.py tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider
+  step 120 python bench/gemv_sweep.py --formats w8a16 --rows 1 --families tma,table --name gemv_sweep_xtma_h100
+  step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 --modes bf16,int8_wo_logits \
+    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_xtma_builtin_h100
+  step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 --modes bf16,int8_wo_logits \
+    --plain-modes "" --repeats 3 --sweep builtin,bench/results/gemv_sweep_xtma_h100.json --name decode_quant_xtma_sweep_h100
 elif [ "$stage" = peers8b8 ]; then  # 8B batch 8 beside HF eager and HF compiled; the step's kernels
   step 380 python bench/decode.py --models llama-3-8b --batches 8 --repeats 2 --gemv table \
     --compile-models llama-3-8b --budget-s 360 --name decode_8b_b8_peers_h100

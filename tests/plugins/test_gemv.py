@@ -166,14 +166,15 @@ def test_gemv_rejects_mismatched_shapes():
 @pytest.mark.skipif(DEV != "cuda", reason="the byte-permute unpacking is inline PTX: GPU only")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split,swiglu,bn", [(1, False, 8), (3, False, 32), (1, True, 16), (2, True, 32)])
-def test_int8_byte_permute_unpacking_agrees_with_the_integer_one(monkeypatch, dtype, split, swiglu, bn):
+@pytest.mark.parametrize("kind", [False, "tma"])  # tma: x's chunks by TMA too, split into columns in registers
+def test_int8_byte_permute_unpacking_agrees_with_the_integer_one(monkeypatch, dtype, split, swiglu, bn, kind):
     # q + 1152 times x is exact in fp32 and 1152 * sum(x) comes off at the end: the sums agree to about fp32
     # precision, so the rounded outputs are equal but for rare one-ulp ties
     n, k = 512, 4096
     x = _x(1, k, dtype)
     x[:, 17] = 300.0  # a large sum(x): the offset taken off is far larger than the result
     ops = _int8(n, k)
-    cfg = (bn, 512, split, 4, 4, False)
+    cfg = (bn, 512, split, 4, 4, kind)
     fast = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
     monkeypatch.setattr(gm, "PRMT", False)
     exact = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
