@@ -166,15 +166,14 @@ def test_gemv_rejects_mismatched_shapes():
 @pytest.mark.skipif(DEV != "cuda", reason="the byte-permute unpacking is inline PTX: GPU only")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split,swiglu,bn", [(1, False, 8), (3, False, 32), (1, True, 16), (2, True, 32)])
-@pytest.mark.parametrize("kind", [False, "tma"])  # tma: x's chunks by TMA too, split into columns in registers
-def test_int8_byte_permute_unpacking_agrees_with_the_integer_one(monkeypatch, dtype, split, swiglu, bn, kind):
+def test_int8_byte_permute_unpacking_agrees_with_the_integer_one(monkeypatch, dtype, split, swiglu, bn):
     # q + 1152 times x is exact in fp32 and 1152 * sum(x) comes off at the end: the sums agree to about fp32
     # precision, so the rounded outputs are equal but for rare one-ulp ties
     n, k = 512, 4096
     x = _x(1, k, dtype)
     x[:, 17] = 300.0  # a large sum(x): the offset taken off is far larger than the result
     ops = _int8(n, k)
-    cfg = (bn, 512, split, 4, 4, kind)
+    cfg = (bn, 512, split, 4, 4, False)
     fast = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
     monkeypatch.setattr(gm, "PRMT", False)
     exact = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
@@ -252,3 +251,26 @@ def test_norm_in_the_gemv_takes_one_row():
     w = _w(8, 64).to(DEV)
     with pytest.raises(ValueError, match="the norm takes one row"):
         gm.gemv(x, w, norm=(x, torch.ones(64, device=DEV), 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split,swiglu", [(1, False), (2, False), (1, True)])
+def test_int8_tma_tiles_take_x_by_tma_too(monkeypatch, dtype, split, swiglu):
+    # rows of whole 64-value chunks: x's chunks come by TMA and are split into the words' four columns in registers
+    seen = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **k: seen.append(k["X_TMA"]) or gm._gemv_tma_kernel[grid](*a, **k)
+
+    monkeypatch.setattr(gm, "_gemv_tma_kernel", gm._gemv_tma, raising=False)
+    monkeypatch.setattr(gm, "_gemv_tma", Spy())
+    n, k = (96 if swiglu else 48), 512
+    x = _x(1, k, dtype)
+    ops = _int8(n, k)
+    tma = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (16, 128, split, 4, 3, "tma"), swiglu)
+    regs = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (16, 128, split, 4, 1, False), swiglu)
+    assert seen == [True]
+    assert rel_err(tma, regs) < (1e-5 if dtype == torch.float32 else 8e-3)
+    assert rel_err(tma, gm.w8a16_gemv_ref(x, ops["qweight"], ops["scales"], swiglu=swiglu)) < \
+        (TOL[dtype] if dtype == torch.float32 else 2e-2)

@@ -150,8 +150,8 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
     wv = w.view(torch.int32) if wq == INT8 else w
     desc = TensorDescriptor(wv, list(wv.shape), [wv.stride(0), 1], [bn, words])
     prmt = PRMT and wq == INT8 and x2.dtype in (torch.bfloat16, torch.float16) and not interpreting()
-    # x by TMA too (gemv_tma.py): rows of 64 values, whole 16-byte-aligned ones, no norm to compute on the way
-    x_tma = prmt and not norm_args["NORM"] and k % 64 == 0 and bk % 64 == 0 and x2.data_ptr() % 16 == 0
+    # int8: x by TMA too (gemv_tma.py): rows of 64 values, whole 16-byte-aligned ones, no norm to compute on the way
+    x_tma = wq == INT8 and not norm_args["NORM"] and k % 64 == 0 and bk % 64 == 0 and x2.data_ptr() % 16 == 0
     xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64]) if x_tma else x2
     _gemv_tma[(triton.cdiv(n, bn), split)](
         x2, xd, desc, s, b, y, part, n, k, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
