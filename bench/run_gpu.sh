@@ -38,6 +38,7 @@
 #   bash bench/run_gpu.sh final4b # final4's GPU tests, decode and kernels with this session's last defaults
 #   bash bench/run_gpu.sh xtma    # int8 TMA GEMVs with x by TMA too: tests, sweep, decode with the built-in table
 #                                 # and with the sweep's
+#   bash bench/run_gpu.sh final4c # final4b again after the int8 TMA tiles took x by TMA too (the last defaults)
 #   bash bench/run_gpu.sh alltma  # decode with every one-row GEMV on TMA tiles (gemv_table_all_tma.json), PDL late
 #                                 # and prefetch, against the built-in table
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
@@ -179,6 +180,13 @@ elif [ "$stage" = xtma ]; then  # one-row int8 TMA GEMVs with x's chunks by TMA 
     --plain-modes "" --repeats 3 --sweep "" --name decode_quant_xtma_builtin_h100
   step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 --modes bf16,int8_wo_logits \
     --plain-modes "" --repeats 3 --sweep builtin,bench/results/gemv_sweep_xtma_h100.json --name decode_quant_xtma_sweep_h100
+elif [ "$stage" = final4c ]; then  # the committed state after the int8 TMA tiles took x by TMA too
+  step 160 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider
+  step 200 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
+  step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
+  step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
 elif [ "$stage" = peers8b8 ]; then  # 8B batch 8 beside HF eager and HF compiled; the step's kernels
   step 380 python bench/decode.py --models llama-3-8b --batches 8 --repeats 2 --gemv table \
     --compile-models llama-3-8b --budget-s 360 --name decode_8b_b8_peers_h100
