@@ -166,7 +166,8 @@ elif [ "$stage" = alltma ]; then  # every one-row GEMV on TMA tiles, PDL late or
       --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep builtin,bench/results/gemv_table_all_tma.json \
       --name decode_quant_alltma_${mode}_h100
   done
-elif [ "$stage" = final4b ]; then  # final4 with the PDL prefetch mode and the TMA int8 table as defaults
+elif [ "$stage" = final4b ] || [ "$stage" = final4c ]; then  # final4 with later defaults (4b: PDL prefetch, TMA int8
+  # tiles; 4c: those taking x by TMA too)
   step 160 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
     tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider
   step 200 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
@@ -180,13 +181,6 @@ elif [ "$stage" = xtma ]; then  # one-row int8 TMA GEMVs with x's chunks by TMA 
     --plain-modes "" --repeats 3 --sweep "" --name decode_quant_xtma_builtin_h100
   step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 --modes bf16,int8_wo_logits \
     --plain-modes "" --repeats 3 --sweep builtin,bench/results/gemv_sweep_xtma_h100.json --name decode_quant_xtma_sweep_h100
-elif [ "$stage" = final4c ]; then  # the committed state after the int8 TMA tiles took x by TMA too
-  step 160 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
-    tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider
-  step 200 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
-    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
-  step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
-  step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
 elif [ "$stage" = peers8b8 ]; then  # 8B batch 8 beside HF eager and HF compiled; the step's kernels
   step 380 python bench/decode.py --models llama-3-8b --batches 8 --repeats 2 --gemv table \
     --compile-models llama-3-8b --budget-s 360 --name decode_8b_b8_peers_h100

@@ -35,6 +35,13 @@ def _tile(acc, m_i, l_i, q, K, V, start, n, s, offs_m, offs_d, dmask, skt, svt, 
         if WINDOW:
             allowed = allowed & (offs_n[None, :] > offs_m[:, None] - window)
         qk = tl.where(allowed, qk, float("-inf"))
+    return softmax_step(qk, v, m_i, l_i, acc, FP32)
+
+
+@triton.jit
+def softmax_step(qk, v, m_i, l_i, acc, FP32: tl.constexpr):
+    """The online softmax's update by one block: scores qk [rows, keys] (log2 units, -inf where not allowed) and
+    values v [keys, D]; returns (acc, m, l)."""
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet
     p = tl.exp2(qk - m_safe[:, None])

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, pow2, rounded
-from workbench.plugins.flash_attention import LOG2E
+from workbench.plugins.flash_attention import LOG2E, softmax_step
 
 
 @triton.jit
@@ -78,14 +78,8 @@ def _kv_block(KV, table, s, hi, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE
 def _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32: tl.constexpr):
     """The online softmax's update by one block of keys and values."""
     qk = mma(q, tl.trans(k), FP32) * scale_log2  # [REP_PAD, BLOCK_N]
-    qk = tl.where(nmask[None, :], qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(qk - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, FP32)
-    return m_new, l_i, acc
+    acc, m_i, l_i = softmax_step(tl.where(nmask[None, :], qk, float("-inf")), v, m_i, l_i, acc, FP32)
+    return m_i, l_i, acc
 
 
 @triton.jit
