@@ -48,7 +48,8 @@ TMA = [(8, 256, 1, 4, 4), (8, 256, 1, 4, 6), (16, 256, 1, 4, 4), (16, 256, 1, 8,
        (16, 256, 2, 4, 4), (8, 256, 2, 4, 4)]
 TMA_INT8 = [(8, 1024, 1, 4, 4), (8, 1024, 1, 4, 6), (16, 512, 1, 4, 4), (16, 1024, 1, 8, 4), (32, 512, 1, 8, 3),
             (4, 1024, 1, 2, 6), (16, 512, 2, 4, 4), (8, 512, 1, 4, 6), (32, 256, 1, 4, 4), (64, 256, 1, 8, 3),
-            (8, 1024, 2, 4, 4)]
+            (8, 1024, 2, 4, 4), (4, 1024, 1, 2, 8), (8, 1024, 1, 4, 8), (16, 1024, 1, 8, 6), (32, 512, 1, 8, 4),
+            (16, 512, 1, 4, 8), (8, 512, 1, 4, 8), (32, 1024, 1, 8, 3), (64, 512, 1, 8, 3), (16, 256, 1, 4, 8)]
 # one row, tiles brought into shared memory by TMA copies, num_stages of them in flight (float and int8 weights)
 TIMES: dict[str, float] = {}  # every config best_config timed, for the result file
 FAMILIES = {"dot", "fma", "tma", "table"}  # which configs best_config tries (--families); table: the built-in one
