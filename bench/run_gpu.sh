@@ -140,7 +140,9 @@ elif [ "$stage" = final3 ]; then  # third session: every GPU test, then the buil
     --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
   step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
   step 70 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
-elif [ "$stage" = final3b ]; then  # the committed state at the end of the third session
+elif [ "$stage" = final3b ] || [ "$stage" = final4 ]; then  # the committed state at the end of the third session (final3b)
+  # and of this fourth session before call 8's defaults (final4; call 6 also ran decode_quant.py --batches 1 --modes
+  # bf16,int8_wo_logits with WB_ATTN_KV_EARLY=0, then a switch: decode_quant_kvlate_h100.json)
   step 160 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
     tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider -rA
   step 200 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
@@ -148,16 +150,6 @@ elif [ "$stage" = final3b ]; then  # the committed state at the end of the third
   step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
   step 70 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
   step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
-elif [ "$stage" = final4 ]; then  # the committed state at the end of the fourth session; attention's early block A/B
-  step 160 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
-    tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider -rA
-  step 200 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
-    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
-  step 80 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
-  step 70 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
-  step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
-  # (call 6 also ran decode_quant.py --batches 1 --modes bf16,int8_wo_logits with the early key/value block off,
-  # WB_ATTN_KV_EARLY=0, then a switch: decode_quant_kvlate_h100.json; that order is now the only one)
 elif [ "$stage" = alltma ]; then  # every one-row GEMV on TMA tiles, PDL late or prefetch, against the built-in table
   for mode in late prefetch; do
     WB_GEMV_PDL=$mode step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \

@@ -81,7 +81,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     bn, bk, split, warps, stages, kind = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
     tma = kind == "tma" and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word)
-    dot = kind is True or (kind != "tma" and bool(kind)) or m > 1  # multiply-adds for one row only
+    dot = m > 1 or kind not in (False, "tma")  # multiply-adds for one row only
     prefetch = not dot and stages > 1  # one row of word tiles: a register prefetch of the next tile
     if interpreting():
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
@@ -108,16 +108,17 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     if PDL_MODE not in PDL_MODES:
         raise ValueError(f"WB_GEMV_PDL={PDL_MODE!r}: choose one of {', '.join(PDL_MODES)}")
     gdc_mode = PDL_MODES[PDL_MODE]
+    # one-row int8 with 16-bit x: byte-permute unpacking (inline PTX, so not in the interpreter)
+    prmt = PRMT and wq == INT8 and x.dtype in (torch.bfloat16, torch.float16) and not interpreting()
     if tma:
         _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
-                    stages, gdc_mode, launch, norm_args)
+                    stages, gdc_mode, launch, norm_args, prmt)
     elif words:
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
                           HAS_BIAS=bias is not None, SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq,
                           GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot,
-                          PRMT=PRMT and wq == INT8 and not dot and x.dtype in (torch.bfloat16, torch.float16)
-                          and not interpreting(), PREFETCH=prefetch, GDC_MODE=gdc_mode, num_warps=warps,
+                          PRMT=prmt and not dot, PREFETCH=prefetch, GDC_MODE=gdc_mode, num_warps=warps,
                           num_stages=stages, **norm_args, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
@@ -142,14 +143,13 @@ def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int)
 
 
 def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps, stages,
-                gdc_mode, launch, norm_args) -> None:
+                gdc_mode, launch, norm_args, prmt: bool) -> None:
     """The one-row GEMV with TMA-pipelined weight tiles (gemv_tma.py)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     words = bk // max(per_word, 1)
     wv = w.view(torch.int32) if wq == INT8 else w
     desc = TensorDescriptor(wv, list(wv.shape), [wv.stride(0), 1], [bn, words])
-    prmt = PRMT and wq == INT8 and x2.dtype in (torch.bfloat16, torch.float16) and not interpreting()
     # int8: x by TMA too (gemv_tma.py): rows of 64 values, whole 16-byte-aligned ones, no norm to compute on the way
     x_tma = wq == INT8 and not norm_args["NORM"] and k % 64 == 0 and bk % 64 == 0 and x2.data_ptr() % 16 == 0
     xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64]) if x_tma else x2

@@ -96,6 +96,7 @@ class _Compiler:
         self.rope_tables: dict[str, tuple[str, float]] = {}
         self.norm_into: dict[str, str] = {}  # projection -> the add whose add + norm its call computes
         self.norm_at: dict[str, str] = {}  # projection -> the node where that call is emitted
+        self.order = {name: i for i, name in enumerate(self.nodes)}  # node -> its position in the graph
 
     # -- pattern matching ---------------------------------------------------------------------------
     def match(self) -> None:
@@ -135,8 +136,7 @@ class _Compiler:
             return
         proj = readers[0]
         at = next((n for n, (kind, info) in self.emit_at.items() if kind == "swiglu_linear" and info[0] == proj), proj)
-        order = {name: i for i, name in enumerate(self.nodes)}
-        if any(order[c] <= order[at] for c in self.consumers[add.name] if c != norm):
+        if any(self.order[c] <= self.order[at] for c in self.consumers[add.name] if c != norm):
             return
         self.norm_into[proj] = add.name
         self.norm_at[proj] = at

@@ -4,8 +4,8 @@
 A one-row step whose projection runs a GEMV of few programs over float weights computes the norm in the
 GEMV's prologue and writes the sum from it (plugins/gemv.py, `norm=`): the decode step at batch 1 loses
 those add + norm kernels. Any other step (more rows, a big grid, quantized weights, cuBLAS, a GEMM) runs
-the add + norm kernel, then the projection as the unfused program would. Both give the same bits: the norm's sum of squares is taken
-in fp64, where it does not depend on how the kernel tiles the row.
+the add + norm kernel, then the projection as the unfused program would. Both give the same bits: the
+norm's sum of squares is taken in fp64, where it does not depend on how the kernel tiles the row.
 """
 
 from __future__ import annotations
@@ -53,55 +53,50 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
     from workbench.plugins.gemv import gemv
     from workbench.plugins.rms_norm import add_rms_norm
 
-    def norm_linear(a, b, g, eps, w, bias):
-        cfg = _few_programs(policy.config(1, w.shape[0], w.shape[1]), w.shape[0]) if _one_row(a, g) else None
-        if cfg is not None:
-            h, y = gemv(a, w, bias, cfg, norm=(b, g, eps))
-            return y, h
-        h, x = add_rms_norm(a, b, g, eps)
-        return linear(x, w, bias), h
+    def fused(run, cfg, swiglu_cfg, n: int, swiglu: bool):
+        """(result, sum) of one GEMV taking the norm, `run(cfg, swiglu)` -> (sum, y), where a config of few
+        programs allows it (swiglu: the activation's config, else the projection's then the activation kernel),
+        else None."""
+        if swiglu:
+            few = _few_programs(swiglu_cfg, n // 2)
+            if few is not None:
+                h, y = run(few, True)
+                return y, h
+            if swiglu_cfg is not None:
+                return None
+        few = _few_programs(cfg, n)
+        if few is None:
+            return None
+        h, y = run(few, False)
+        return (silu_and_mul(y) if swiglu else y), h
 
-    def norm_swiglu_linear(a, b, g, eps, w, bias):
+    def float_linear(a, b, g, eps, w, bias, swiglu):
+        n, k = w.shape
+        out = None
         if _one_row(a, g):
-            cfg = _few_programs(policy.swiglu_config(1, w.shape[0], w.shape[1]), w.shape[0] // 2)
-            if cfg is not None:
-                h, y = gemv(a, w, bias, cfg, swiglu=True, norm=(b, g, eps))
-                return y, h
-            cfg = _few_programs(policy.config(1, w.shape[0], w.shape[1]), w.shape[0])
-            if cfg is not None and policy.swiglu_config(1, w.shape[0], w.shape[1]) is None:
-                h, y = gemv(a, w, bias, cfg, norm=(b, g, eps))
-                return silu_and_mul(y), h
-        h, x = add_rms_norm(a, b, g, eps)
-        return swiglu_linear(x, w, bias), h
+            out = fused(lambda cfg, sw: gemv(a, w, bias, cfg, swiglu=sw, norm=(b, g, eps)), policy.config(1, n, k),
+                        policy.swiglu_config(1, n, k) if swiglu else None, n, swiglu)
+        if out is None:
+            h, x = add_rms_norm(a, b, g, eps)
+            out = (swiglu_linear if swiglu else linear)(x, w, bias), h
+        return out
 
-    def _quant_fusable(node, a, g, ops) -> bool:
-        return NORM_QUANTIZED and _one_row(a, g) and node.attrs["method"] in ("w8a16", "w4a16") and "smooth" not in ops
-
-    def norm_quant_linear(a, b, g, eps, node, rest):
+    def quantized_linear(a, b, g, eps, node, rest, swiglu):
         method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
-        if _quant_fusable(node, a, g, ops):
-            cfg = _few_programs(policy.quant_config(method, 1, ops["qweight"].shape[0], a.shape[1]),
-                                ops["qweight"].shape[0])
-            if cfg is not None:
-                h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
-                return y, h
-        h, x = add_rms_norm(a, b, g, eps)
-        return quant_linear(node, [x, *rest]), h
-
-    def norm_swiglu_quant_linear(a, b, g, eps, node, rest):
-        method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
-        if _quant_fusable(node, a, g, ops):
+        out = None
+        if NORM_QUANTIZED and _one_row(a, g) and method in ("w8a16", "w4a16") and "smooth" not in ops:
             n, k = ops["qweight"].shape[0], a.shape[1]
-            cfg = _few_programs(policy.swiglu_config(1, n, k, method), n // 2)
-            if cfg is not None:
-                h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, True, (b, g, eps))
-                return y, h
-            cfg = _few_programs(policy.quant_config(method, 1, n, k), n)
-            if cfg is not None and policy.swiglu_config(1, n, k, method) is None:
-                h, y = _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, False, (b, g, eps))
-                return silu_and_mul(y), h
-        h, x = add_rms_norm(a, b, g, eps)
-        return swiglu_quant_linear(node, [x, *rest]), h
+            run = lambda cfg, sw: _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, sw,  # noqa: E731
+                                              (b, g, eps))
+            out = fused(run, policy.quant_config(method, 1, n, k),
+                        policy.swiglu_config(1, n, k, method) if swiglu else None, n, swiglu)
+        if out is None:
+            h, x = add_rms_norm(a, b, g, eps)
+            out = (swiglu_quant_linear if swiglu else quant_linear)(node, [x, *rest]), h
+        return out
 
-    return {"_norm_linear": norm_linear, "_norm_swiglu_linear": norm_swiglu_linear,
-            "_norm_quant_linear": norm_quant_linear, "_norm_swiglu_quant_linear": norm_swiglu_quant_linear}
+    return {"_norm_linear": lambda a, b, g, eps, w, bias: float_linear(a, b, g, eps, w, bias, False),
+            "_norm_swiglu_linear": lambda a, b, g, eps, w, bias: float_linear(a, b, g, eps, w, bias, True),
+            "_norm_quant_linear": lambda a, b, g, eps, node, rest: quantized_linear(a, b, g, eps, node, rest, False),
+            "_norm_swiglu_quant_linear": lambda a, b, g, eps, node, rest: quantized_linear(a, b, g, eps, node, rest,
+                                                                                           True)}
