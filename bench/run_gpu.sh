@@ -43,6 +43,9 @@
 #                                 # and prefetch, against the built-in table
 #   bash bench/run_gpu.sh ropeattn # GPU tests; decode with rope inside the paged attention kernel, partitions of
 #                                 # at least 128 or 64 tokens (WB_DECODE_MIN_PART); the step's kernels
+#   bash bench/run_gpu.sh magic   # GEMV tests; int8 TMA tiles unpacked by byte permutes under 2^23 against integer
+#                                 # operations: 8B int8 sweep and decode both ways; what each kernel kind costs the
+#                                 # captured step (bench/decode_ablate.py)
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -223,6 +226,15 @@ elif [ "$stage" = kvpre ]; then  # attention reads its first key/value block bef
     --plain-modes "" --repeats 3 --sweep "" --name decode_quant_kvpre_h100
   step 60 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16 \
     --name decode_kernels_kvpre_h100
+elif [ "$stage" = magic ]; then  # int8 TMA tiles: byte permutes under 2^23 (WB_GEMV_PRMT=1) or integer unpacking
+  step 120 python -m pytest tests/plugins/test_gemv.py -q -n 4 -p no:cacheprovider
+  for p in 1 0; do
+    WB_GEMV_PRMT=$p step 100 python bench/gemv_sweep.py --formats w8a16 --rows 1 --models 8b --families tma,table \
+      --name gemv_sweep_magic${p}_h100
+    WB_GEMV_PRMT=$p step 90 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_magic${p}_h100
+  done
+  step 200 python bench/decode_ablate.py
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

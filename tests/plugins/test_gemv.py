@@ -183,6 +183,25 @@ def test_int8_byte_permute_unpacking_agrees_with_the_integer_one(monkeypatch, dt
     assert ((fast.float() - exact.float()).abs() <= ulp).all()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(DEV != "cuda", reason="the byte-permute unpacking is inline PTX: GPU only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("split,swiglu,bn", [(1, False, 16), (2, False, 8), (1, True, 8), (3, True, 16)])
+def test_int8_tma_byte_permutes_give_the_integer_unpacking_bits(monkeypatch, dtype, split, swiglu, bn):
+    # TMA tiles taking x by TMA unpack the words by byte permutes into the same exact values as the integer
+    # operations, multiplied and summed in the same order: the same bits
+    n, k = 512, 4096
+    x = _x(1, k, dtype)
+    ops = _int8(n, k)
+    ops["qweight"][:, :8] = torch.tensor([-128, 127, -1, 0, 1, -127, 64, -64], dtype=torch.int8, device=DEV)
+    cfg = (bn, 512, split, 4, 4, "tma")
+    fast = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
+    monkeypatch.setattr(gm, "PRMT", False)
+    exact = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
+    assert torch.equal(fast, exact)
+    assert rel_err(exact, gm.w8a16_gemv_ref(x, ops["qweight"], ops["scales"], swiglu=swiglu)) < 2e-2
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fmt", ["float", "int8"])
 @pytest.mark.parametrize("split,swiglu,bias", [(1, False, True), (2, False, False), (1, True, False), (3, True, True)])
