@@ -46,6 +46,8 @@
 #   bash bench/run_gpu.sh magic   # GEMV tests; int8 TMA tiles unpacked by byte permutes under 2^23 against integer
 #                                 # operations: 8B int8 sweep and decode both ways; what each kernel kind costs the
 #                                 # captured step (bench/decode_ablate.py)
+#   bash bench/run_gpu.sh early   # attention and GEMV tests; decode with the GEMVs' PDL modes prefetch and early (the
+#                                 # next kernel launches right after the wait: attention reads its pages before its own)
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -235,6 +237,14 @@ elif [ "$stage" = magic ]; then  # int8 TMA tiles: byte permutes under 2^23 (WB_
       --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_magic${p}_h100
   done
   step 200 python bench/decode_ablate.py
+elif [ "$stage" = early ]; then  # decode attention reads all but q, k, v before its wait; GEMV PDL prefetch or early
+  step 150 python -m pytest tests/plugins/test_kernels.py tests/plugins/test_gemv.py tests/gpu/test_cuda_backend.py \
+    tests/runtime/test_cuda_executor.py -q -n 4 -p no:cacheprovider
+  for mode in prefetch early; do
+    WB_GEMV_PDL=$mode step 90 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_early_${mode}_h100
+  done
+  WB_GEMV_PDL=early step 120 python bench/decode_ablate.py --cuts none,attn,merge,norm --name decode_ablate_early_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

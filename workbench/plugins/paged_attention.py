@@ -39,10 +39,10 @@ def _rotated(x, partner, c, s, first_half):
 
 
 @triton.jit
-def _write_new_kv(QKV, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv, s_pg, s_h, HQ, HKV,
-                  D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr):
-    """Rotate the new token's key of head kvh and store it and its value at the cache slot; both come back (in the
-    cache's dtype)."""
+def _write_new_kv(QKV, KV, c, sn, b, kvh, slot, sqb, s_blk, s_kv, s_pg, s_h, HQ, HKV, D: tl.constexpr,
+                  D_PAD: tl.constexpr, PAGE: tl.constexpr):
+    """Rotate the new token's key of head kvh (c, sn: its position's cos and sin) and store it and its value at the
+    cache slot; both come back (in the cache's dtype)."""
     offs_d = tl.arange(0, D_PAD)
     dmask = offs_d < D
     half = offs_d < D // 2
@@ -50,8 +50,6 @@ def _write_new_kv(QKV, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv,
     row = QKV + b * sqb
     k = tl.load(row + (HQ + kvh) * D + offs_d, mask=dmask, other=0.0)
     kp = tl.load(row + (HQ + kvh) * D + partner, mask=dmask, other=0.0)
-    c = tl.load(COS + pos * s_cos + offs_d, mask=dmask, other=0.0)
-    sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)
     v = tl.load(row + (HQ + HKV + kvh) * D + offs_d, mask=dmask, other=0.0).to(KV.dtype.element_ty)
     k = _rotated(k, kp, c, sn, half).to(KV.dtype.element_ty)
     dst = KV + (slot // PAGE) * s_blk + (slot % PAGE) * s_pg + kvh * s_h + offs_d
@@ -88,10 +86,13 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
                   NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
                   USE_GDC: tl.constexpr):
-    """ROPE: the first block of keys and values is read before the new token's key and value are written, and
-    those replace what the block read at that token. (Reading that block before waiting for the qkv projection,
-    which writes none of it, measured no faster on an H100: 1B bf16 941 against 944 tok/s.)"""
-    gdc_begin(USE_GDC)
+    """ROPE: the kernel before (the qkv projection) writes nothing this program reads but the new token's q, k and
+    v, so all the rest (the sequence's length, position and slot, its pages, the first block of keys and values,
+    the rope table's row) is read before waiting for that kernel; the new token's key and value, written to the
+    cache after the wait, replace what the block read at that token. Without ROPE the new token is already in the
+    cache (written by the kernel before): everything waits."""
+    if not ROPE:
+        gdc_begin(USE_GDC)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -108,24 +109,27 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
     heads = kvh * REP + offs_r
     hmask = offs_r < REP
     qmask = hmask[:, None] & dmask[None, :]
-    q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=qmask, other=0.0)
     if ROPE:  # Q is the qkv projection: rotate the query heads; the new token's key and value go to the cache
         pos = tl.load(POS + b).to(tl.int64)
+        c = tl.load(COS + pos * s_cos + offs_d, mask=dmask, other=0.0)
+        sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)
+        slot = tl.load(SLOTS + b)
+        gdc_begin(USE_GDC)
         half = offs_d < D // 2
         partner = tl.where(half, offs_d + D // 2, offs_d - D // 2)
+        q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=qmask, other=0.0)
         qp = tl.load(Q + b * sqb + heads[:, None] * sqh + partner[None, :], mask=qmask, other=0.0)
-        c = tl.load(COS + pos * s_cos + offs_d, mask=dmask, other=0.0)[None, :]
-        sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)[None, :]
-        q = _rotated(q, qp, c, sn, half[None, :])
-        slot = tl.load(SLOTS + b)
+        q = _rotated(q, qp, c[None, :], sn[None, :], half[None, :])
         if (slot >= 0) & (lo <= length - 1) & (length - 1 < hi):  # this program reads the new token
             hq = tl.num_programs(1) * REP
-            k_new, v_new = _write_new_kv(Q, KV, COS, SIN, b, kvh, pos, slot, sqb, s_cos, s_blk, s_kv, s_pg, s_h, hq,
+            k_new, v_new = _write_new_kv(Q, KV, c, sn, b, kvh, slot, sqb, s_blk, s_kv, s_pg, s_h, hq,
                                          tl.num_programs(1), D, D_PAD, PAGE)
             new = (offs_n == length - 1)[:, None]
             k = tl.where(new, k_new[None, :], k)
             v = tl.where(new, v_new[None, :], v)
             tl.debug_barrier()  # the block's stores are visible to its own loads of later blocks
+    else:
+        q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=qmask, other=0.0)
     m_i = tl.full([REP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([REP_PAD], tl.float32)
     acc = tl.zeros([REP_PAD, D_PAD], tl.float32)
