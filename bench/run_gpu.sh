@@ -48,6 +48,8 @@
 #                                 # captured step (bench/decode_ablate.py)
 #   bash bench/run_gpu.sh early   # attention and GEMV tests; decode with the GEMVs' PDL modes prefetch and early (the
 #                                 # next kernel launches right after the wait: attention reads its pages before its own)
+#   bash bench/run_gpu.sh first   # attention, merge (and norm) kernels let the next kernel launch before they wait
+#                                 # (WB_PDL_FIRST); o_proj GEMVs with deep pipelines (bench/data/gemv_o_deep_*.json)
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -245,6 +247,17 @@ elif [ "$stage" = early ]; then  # decode attention reads all but q, k, v before
       --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_early_${mode}_h100
   done
   WB_GEMV_PDL=early step 120 python bench/decode_ablate.py --cuts none,attn,merge,norm --name decode_ablate_early_h100
+elif [ "$stage" = first ]; then  # trigger-first PDL for attention (and norm) kernels; deep o_proj pipelines
+  step 150 python -m pytest tests/plugins/test_kernels.py tests/plugins/test_gemv.py tests/gpu/test_cuda_backend.py \
+    tests/runtime/test_cuda_executor.py -q -n 4 -p no:cacheprovider
+  dq() { step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 --modes bf16,int8_wo_logits \
+    --plain-modes "" --repeats 3 "$@"; }
+  dq --sweep "" --name decode_quant_first_base_h100
+  WB_PDL_FIRST=attention dq --sweep "" --name decode_quant_first_attn_h100
+  WB_PDL_FIRST=attention,norm dq --sweep "" --name decode_quant_first_attnnorm_h100
+  dq --sweep builtin,bench/data/gemv_o_deep_a.json --name decode_quant_first_deepa_h100
+  WB_PDL_FIRST=attention,norm dq --sweep builtin,bench/data/gemv_o_deep_a.json --name decode_quant_first_attnnorm_deepa_h100
+  WB_PDL_FIRST=attention,norm dq --sweep builtin,bench/data/gemv_o_deep_b.json --name decode_quant_first_attnnorm_deepb_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
