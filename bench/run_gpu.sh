@@ -50,6 +50,8 @@
 #                                 # next kernel launches right after the wait: attention reads its pages before its own)
 #   bash bench/run_gpu.sh first   # attention, merge (and norm) kernels let the next kernel launch before they wait
 #                                 # (WB_PDL_FIRST); o_proj GEMVs with deep pipelines (bench/data/gemv_o_deep_*.json)
+#   bash bench/run_gpu.sh first2  # attention tests; decode with the key/value loads bounded by the table, then
+#                                 # trigger-first attention (and norm) kernels with deep 8B o_proj pipelines
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -258,6 +260,15 @@ elif [ "$stage" = first ]; then  # trigger-first PDL for attention (and norm) ke
   dq --sweep builtin,bench/data/gemv_o_deep_a.json --name decode_quant_first_deepa_h100
   WB_PDL_FIRST=attention,norm dq --sweep builtin,bench/data/gemv_o_deep_a.json --name decode_quant_first_attnnorm_deepa_h100
   WB_PDL_FIRST=attention,norm dq --sweep builtin,bench/data/gemv_o_deep_b.json --name decode_quant_first_attnnorm_deepb_h100
+elif [ "$stage" = first2 ]; then  # attention loads bounded by the table's capacity; trigger-first with deep 8B o_proj
+  step 150 python -m pytest tests/plugins/test_kernels.py tests/gpu/test_cuda_backend.py tests/runtime/test_cuda_executor.py \
+    -q -n 4 -p no:cacheprovider
+  dq() { step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 --modes bf16,int8_wo_logits \
+    --plain-modes "" --repeats 3 "$@"; }
+  dq --sweep "" --name decode_quant_first2_base_h100
+  WB_PDL_FIRST=attention dq --sweep builtin,bench/data/gemv_o_deep_8b.json --name decode_quant_first2_attn_deep_h100
+  WB_PDL_FIRST=attention,norm dq --sweep builtin,bench/data/gemv_o_deep_8b.json --name decode_quant_first2_attnnorm_deep_h100
+  dq --sweep "" --name decode_quant_first2_base2_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

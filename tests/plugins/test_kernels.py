@@ -73,6 +73,41 @@ def test_paged_decode_attention(hq, hkv, d, dtype, window, parts):
     assert (out[3] == 0).all()
 
 
+@pytest.mark.parametrize("rope", [False, True])
+def test_paged_decode_attention_ignores_what_lies_past_each_sequence(rope):
+    # the key/value loads are bounded by the table's capacity, not by each sequence's length: NaN in every slot
+    # past a sequence (its last page's tail, pages its table pads with block 0, unused blocks) changes nothing
+    from workbench.plugins.paged_attention import (paged_decode_attention, paged_decode_attention_ref,
+                                                   paged_decode_attention_rope, paged_decode_attention_rope_ref)
+    from workbench.plugins.rotary import rope_table
+
+    hq, hkv, d, page, dtype = 4, 2, 16, 4, torch.bfloat16
+    lengths = [1, 23, 0, 9]
+    kv, tables = _paged_cache(lengths, hkv, d, dtype, page=page)
+    used = torch.zeros(kv.shape[0], page, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        for i in range(n):
+            used[int(tables[b, i // page]), i % page] = True
+    kv.permute(0, 2, 1, 3, 4)[~used.to(DEV)] = float("nan")  # [blocks, page, 2, Hkv, D] at the unused slots
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device=DEV)
+    kw = dict(part=16, num_parts=4)
+    if rope:
+        qkv = torch.randn(len(lengths), (hq + 2 * hkv) * d).to(dtype).to(DEV)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+        cos, sin = rope_table(inv_freq.to(DEV), 80, 1.0, dtype)
+        pos = torch.tensor([max(n - 1, 0) for n in lengths], device=DEV)
+        slots = torch.tensor([int(tables[b, (n - 1) // page]) * page + (n - 1) % page if n else -1
+                              for b, n in enumerate(lengths)], device=DEV)
+        ref = paged_decode_attention_rope_ref(qkv, hq, cos, sin, pos, slots, kv.clone(), tables, seq_lens, d ** -0.5)
+        out = paged_decode_attention_rope(qkv, hq, cos, sin, pos, slots, kv, tables, seq_lens, d ** -0.5, **kw)
+    else:
+        q = torch.randn(len(lengths), hq, d).to(dtype).to(DEV)
+        ref = paged_decode_attention_ref(q, kv, tables, seq_lens, d ** -0.5)
+        out = paged_decode_attention(q, kv, tables, seq_lens, d ** -0.5, **kw)
+    assert torch.isfinite(out).all() and torch.isfinite(ref).all()
+    assert rel_err(out, ref) < TOL[dtype]
+
+
 @pytest.mark.parametrize("hq,hkv,d,dtype,window,parts", [
     (4, 2, 16, torch.float32, None, None),
     (8, 1, 16, torch.bfloat16, None, (16, 4)),  # MQA; the new token in various partitions

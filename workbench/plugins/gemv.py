@@ -39,13 +39,13 @@ PRMT = os.environ.get("WB_GEMV_PRMT", "1") != "0"
 #             programs then take the SMs this one's last programs leave, not the ones its later programs need);
 #   prefetch: as late, and a one-row word-tile GEMV loads its first weight tile before waiting (weights are not
 #             written by the kernel before, so reading them early overlaps that kernel's end).
-#             TMA tiles wait inside their first iteration, once the pipeline's first copies are issued;
-#   early:    as prefetch, letting the next kernel launch right after the wait (it may then read, before its own
-#             wait, what this kernel does not write: decode attention reads its pages and first key/value block).
+#             TMA tiles wait inside their first iteration, once the pipeline's first copies are issued.
 # Measured on an H100 (bench/results/decode_quant_pdl_{start,late,prefetch}.json): within 1% of each other on
 # 8B, late 6% faster than start for 1B int8 at batch 1; with TMA tiles (decode_quant_builtin_{late,prefetch}_h100
 # .json, this session's call 8) prefetch against late: 8B bf16 181.6 -> 182.6 tok/s, int8 303.2 -> 307.1, 1B equal.
-PDL_MODES = {"start": 1, "late": 2, "prefetch": 3, "early": 4}
+# (An `early` mode, prefetch letting the next kernel launch right after its wait, measured slower: 1B bf16 at batch 1
+# 949 -> 863 tok/s, 8B 182.7 -> 180.4; fifth session's call 2, decode_quant_early_{prefetch,early}_h100.json.)
+PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
 PDL_MODE = os.environ.get("WB_GEMV_PDL", "prefetch")
 
 

@@ -150,7 +150,7 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H,
           NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """GDC_MODE: see gemv.PDL_MODES (float tiles take no register prefetch: it slowed the 8B bf16 step by 12% on an
     H100, so `prefetch` acts as `late` here). NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
-    if GDC_MODE == 1 or GDC_MODE == 4:
+    if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     else:
         gdc_wait(USE_GDC)
@@ -167,7 +167,7 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H,
         if SWIGLU:  # the up rows, N below the gate rows
             wu = _tile(W, S, Z, N + offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
             accu = _accumulate(accu, x, wu, DOT, FP32)
-    if GDC_MODE == 2 or GDC_MODE == 3:
+    if GDC_MODE >= 2:
         gdc_trigger(USE_GDC)
     if not DOT:
         acc = tl.sum(acc, axis=1)[None, :]
@@ -275,11 +275,11 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
     program keeps a load in flight while it computes (Triton pipelines only the loads that feed a dot).
 
     NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
-    if GDC_MODE == 1 or (GDC_MODE == 4 and not PREFETCH):
+    if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2 or not PREFETCH:
         gdc_wait(USE_GDC)
-    if GDC_MODE <= 2 or not PREFETCH:
+    if GDC_MODE == 1 or GDC_MODE == 2 or not PREFETCH:
         inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
@@ -294,10 +294,8 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
         next_words_u = next_words
         if SWIGLU:
             next_words_u = tl.load(up_rows + first[None, :], mask=nmask[:, None] & (first < w_hi)[None, :], other=0)
-        if GDC_MODE >= 3:
+        if GDC_MODE == 3:
             gdc_wait(USE_GDC)
-            if GDC_MODE == 4:
-                gdc_trigger(USE_GDC)
             inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
         if PRMT:
             next_x0, next_x1, next_x2, next_x3 = _x_columns(X, R, NW, first, w_hi, inv, NORM)
@@ -346,7 +344,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
                 acc += _word_values(words, j, s, z, WQ, DT) * x
                 if SWIGLU:
                     accu += _word_values(words_u, j, su, zu, WQ, DT) * x
-    if GDC_MODE == 2 or GDC_MODE == 3:
+    if GDC_MODE >= 2:
         gdc_trigger(USE_GDC)
     if not DOT:
         offset = 1152.0 * tl.sum(xsum) if PRMT else 0.0

@@ -68,7 +68,7 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
     """y [1, N] = x [1, K] @ W^T from the descriptor Wd of W [N or 2N, K / PER_WORD] (int32 words when WQ == 8);
     tiles [BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES; `prefetch` waits for the kernel before inside the first
     iteration, after the pipeline's first weight tiles are requested (weights are never written by it), and
-    computes NORM's prologue there; `early` does the same and lets the next kernel launch right after that wait. NORM: x is rms_norm(x + r) with weights NW (see gemv.py).
+    computes NORM's prologue there. NORM: x is rms_norm(x + r) with weights NW (see gemv.py).
 
     X_TMA (int8): x's chunk comes by TMA too, from the descriptor Xd of x viewed as [K / 64, 64], and its four
     columns are split from it in registers: loaded on their own, each would be converted to the layout of the
@@ -80,7 +80,7 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
     elif GDC_MODE == 2:
         gdc_wait(USE_GDC)
     inv = 1.0
-    if GDC_MODE <= 2:
+    if GDC_MODE != 3:
         inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(1, N, K, k_per_split, 1, BLOCK_N,
@@ -88,11 +88,9 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
     row0 = tl.program_id(0) * BLOCK_N
     xsum = tl.zeros([1, WORDS], tl.float32)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-        if GDC_MODE >= 3:
+        if GDC_MODE == 3:
             if k0 == k_lo:
                 gdc_wait(USE_GDC)
-                if GDC_MODE == 4:
-                    gdc_trigger(USE_GDC)
                 inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
         w = Wd.load([row0, k0 // PER_WORD])
         wu = w
@@ -125,7 +123,7 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
                 acc += _word_values(w, j, 0.0, 0.0, WQ, DT) * x
                 if SWIGLU:
                     accu += _word_values(wu, j, 0.0, 0.0, WQ, DT) * x
-    if GDC_MODE == 2 or GDC_MODE == 3:
+    if GDC_MODE >= 2:
         gdc_trigger(USE_GDC)
     offset = 1152.0 * tl.sum(xsum) if PRMT else 0.0
     acc = tl.sum(acc, axis=1)[None, :] - offset

@@ -60,17 +60,21 @@ def _write_new_kv(QKV, KV, c, sn, b, kvh, slot, sqb, s_blk, s_kv, s_pg, s_h, HQ,
 
 
 @triton.jit
-def _kv_block(KV, table, s, hi, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE: tl.constexpr,
+def _kv_block(KV, table, s, hi, cap, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE: tl.constexpr,
               BLOCK_N: tl.constexpr):
-    """Keys and values of tokens s .. s + BLOCK_N (zeros from hi on) of one kv head, and which of them are real."""
+    """Keys and values of tokens s .. s + BLOCK_N of one kv head, and which of them are real (below hi). The loads
+    are bounded by the block table's capacity `cap` (tokens), not by hi: they do not wait for the sequence's
+    length, and what they read past it (pages of the table's zero padding) is masked out: values zeroed here,
+    keys' scores in _attend."""
     offs_n = s + tl.arange(0, BLOCK_N)
     nmask = offs_n < hi
-    page = tl.load(table + offs_n // PAGE, mask=nmask, other=0).to(tl.int64)
+    inside = offs_n < cap
+    page = tl.load(table + offs_n // PAGE, mask=inside, other=0).to(tl.int64)
     row = page * s_blk + (offs_n % PAGE).to(tl.int64) * s_pg + kvh * s_h
-    lmask = nmask[:, None] & dmask[None, :]
+    lmask = inside[:, None] & dmask[None, :]
     k = tl.load(KV + row[:, None] + offs_d[None, :], mask=lmask, other=0.0)
     v = tl.load(KV + s_kv + row[:, None] + offs_d[None, :], mask=lmask, other=0.0)
-    return k, v, offs_n, nmask
+    return k, tl.where(nmask[:, None], v, 0.0), offs_n, nmask
 
 
 @triton.jit
@@ -83,7 +87,7 @@ def _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32: tl.constexpr):
 
 @triton.jit
 def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SLOTS, sqb, sqh, s_cos, s_blk, s_kv,
-                  s_pg, s_h, sbt, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
+                  s_pg, s_h, sbt, cap, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
                   NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
                   USE_GDC: tl.constexpr):
@@ -107,7 +111,7 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
     offs_d = tl.arange(0, D_PAD)
     dmask = offs_d < D
     table = block_tables + b.to(tl.int64) * sbt
-    k, v, offs_n, nmask = _kv_block(KV, table, lo, hi, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE, BLOCK_N)
+    k, v, offs_n, nmask = _kv_block(KV, table, lo, hi, cap, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE, BLOCK_N)
     heads = kvh * REP + offs_r
     hmask = offs_r < REP
     qmask = hmask[:, None] & dmask[None, :]
@@ -137,7 +141,7 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
     acc = tl.zeros([REP_PAD, D_PAD], tl.float32)
     m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32)
     for s in range(lo + BLOCK_N, hi, BLOCK_N):
-        k, v, offs_n, nmask = _kv_block(KV, table, s, hi, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE, BLOCK_N)
+        k, v, offs_n, nmask = _kv_block(KV, table, s, hi, cap, kvh, s_blk, s_kv, s_pg, s_h, offs_d, dmask, PAGE, BLOCK_N)
         m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32)
     if NUM_PARTS == 1:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -245,7 +249,8 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
     _paged_decode[(bsz, hkv, num_parts)](
         base, kv, out, pacc, pml, block_tables, seq_lens, cos, sin, positions, slots, q_strides[0], q_strides[1],
         cos.stride(0) if rope is not None else 0, kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3),
-        block_tables.stride(0), out.stride(0), out.stride(1), scale * LOG2E, int(window or 0), REP=rep,
+        block_tables.stride(0), block_tables.shape[1] * page, out.stride(0), out.stride(1), scale * LOG2E,
+        int(window or 0), REP=rep,
         REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
         WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, num_warps=4,
         num_stages=1 if interp else 3, **gdc("attention"))
