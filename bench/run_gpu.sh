@@ -50,6 +50,8 @@
 #                                 # next kernel launches right after the wait: attention reads its pages before its own)
 #   bash bench/run_gpu.sh first   # attention, merge (and norm) kernels let the next kernel launch before they wait
 #                                 # (WB_PDL_FIRST); o_proj GEMVs with deep pipelines (bench/data/gemv_o_deep_*.json)
+#                                 # (WB_PDL_FIRST gained nothing at batch 1, lost at 8, and is gone: first and first2
+#                                 # need commit 1404608)
 #   bash bench/run_gpu.sh first2  # attention tests; decode with the key/value loads bounded by the table, then
 #                                 # trigger-first attention (and norm) kernels with deep 8B o_proj pipelines
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.

@@ -81,29 +81,11 @@ def mma(a, b, FP32: tl.constexpr):
 @triton.jit
 def gdc_begin(USE_GDC: tl.constexpr):
     """With programmatic dependent launch: wait until the kernel before has finished (its writes visible),
-    then let the next kernel launch into SMs this one leaves free (USE_GDC == 2: let it launch first, then
-    wait). First in every kernel that uses it, so nothing is read or written before the wait."""
-    gdc_launch_first(USE_GDC)
-    gdc_wait_then_launch(USE_GDC)
-
-
-@triton.jit
-def gdc_launch_first(USE_GDC: tl.constexpr):
-    """USE_GDC == 2 (the kernel's family is in PDL_FIRST): let the next kernel launch now, before this one waits
-    for the kernel before; the next one waits for this one, which finishes after its own wait, so it still sees
-    every write before it."""
-    if USE_GDC == 2:
-        tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def gdc_wait_then_launch(USE_GDC: tl.constexpr):
-    """With programmatic dependent launch: wait for the kernel before, then (unless gdc_launch_first did) let the
-    next kernel launch."""
+    then let the next kernel launch into SMs this one leaves free. First in every kernel that uses it, so
+    nothing is read or written before the wait."""
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
-        if USE_GDC == 1:
-            tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
@@ -153,9 +135,6 @@ def use_pdl() -> bool:
 
 
 PDL_FAMILIES = {"gemv", "norm", "rope", "attention", "activation", "step"}  # kernels that launch with PDL
-# families whose kernels let the next kernel launch before they wait for the one before (gdc_begin), so that it
-# can read what it needs early (a GEMV its weights); WB_PDL_FIRST (comma list) overrides it for measuring
-PDL_FIRST = set(filter(None, os.environ.get("WB_PDL_FIRST", "").split(",")))
 _PDL_OVERRIDE: bool | None = None  # set by `pdl_launches`
 
 
@@ -177,11 +156,9 @@ class pdl_launches:
 
 
 def gdc(family: str) -> dict:
-    """The launch options of a kernel with a USE_GDC parameter: PDL on (1; 2 where the family is in PDL_FIRST) where
-    `use_pdl()` and its family is in PDL_FAMILIES (a switch for measuring which kernels gain from it)."""
-    if not (use_pdl() and family in PDL_FAMILIES):
-        return {"USE_GDC": 0}
-    return {"USE_GDC": 2 if family in PDL_FIRST else 1, "launch_pdl": True}
+    """The launch options of a kernel with a USE_GDC parameter: PDL on where `use_pdl()` and its family is in
+    PDL_FAMILIES (a switch for measuring which kernels gain from it)."""
+    return {"USE_GDC": True, "launch_pdl": True} if use_pdl() and family in PDL_FAMILIES else {"USE_GDC": False}
 
 
 if interpreting():

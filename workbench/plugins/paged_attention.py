@@ -24,8 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import (dot_in_fp32, gdc, gdc_begin, gdc_launch_first, gdc_wait_then_launch, interpreting,
-                                      mma, pow2, rounded)
+from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, pow2, rounded
 from workbench.plugins.flash_attention import LOG2E, softmax_step
 
 
@@ -96,9 +95,8 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
     the rope table's row) is read before waiting for that kernel; the new token's key and value, written to the
     cache after the wait, replace what the block read at that token. Without ROPE the new token is already in the
     cache (written by the kernel before): everything waits."""
-    gdc_launch_first(USE_GDC)
     if not ROPE:
-        gdc_wait_then_launch(USE_GDC)
+        gdc_begin(USE_GDC)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -120,7 +118,7 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
         c = tl.load(COS + pos * s_cos + offs_d, mask=dmask, other=0.0)
         sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)
         slot = tl.load(SLOTS + b)
-        gdc_wait_then_launch(USE_GDC)
+        gdc_begin(USE_GDC)
         half = offs_d < D // 2
         partner = tl.where(half, offs_d + D // 2, offs_d - D // 2)
         q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=qmask, other=0.0)
