@@ -54,6 +54,7 @@
 #                                 # need commit 1404608)
 #   bash bench/run_gpu.sh first2  # attention tests; decode with the key/value loads bounded by the table, then
 #                                 # trigger-first attention (and norm) kernels with deep 8B o_proj pipelines
+#   bash bench/run_gpu.sh attn    # the decode attention kernel alone: partition sizes and warps (bench/attn_sweep.py)
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -271,6 +272,9 @@ elif [ "$stage" = first2 ]; then  # attention loads bounded by the table's capac
   WB_PDL_FIRST=attention dq --sweep builtin,bench/data/gemv_o_deep_8b.json --name decode_quant_first2_attn_deep_h100
   WB_PDL_FIRST=attention,norm dq --sweep builtin,bench/data/gemv_o_deep_8b.json --name decode_quant_first2_attnnorm_deep_h100
   dq --sweep "" --name decode_quant_first2_base2_h100
+elif [ "$stage" = attn ]; then  # the decode attention kernel alone, several partition sizes and warps
+  step 200 python bench/attn_sweep.py --ctx 128,256,384
+  (which ncu nsys; ls /usr/local/cuda*/bin 2>/dev/null | grep -i -E "ncu|nsys|nsight") 2>&1 | tee -a "$LOG"
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -189,6 +189,10 @@ def decode_partitions(max_len: int, batch: int, kv_heads: int, page_size: int, s
 MIN_PARTITION = int(os.environ.get("WB_DECODE_MIN_PART", "64"))
 
 
+# warps of a decode attention program (bench/attn_sweep.py times others)
+DECODE_WARPS = 4
+
+
 def _block_n(page_size: int) -> int:
     return 16 if interpreting() else max(64, page_size)
 
@@ -250,7 +254,7 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
         block_tables.stride(0), block_tables.shape[1] * page, out.stride(0), out.stride(1), scale * LOG2E,
         int(window or 0), REP=rep,
         REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
-        WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, num_warps=4,
+        WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, num_warps=DECODE_WARPS,
         num_stages=1 if interp else 3, **gdc("attention"))
     if num_parts > 1:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
