@@ -55,6 +55,7 @@
 #   bash bench/run_gpu.sh first2  # attention tests; decode with the key/value loads bounded by the table, then
 #                                 # trigger-first attention (and norm) kernels with deep 8B o_proj pipelines
 #   bash bench/run_gpu.sh attn    # the decode attention kernel alone: partition sizes and warps (bench/attn_sweep.py)
+#   bash bench/run_gpu.sh ncu     # Nsight Compute on the 8B o_proj GEMVs, int8 gate_up and decode attention
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -275,6 +276,10 @@ elif [ "$stage" = first2 ]; then  # attention loads bounded by the table's capac
 elif [ "$stage" = attn ]; then  # the decode attention kernel alone, several partition sizes and warps
   step 200 python bench/attn_sweep.py --ctx 128,256,384
   (which ncu nsys; ls /usr/local/cuda*/bin 2>/dev/null | grep -i -E "ncu|nsys|nsight") 2>&1 | tee -a "$LOG"
+elif [ "$stage" = ncu ]; then  # Nsight Compute on single decode-step kernels (bench/ncu_probe.py)
+  WB_PDL=0 step 300 /usr/local/cuda/bin/ncu --target-processes all -k regex:"_gemv|_paged" -s 3 -c 4 \
+    --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis python bench/ncu_probe.py
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
