@@ -277,7 +277,7 @@ elif [ "$stage" = attn ]; then  # the decode attention kernel alone, several par
   step 200 python bench/attn_sweep.py --ctx 128,256,384
   (which ncu nsys; ls /usr/local/cuda*/bin 2>/dev/null | grep -i -E "ncu|nsys|nsight") 2>&1 | tee -a "$LOG"
 elif [ "$stage" = ncu ]; then  # Nsight Compute on single decode-step kernels (bench/ncu_probe.py)
-  WB_PDL=0 step 300 /usr/local/cuda/bin/ncu --target-processes all -k regex:"_gemv|_paged" -s 3 -c 4 \
+  WB_PDL=0 step 300 /usr/local/cuda/bin/ncu --target-processes all -k regex:"_gemv|_paged" -s 5 -c 5 \
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section SchedulerStats --section MemoryWorkloadAnalysis python bench/ncu_probe.py
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
