@@ -65,7 +65,8 @@ def main() -> None:
     ap.add_argument("--ctx", default="256")
     ap.add_argument("--name", default="attn_sweep_h100")
     args = ap.parse_args()
-    variants = [(64, 4), (64, 8), (64, 2), (32, 4), (32, 2), (128, 4), (128, 8), (256, 8), (512, 8)]
+    variants = [(64, 4), (64, 8), (64, 2), (32, 4), (32, 2), (32, 8), (16, 4), (16, 2), (128, 4), (128, 8), (256, 8),
+                (512, 8)]
     result = {"benchmark": "attn_sweep", "device": device_name(), "machine": machine(), "layers": LAYERS,
               "capacity": CAPACITY, "runs": {}}
     for model in args.models.split(","):

@@ -56,6 +56,7 @@
 #                                 # trigger-first attention (and norm) kernels with deep 8B o_proj pipelines
 #   bash bench/run_gpu.sh attn    # the decode attention kernel alone: partition sizes and warps (bench/attn_sweep.py)
 #   bash bench/run_gpu.sh ncu     # Nsight Compute on the 8B o_proj GEMVs, int8 gate_up and decode attention
+#   bash bench/run_gpu.sh part    # decode with attention partitions of at least 64, 32 or 16 tokens; attention sweep
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -280,6 +281,13 @@ elif [ "$stage" = ncu ]; then  # Nsight Compute on single decode-step kernels (b
   WB_PDL=0 step 300 /usr/local/cuda/bin/ncu --target-processes all -k regex:"_gemv|_paged" -s 5 -c 5 \
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section SchedulerStats --section MemoryWorkloadAnalysis python bench/ncu_probe.py
+elif [ "$stage" = part ]; then  # decode attention partitions of at least 64, 32 or 16 tokens (WB_DECODE_MIN_PART)
+  step 120 python -m pytest tests/plugins/test_kernels.py tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider
+  step 60 python bench/attn_sweep.py --ctx 256 --name attn_sweep_part_h100
+  for p in 64 32 16; do
+    WB_DECODE_MIN_PART=$p step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_part${p}_h100
+  done
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
