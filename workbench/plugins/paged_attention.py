@@ -183,9 +183,11 @@ def decode_partitions(max_len: int, batch: int, kv_heads: int, page_size: int, s
     return part, triton.cdiv(max_len, part)  # a partition smaller than a key block reads blocks of its size
 
 
-# tokens; 64 measured faster than 128 at batch 1 (1B 909 -> 926 tok/s, 8B 180.3 -> 181.7; H100 call 6), equal at 8;
-# WB_DECODE_MIN_PART overrides it for measuring
-MIN_PARTITION = int(os.environ.get("WB_DECODE_MIN_PART", "64"))
+# tokens; 64 measured faster than 128 at batch 1 (1B 909 -> 926 tok/s, 8B 180.3 -> 181.7; third session's call 6),
+# 32 faster than 64 (1B 945.7 -> 953.9, 8B 182.9 -> 183.6; the kernel alone 3.88 -> 3.63 us, 5.92 -> 5.12) and 16
+# (946.1, 183.3; fifth session's call 7, decode_quant_part{64,32,16}_h100.json, attn_sweep_part_h100.json), all
+# equal at batch 8; WB_DECODE_MIN_PART (16 at least) overrides it for measuring
+MIN_PARTITION = int(os.environ.get("WB_DECODE_MIN_PART", "32"))
 
 
 # warps of a decode attention program (bench/attn_sweep.py times others)
