@@ -57,6 +57,8 @@
 #   bash bench/run_gpu.sh attn    # the decode attention kernel alone: partition sizes and warps (bench/attn_sweep.py)
 #   bash bench/run_gpu.sh ncu     # Nsight Compute on the 8B o_proj GEMVs, int8 gate_up and decode attention
 #   bash bench/run_gpu.sh part    # decode with attention partitions of at least 64, 32 or 16 tokens; attention sweep
+#   bash bench/run_gpu.sh final5  # fifth session's final run: every GPU test; decode (all formats), debug engines,
+#                                 # prefill, the step's kernels and what each kind costs it, at the built-in defaults
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -288,6 +290,15 @@ elif [ "$stage" = part ]; then  # decode attention partitions of at least 64, 32
     WB_DECODE_MIN_PART=$p step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
       --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_part${p}_h100
   done
+elif [ "$stage" = final5 ]; then  # the fifth session's last defaults
+  step 170 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider
+  step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
+  step 60 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
+  step 60 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
+  step 40 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
+  step 90 python bench/decode_ablate.py --cuts none,norm,attn,merge --name decode_ablate_final_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
