@@ -59,6 +59,7 @@
 #   bash bench/run_gpu.sh part    # decode with attention partitions of at least 64, 32 or 16 tokens; attention sweep
 #   bash bench/run_gpu.sh final5  # fifth session's final run: every GPU test; decode (all formats), debug engines,
 #                                 # prefill, the step's kernels and what each kind costs it, at the built-in defaults
+#   bash bench/run_gpu.sh prmt2   # 8B and 1B int8 decode with the TMA tiles' byte permutes on and off, alternated
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -299,6 +300,11 @@ elif [ "$stage" = final5 ]; then  # the fifth session's last defaults
   step 60 python bench/prefill.py --repeats 3 --name prefill_h100_defaults
   step 40 python bench/decode_kernels.py --runs llama-3-8b:bf16,llama-3-8b:int8_wo_logits,llama-3.2-1b:bf16
   step 90 python bench/decode_ablate.py --cuts none,norm,attn,merge --name decode_ablate_final_h100
+elif [ "$stage" = prmt2 ]; then  # byte permutes (WB_GEMV_PRMT=1) against integer unpacking, alternated twice
+  for p in 1 0 1 0; do
+    WB_GEMV_PRMT=$p step 60 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 5 --sweep "" --name decode_quant_prmt2_${p}_h100
+  done
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
