@@ -123,6 +123,8 @@ def best_config(fmt, x, ws, n, m, ref, swiglu=False):
     configs = (DOT if "dot" in FAMILIES else []) + ([c + (False,) for c in fma] if m == 1 and "fma" in FAMILIES else [])
     if m == 1 and "tma" in FAMILIES and fmt in ("bf16", "w8a16"):
         configs += [c + ("tma",) for c in (TMA if fmt == "bf16" else TMA_INT8)]
+        if fmt == "w8a16":  # the same tiles unpacking by byte permutes
+            configs += [c + ("tma_prmt",) for c in TMA_INT8]
     key = (1 if m == 1 else 8, n, x.shape[1]) + (() if fmt == "bf16" else (fmt,)) + (("swiglu",) if swiglu else ())
     if "table" in FAMILIES and key in H100_GEMV and tuple(H100_GEMV[key]) not in configs:
         configs.append(tuple(H100_GEMV[key]))

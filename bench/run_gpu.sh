@@ -60,6 +60,7 @@
 #   bash bench/run_gpu.sh final5  # fifth session's final run: every GPU test; decode (all formats), debug engines,
 #                                 # prefill, the step's kernels and what each kind costs it, at the built-in defaults
 #   bash bench/run_gpu.sh prmt2   # 8B and 1B int8 decode with the TMA tiles' byte permutes on and off, alternated
+#   bash bench/run_gpu.sh kinds   # GEMV tests; decode with the table's int8 kinds (1B tma_prmt, 8B tma)
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -305,6 +306,10 @@ elif [ "$stage" = prmt2 ]; then  # byte permutes (WB_GEMV_PRMT=1) against intege
     WB_GEMV_PRMT=$p step 60 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
       --modes bf16,int8_wo_logits --plain-modes "" --repeats 5 --sweep "" --name decode_quant_prmt2_${p}_h100
   done
+elif [ "$stage" = kinds ]; then  # the built-in table with the 1B int8 tiles unpacking by byte permutes
+  step 120 python -m pytest tests/plugins/test_gemv.py tests/runtime/test_cuda_executor_quant.py -q -n 4 -p no:cacheprovider
+  step 120 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits --plain-modes "" --repeats 5 --sweep "" --name decode_quant_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -188,16 +188,23 @@ def test_int8_byte_permute_unpacking_agrees_with_the_integer_one(monkeypatch, dt
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split,swiglu,bn", [(1, False, 16), (2, False, 8), (1, True, 8), (3, True, 16)])
 def test_int8_tma_byte_permutes_give_the_integer_unpacking_bits(monkeypatch, dtype, split, swiglu, bn):
-    # TMA tiles taking x by TMA unpack the words by byte permutes into the same exact values as the integer
-    # operations, multiplied and summed in the same order: the same bits
+    # TMA tiles taking x by TMA unpack the words by byte permutes ("tma_prmt") into the same exact values as the
+    # integer operations ("tma"), multiplied and summed in the same order: the same bits
     n, k = 512, 4096
     x = _x(1, k, dtype)
     ops = _int8(n, k)
     ops["qweight"][:, :8] = torch.tensor([-128, 127, -1, 0, 1, -127, 64, -64], dtype=torch.int8, device=DEV)
-    cfg = (bn, 512, split, 4, 4, "tma")
-    fast = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
-    monkeypatch.setattr(gm, "PRMT", False)
-    exact = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)
+    seen = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: seen.append((kw["X_TMA"], kw["PRMT"])) or gm._gemv_tma_kernel[grid](*a, **kw)
+
+    monkeypatch.setattr(gm, "_gemv_tma_kernel", gm._gemv_tma, raising=False)
+    monkeypatch.setattr(gm, "_gemv_tma", Spy())
+    fast = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (bn, 512, split, 4, 4, "tma_prmt"), swiglu)
+    exact = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (bn, 512, split, 4, 4, "tma"), swiglu)
+    assert seen == [(True, True), (True, False)]
     assert torch.equal(fast, exact)
     assert rel_err(exact, gm.w8a16_gemv_ref(x, ops["qweight"], ops["scales"], swiglu=swiglu)) < 2e-2
 

@@ -51,7 +51,11 @@ PDL_MODE = os.environ.get("WB_GEMV_PDL", "prefetch")
 
 # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, kind]: kind True (a 5-tuple) multiplies tiles on the tensor
 # cores, False by fp32 multiply-adds from register tiles (one row), "tma" by multiply-adds from tiles that TMA
-# copies bring into shared memory, num_stages of them in flight (one row of float or int8 weights)
+# copies bring into shared memory, num_stages of them in flight (one row of float or int8 weights); "tma_prmt" as
+# "tma", int8 tiles that take x by TMA unpacking their words by byte permutes instead of integer operations (the
+# same values; which is faster depends on the shapes: 1B int8 + logits at batch 1 1408 -> 1434 tok/s, 8B 319.0 ->
+# 316.9; fifth session's call 9, decode_quant_prmt2_{0,1}_h100.json)
+TMA_KINDS = ("tma", "tma_prmt")
 DEFAULT = (32, 256, 1, 4, 4)
 DEFAULT_QUANT = (32, 256, 1, 4, 4, False)  # one row; more rows take the dot with this tiling
 SHARED_BYTES = 220 * 1024  # about what the dot's pipelined operand tiles may take (an H100 SM has 227 KiB)
@@ -82,8 +86,8 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         norm_args = dict(R=x2, NW=x2, H=x2, eps=0.0, NORM=False, NORM_BLOCK=1)
     bn, bk, split, warps, stages, kind = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
-    tma = kind == "tma" and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word)
-    dot = m > 1 or kind not in (False, "tma")  # multiply-adds for one row only
+    tma = kind in TMA_KINDS and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word)
+    dot = m > 1 or kind not in (False, *TMA_KINDS)  # multiply-adds for one row only
     prefetch = not dot and stages > 1  # one row of word tiles: a register prefetch of the next tile
     if interpreting():
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
@@ -114,7 +118,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     prmt = PRMT and wq == INT8 and x.dtype in (torch.bfloat16, torch.float16) and not interpreting()
     if tma:
         _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
-                    stages, gdc_mode, launch, norm_args, prmt)
+                    stages, gdc_mode, launch, norm_args, prmt, kind == "tma_prmt")
     elif words:
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
@@ -145,8 +149,9 @@ def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int)
 
 
 def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps, stages,
-                gdc_mode, launch, norm_args, prmt: bool) -> None:
-    """The one-row GEMV with TMA-pipelined weight tiles (gemv_tma.py)."""
+                gdc_mode, launch, norm_args, prmt: bool, x_tma_prmt: bool) -> None:
+    """The one-row GEMV with TMA-pipelined weight tiles (gemv_tma.py); byte permutes (`prmt`) where x comes by TMA
+    only if `x_tma_prmt`."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     words = bk // max(per_word, 1)
@@ -157,7 +162,8 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
     xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64]) if x_tma else x2
     _gemv_tma[(triton.cdiv(n, bn), split)](
         x2, xd, desc, s, b, y, part, n, k, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
-        HAS_BIAS=has_bias, SWIGLU=swiglu, WQ=wq, PER_WORD=max(per_word, 1), WORDS=words, PRMT=prmt, X_TMA=x_tma,
+        HAS_BIAS=has_bias, SWIGLU=swiglu, WQ=wq, PER_WORD=max(per_word, 1), WORDS=words,
+        PRMT=prmt and (x_tma_prmt or not x_tma), X_TMA=x_tma,
         STAGES=max(stages, 1), GDC_MODE=gdc_mode, num_warps=warps, num_stages=1, **norm_args, **launch)
 
 

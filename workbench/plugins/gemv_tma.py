@@ -1,5 +1,5 @@
 """The one-row GEMV with its weight tiles brought in by the Hopper tensor memory accelerator (plugins/gemv.py
-launches it for configs whose kind is "tma").
+launches it for configs whose kind is "tma" or "tma_prmt").
 
 The register-tile kernels (gemv_kernels.py) keep one tile a program in flight: a warp issues its loads, then
 waits for them before it multiplies. Here each tile is one TMA copy into shared memory, and the loop is

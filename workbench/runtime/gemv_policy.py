@@ -16,7 +16,8 @@ from workbench.errors import WorkbenchError
 # int8 winners of gemv_sweep_xtma_h100.json (TMA tiles with x by TMA too). Float keys are listed only where the GEMV
 # beat cuBLAS; rows bucket 1
 # is one row, 8 covers 2..8 rows; a config of six entries ends with its kind (False: fp32 multiply-adds for one
-# row, "tma": the same from TMA-pipelined tiles; see plugins/gemv.py).
+# row, "tma": the same from TMA-pipelined tiles, "tma_prmt": those unpacking int8 by byte permutes, measured faster
+# for the 1B int8 shapes and slower for the 8B ones in whole decode steps; see plugins/gemv.py).
 H100_GEMV = {
     # Llama-3.2-1B, bf16
     (1, 3072, 2048): (8, 512, 1, 4, 4, False),  # qkv
@@ -29,17 +30,17 @@ H100_GEMV = {
     (1, 128256, 2048): (8, 512, 1, 4, 4, False),  # logits
     (8, 128256, 2048): (32, 256, 1, 4, 4),  # logits
     # Llama-3.2-1B, w8a16
-    (1, 3072, 2048, "w8a16"): (8, 1024, 1, 4, 4, "tma"),  # qkv
+    (1, 3072, 2048, "w8a16"): (8, 1024, 1, 4, 4, "tma_prmt"),  # qkv
     (8, 3072, 2048, "w8a16"): (32, 256, 1, 4, 4),  # qkv
-    (1, 2048, 2048, "w8a16"): (8, 1024, 1, 4, 4, "tma"),  # o
+    (1, 2048, 2048, "w8a16"): (8, 1024, 1, 4, 4, "tma_prmt"),  # o
     (8, 2048, 2048, "w8a16"): (16, 512, 1, 4, 3),  # o
-    (1, 16384, 2048, "w8a16"): (32, 256, 1, 4, 4, "tma"),  # gate_up
-    (1, 16384, 2048, "w8a16", "swiglu"): (32, 256, 1, 4, 4, "tma"),  # gate_up
+    (1, 16384, 2048, "w8a16"): (32, 256, 1, 4, 4, "tma_prmt"),  # gate_up
+    (1, 16384, 2048, "w8a16", "swiglu"): (32, 256, 1, 4, 4, "tma_prmt"),  # gate_up
     (8, 16384, 2048, "w8a16"): (64, 256, 1, 8, 3),  # gate_up
     (8, 16384, 2048, "w8a16", "swiglu"): (64, 256, 1, 8, 3),  # gate_up
-    (1, 2048, 8192, "w8a16"): (8, 1024, 1, 4, 4, "tma"),  # down
+    (1, 2048, 8192, "w8a16"): (8, 1024, 1, 4, 4, "tma_prmt"),  # down
     (8, 2048, 8192, "w8a16"): (32, 256, 4, 4, 4),  # down
-    (1, 128256, 2048, "w8a16"): (8, 1024, 1, 4, 4, "tma"),  # logits
+    (1, 128256, 2048, "w8a16"): (8, 1024, 1, 4, 4, "tma_prmt"),  # logits
     # Llama-3.2-1B, w4a16
     (1, 3072, 2048, "w4a16"): (16, 256, 2, 4, 4, False),  # qkv
     (8, 3072, 2048, "w4a16"): (32, 256, 4, 4, 4),  # qkv
