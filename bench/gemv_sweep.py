@@ -50,7 +50,11 @@ TMA_INT8 = [(8, 1024, 1, 4, 4), (8, 1024, 1, 4, 6), (16, 512, 1, 4, 4), (16, 102
             (4, 1024, 1, 2, 6), (16, 512, 2, 4, 4), (8, 512, 1, 4, 6), (32, 256, 1, 4, 4), (64, 256, 1, 8, 3),
             (8, 1024, 2, 4, 4), (4, 1024, 1, 2, 8), (8, 1024, 1, 4, 8), (16, 1024, 1, 8, 6), (32, 512, 1, 8, 4),
             (16, 512, 1, 4, 8), (8, 512, 1, 4, 8), (32, 1024, 1, 8, 3), (64, 512, 1, 8, 3), (16, 256, 1, 4, 8)]
-# one row, tiles brought into shared memory by TMA copies, num_stages of them in flight (float and int8 weights)
+TMA_INT4 = [(16, 128, 1, 4, 4), (32, 128, 1, 4, 4), (64, 128, 1, 4, 4), (32, 128, 1, 8, 4), (64, 128, 1, 8, 4),
+            (16, 128, 1, 4, 8), (32, 128, 1, 4, 6), (64, 128, 1, 8, 3), (8, 128, 1, 4, 8), (32, 64, 1, 4, 8),
+            (64, 64, 1, 4, 6), (128, 128, 1, 8, 3), (16, 128, 2, 4, 4), (32, 128, 2, 4, 4)]
+# one row, tiles brought into shared memory by TMA copies, num_stages of them in flight (float, int8 and int4
+# weights; int4 tiles within a group of 128)
 TIMES: dict[str, float] = {}  # every config best_config timed, for the result file
 FAMILIES = {"dot", "fma", "tma", "table"}  # which configs best_config tries (--families); table: the built-in one
 CALLS = 20
@@ -121,8 +125,8 @@ def best_config(fmt, x, ws, n, m, ref, swiglu=False):
     best, errors = None, {}
     fma = FMA + (FMA_QUANT if fmt != "bf16" else [])
     configs = (DOT if "dot" in FAMILIES else []) + ([c + (False,) for c in fma] if m == 1 and "fma" in FAMILIES else [])
-    if m == 1 and "tma" in FAMILIES and fmt in ("bf16", "w8a16"):
-        configs += [c + ("tma",) for c in (TMA if fmt == "bf16" else TMA_INT8)]
+    if m == 1 and "tma" in FAMILIES:
+        configs += [c + ("tma",) for c in {"bf16": TMA, "w8a16": TMA_INT8, "w4a16": TMA_INT4}[fmt]]
         if fmt == "w8a16":  # the same tiles unpacking by byte permutes
             configs += [c + ("tma_prmt",) for c in TMA_INT8]
     key = (1 if m == 1 else 8, n, x.shape[1]) + (() if fmt == "bf16" else (fmt,)) + (("swiglu",) if swiglu else ())

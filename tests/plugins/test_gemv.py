@@ -300,3 +300,53 @@ def test_int8_tma_tiles_take_x_by_tma_too(monkeypatch, dtype, split, swiglu):
     assert rel_err(tma, regs) < (1e-5 if dtype == torch.float32 else 8e-3)
     assert rel_err(tma, gm.w8a16_gemv_ref(x, ops["qweight"], ops["scales"], swiglu=swiglu)) < \
         (TOL[dtype] if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("split,swiglu,bias", [(1, False, True), (2, False, False), (1, True, False), (2, True, True)])
+def test_int4_tma_tiles_match_the_register_tiles(monkeypatch, dtype, split, swiglu, bias):
+    # int4 words and x's chunks by TMA, x split into the words' eight columns in registers, each value rounded to
+    # x's dtype as the reference rounds (one packed conversion a pair for bf16 on the GPU)
+    seen = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **k: seen.append(k["WORDS"]) or gm._gemv_tma_w4_kernel[grid](*a, **k)
+
+    monkeypatch.setattr(gm, "_gemv_tma_w4_kernel", gm._gemv_tma_w4, raising=False)
+    monkeypatch.setattr(gm, "_gemv_tma_w4", Spy())
+    n, k, group = (96 if swiglu else 48), 512, 128
+    x = _x(1, k, dtype)
+    ops = _int4(n, k, group)
+    b = _bias(n, dtype, bias)
+    cfg = (16, 128, split, 4, 3)
+    tma = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, cfg + ("tma",), swiglu)
+    regs = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, cfg + (False,), swiglu)
+    ref = gm.w4a16_gemv_ref(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, swiglu=swiglu)
+    assert seen == [16]
+    assert tma.shape == regs.shape == (1, n // 2 if swiglu else n)
+    assert rel_err(tma, regs) < (1e-5 if dtype == torch.float32 else 8e-3)
+    assert rel_err(tma, ref) < (TOL[dtype] if dtype == torch.float32 else 2e-2)
+
+
+def test_int4_tma_tiles_round_each_value_as_the_reference():
+    # dequantized weights bf16 cannot hold exactly: one-hot x picks one weight, which must come out as rounded
+    k, group = 128, 128
+    qs = torch.randint(0, 16, (8, k), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ops = {"qweight": nq.pack_int4(qs).to(DEV), "scales": torch.full((8, 1), 1 / 3 + 2 ** -20).to(DEV),
+           "zeros": torch.full((8, 1), 7, dtype=torch.uint8).to(DEV)}
+    x = torch.zeros(1, k, dtype=torch.bfloat16, device=DEV)
+    for j in range(0, k, 7):
+        x.zero_()
+        x[0, j] = 1
+        y = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, None, (8, 128, 1, 4, 2, "tma"))
+        assert torch.equal(y, quant_ops.w4a16(x, ops, group)), j
+
+
+def test_int4_tma_config_falls_back_where_tma_cannot_take_it():
+    # tiles across groups, or a norm to compute: the register tiles run it
+    ops = _int4(48, 256, 64)
+    x = _x(1, 256, torch.bfloat16)
+    y = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 64, None, (16, 128, 1, 4, 3, "tma"))
+    ref = gm.w4a16_gemv_ref(x, ops["qweight"], ops["scales"], ops["zeros"], 64)
+    assert rel_err(y, ref) < 2e-2

@@ -29,6 +29,7 @@ import triton
 from workbench.plugins.common import dot_in_fp32, gdc, interpreting, pow2
 from workbench.plugins.gemv_kernels import _gemv, _gemv_reduce, _gemv_words
 from workbench.plugins.gemv_tma import _gemv_tma
+from workbench.plugins.gemv_tma_w4 import _gemv_tma_w4
 
 FLOAT, INT8, INT4 = 0, 8, 4  # weight formats (the kernel's WQ)
 # one-row int8 with 16-bit activations: words unpacked by byte permutes (WB_GEMV_PRMT=0: integer shifts)
@@ -51,7 +52,7 @@ PDL_MODE = os.environ.get("WB_GEMV_PDL", "prefetch")
 
 # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, kind]: kind True (a 5-tuple) multiplies tiles on the tensor
 # cores, False by fp32 multiply-adds from register tiles (one row), "tma" by multiply-adds from tiles that TMA
-# copies bring into shared memory, num_stages of them in flight (one row of float or int8 weights); "tma_prmt" as
+# copies bring into shared memory, num_stages of them in flight (one row of float, int8 or int4 weights); "tma_prmt" as
 # "tma", int8 tiles that take x by TMA unpacking their words by byte permutes instead of integer operations (the
 # same values; which is faster depends on the shapes: 1B int8 + logits at batch 1 1408 -> 1434 tok/s, 8B 319.0 ->
 # 316.9; fifth session's call 9, decode_quant_prmt2_{0,1}_h100.json)
@@ -86,11 +87,13 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         norm_args = dict(R=x2, NW=x2, H=x2, eps=0.0, NORM=False, NORM_BLOCK=1)
     bn, bk, split, warps, stages, kind = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
-    tma = kind in TMA_KINDS and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word)
+    tma = kind in TMA_KINDS and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word, group)
     dot = m > 1 or kind not in (False, *TMA_KINDS)  # multiply-adds for one row only
     prefetch = not dot and stages > 1  # one row of word tiles: a register prefetch of the next tile
     if interpreting():
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
+    if wq == INT4:  # int4 tiles take x by TMA, with no norm in their prologue, and lie within a group
+        tma = tma and norm is None and x2.data_ptr() % 16 == 0 and group % bk == 0
     elif dot:  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two weight tiles take more)
         size = 4 if dot_in_fp32(x.dtype) else 2
         x_tiles = 3 if norm is not None else 1  # a norm pipelines x, the residual and the norm weights
@@ -116,7 +119,10 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     gdc_mode = PDL_MODES[PDL_MODE]
     # one-row int8 with 16-bit x: byte-permute unpacking (inline PTX, so not in the interpreter)
     prmt = PRMT and wq == INT8 and x.dtype in (torch.bfloat16, torch.float16) and not interpreting()
-    if tma:
+    if tma and wq == INT4:
+        _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, bias is not None, swiglu, bn, bk, split,
+                       warps, stages, gdc_mode, launch)
+    elif tma:
         _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
                     stages, gdc_mode, launch, norm_args, prmt, kind == "tma_prmt")
     elif words:
@@ -139,10 +145,13 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     return y if h is None else (h.view(shape), y)
 
 
-def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int) -> bool:
-    """Whether the weights can be read by TMA copies of [bn, bk] values: float or int8 (as words), 16-byte aligned
-    rows, boxes of at most 256 elements a side (where they cannot, the config runs as register tiles)."""
-    if wq not in (FLOAT, INT8) or (wq == INT8 and (k % 4 or bk % 4)):
+def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int, group: int = 1) -> bool:
+    """Whether the weights can be read by TMA copies of [bn, bk] values: float, int8 or int4 (as words; int4 tiles
+    within a group, x in whole 64-value chunks), 16-byte aligned rows, boxes of at most 256 elements a side (where
+    they cannot, the config runs as register tiles)."""
+    if wq == INT8 and (k % 4 or bk % 4):
+        return False
+    if wq == INT4 and (k % 64 or bk % 64 or group % bk):
         return False
     row_bytes = w.stride(0) * w.element_size()
     return w.data_ptr() % 16 == 0 and row_bytes % 16 == 0 and bn <= 256 and bk // max(per_word, 1) <= 256
@@ -165,6 +174,21 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
         HAS_BIAS=has_bias, SWIGLU=swiglu, WQ=wq, PER_WORD=max(per_word, 1), WORDS=words,
         PRMT=prmt and (x_tma_prmt or not x_tma), X_TMA=x_tma,
         STAGES=max(stages, 1), GDC_MODE=gdc_mode, num_warps=warps, num_stages=1, **norm_args, **launch)
+
+
+def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps,
+                   stages, gdc_mode, launch) -> None:
+    """The one-row int4 GEMV with TMA-pipelined tiles (gemv_tma_w4.py)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    wv = w.view(torch.int32)  # packed [N, K / 2] bytes as [N, K / 8] words
+    desc = TensorDescriptor(wv, list(wv.shape), [wv.stride(0), 1], [bn, bk // 8])
+    xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64])
+    _gemv_tma_w4[(triton.cdiv(n, bn), split)](
+        x2, xd, desc, s, z, b, y, part, n, k, groups, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
+        HAS_BIAS=has_bias, SWIGLU=swiglu, GROUP=group, WORDS=bk // 8, ASM=not interpreting(),
+        RN_ASM=x2.dtype == torch.bfloat16 and not interpreting(), STAGES=max(stages, 1), GDC_MODE=gdc_mode,
+        num_warps=warps, num_stages=1, **launch)
 
 
 def _check_swiglu(w: torch.Tensor, swiglu: bool) -> None:
