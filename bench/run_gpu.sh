@@ -62,6 +62,8 @@
 #   bash bench/run_gpu.sh prmt2   # 8B and 1B int8 decode with the TMA tiles' byte permutes on and off, alternated
 #   bash bench/run_gpu.sh kinds   # GEMV tests; decode with the table's int8 kinds (1B tma_prmt, 8B tma)
 #   bash bench/run_gpu.sh w4tma   # GEMV tests; one-row int4 sweep with TMA tiles; int4 decode with the sweep's table
+#   bash bench/run_gpu.sh w4final # GEMV and quantized-engine tests; decode (bf16, int8 + logits, int4) at the built-in
+#                                 # table with the int4 TMA configs
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -316,6 +318,11 @@ elif [ "$stage" = w4tma ]; then  # one-row int4 GEMVs from TMA tiles: tests, swe
   step 150 python bench/gemv_sweep.py --formats w4a16 --rows 1 --families tma,table --name gemv_sweep_w4tma_h100
   step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 --modes bf16,int4_wo \
     --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_w4tma_h100.json --name decode_quant_w4tma_h100
+elif [ "$stage" = w4final ]; then  # after the int4 TMA configs joined the built-in table
+  step 150 python -m pytest tests/plugins tests/runtime/test_cuda_executor_quant.py tests/runtime/test_cuda_executor.py \
+    -q -n 4 -p no:cacheprovider
+  step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

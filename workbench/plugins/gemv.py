@@ -145,6 +145,12 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     return y if h is None else (h.view(shape), y)
 
 
+def takes_norm(config, wq: int) -> bool:
+    """Whether the one-row GEMV of this config computes a norm in its prologue with its own tiles: int4 TMA tiles do
+    not (a norm runs the register tiles), so a caller keeping fused and unfused bits equal runs the norm kernel."""
+    return not (wq == INT4 and config is not None and len(config) > 5 and config[5] in TMA_KINDS)
+
+
 def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int, group: int = 1) -> bool:
     """Whether the weights can be read by TMA copies of [bn, bk] values: float, int8 or int4 (as words; int4 tiles
     within a group, x in whole 64-value chunks), 16-byte aligned rows, boxes of at most 256 elements a side (where

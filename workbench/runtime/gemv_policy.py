@@ -13,11 +13,12 @@ from workbench.errors import WorkbenchError
 # in one CUDA graph, weights rotated past L2), then TMA configs for every one-row int8 GEMV and the 8B bf16 qkv and
 # logits, measured in whole decode steps under the PDL prefetch mode (gemv_table_all_tma.json, call 8: 8B int8 +
 # logits 307.1 -> 308.9 tok/s, 1B int8 + logits 1295 -> 1319; not the 1B bf16 ones, 945 -> 907), then the one-row
-# int8 winners of gemv_sweep_xtma_h100.json (TMA tiles with x by TMA too). Float keys are listed only where the GEMV
-# beat cuBLAS; rows bucket 1
-# is one row, 8 covers 2..8 rows; a config of six entries ends with its kind (False: fp32 multiply-adds for one
-# row, "tma": the same from TMA-pipelined tiles, "tma_prmt": those unpacking int8 by byte permutes, measured faster
-# for the 1B int8 shapes and slower for the 8B ones in whole decode steps; see plugins/gemv.py).
+# int8 winners of gemv_sweep_xtma_h100.json (TMA tiles with x by TMA too), then the one-row int4 winners of
+# gemv_sweep_w4tma_h100.json (int4 TMA tiles: 8B int4 at batch 1 165 -> 256.5 tok/s, fifth session's call 11).
+# Float keys are listed only where the GEMV beat cuBLAS; rows bucket 1 is one row, 8 covers 2..8 rows; a config of
+# six entries ends with its kind (False: fp32 multiply-adds for one row, "tma": the same from TMA-pipelined tiles,
+# "tma_prmt": those unpacking int8 by byte permutes, measured faster for the 1B int8 shapes and slower for the 8B
+# ones in whole decode steps; see plugins/gemv.py).
 H100_GEMV = {
     # Llama-3.2-1B, bf16
     (1, 3072, 2048): (8, 512, 1, 4, 4, False),  # qkv
@@ -42,15 +43,16 @@ H100_GEMV = {
     (8, 2048, 8192, "w8a16"): (32, 256, 4, 4, 4),  # down
     (1, 128256, 2048, "w8a16"): (8, 1024, 1, 4, 4, "tma_prmt"),  # logits
     # Llama-3.2-1B, w4a16
-    (1, 3072, 2048, "w4a16"): (16, 256, 2, 4, 4, False),  # qkv
+    (1, 3072, 2048, "w4a16"): (16, 128, 2, 4, 4, "tma"),  # qkv
     (8, 3072, 2048, "w4a16"): (32, 256, 4, 4, 4),  # qkv
-    (1, 2048, 2048, "w4a16"): (16, 1024, 1, 8, 2, False),  # o
+    (1, 2048, 2048, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # o
     (8, 2048, 2048, "w4a16"): (32, 256, 4, 4, 4),  # o
-    (1, 16384, 2048, "w4a16"): (64, 128, 1, 8, 3, False),  # gate_up
-    (1, 16384, 2048, "w4a16", "swiglu"): (32, 128, 1, 4, 4, False),  # gate_up
+    (1, 16384, 2048, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # gate_up
+    (1, 16384, 2048, "w4a16", "swiglu"): (64, 128, 1, 8, 4, "tma"),  # gate_up
     (8, 16384, 2048, "w4a16"): (64, 128, 1, 4, 4),  # gate_up
-    (1, 2048, 8192, "w4a16"): (8, 512, 1, 4, 4, False),  # down
+    (1, 2048, 8192, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # down
     (8, 2048, 8192, "w4a16"): (32, 256, 4, 4, 4),  # down
+    (1, 128256, 2048, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # logits
     # Llama-3-8B, bf16
     (1, 6144, 4096): (8, 256, 1, 4, 4, "tma"),  # qkv
     (8, 6144, 4096): (64, 256, 1, 8, 3),  # qkv
@@ -76,16 +78,17 @@ H100_GEMV = {
     (8, 4096, 14336, "w8a16"): (32, 256, 4, 4, 4),  # down
     (1, 128256, 4096, "w8a16"): (8, 1024, 1, 4, 6, "tma"),  # logits
     # Llama-3-8B, w4a16
-    (1, 6144, 4096, "w4a16"): (8, 512, 1, 4, 4, False),  # qkv
+    (1, 6144, 4096, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # qkv
     (8, 6144, 4096, "w4a16"): (64, 128, 1, 4, 4),  # qkv
-    (1, 4096, 4096, "w4a16"): (8, 512, 1, 4, 4, False),  # o
+    (1, 4096, 4096, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # o
     (8, 4096, 4096, "w4a16"): (32, 256, 4, 4, 4),  # o
-    (1, 28672, 4096, "w4a16"): (64, 128, 1, 8, 3, False),  # gate_up
-    (1, 28672, 4096, "w4a16", "swiglu"): (64, 128, 1, 8, 3, False),  # gate_up
+    (1, 28672, 4096, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # gate_up
+    (1, 28672, 4096, "w4a16", "swiglu"): (64, 128, 1, 8, 4, "tma"),  # gate_up
     (8, 28672, 4096, "w4a16"): (64, 128, 1, 4, 4),  # gate_up
     (8, 28672, 4096, "w4a16", "swiglu"): (64, 128, 1, 4, 4),  # gate_up
-    (1, 4096, 14336, "w4a16"): (8, 512, 1, 4, 4, False),  # down
+    (1, 4096, 14336, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # down
     (8, 4096, 14336, "w4a16"): (32, 256, 4, 4, 4),  # down
+    (1, 128256, 4096, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # logits
 }
 
 

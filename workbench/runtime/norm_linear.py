@@ -22,7 +22,7 @@ import triton
 # 768 programs), 8B int8 304 -> 269 (its gate_up has 224 programs: the int8 kernel normalises four x columns per
 # word, in every thread that holds them, which costs more than the norm kernel saves).
 NORM_MAX_PROGRAMS = int(os.environ.get("WB_NORM_MAX_PROGRAMS", "512"))
-NORM_QUANTIZED = os.environ.get("WB_NORM_QUANTIZED", "0") == "1"
+NORM_QUANTIZED = os.environ.get("WB_NORM_QUANTIZED", "0") == "1"  # int8 / int4 GEMVs too (not int4 TMA tiles)
 
 
 def _one_row(a: torch.Tensor, g: torch.Tensor) -> bool:
@@ -85,11 +85,16 @@ def norm_helpers(policy, linear: Callable, swiglu_linear: Callable, quant_linear
         method, ops = node.attrs["method"], dict(zip(node.attrs["operands"], rest))
         out = None
         if NORM_QUANTIZED and _one_row(a, g) and method in ("w8a16", "w4a16") and "smooth" not in ops:
+            from workbench.plugins.gemv import INT4, INT8, takes_norm
+
             n, k = ops["qweight"].shape[0], a.shape[1]
+            wq = INT8 if method == "w8a16" else INT4
+            cfg = policy.quant_config(method, 1, n, k)
+            swiglu_cfg = policy.swiglu_config(1, n, k, method) if swiglu else None
             run = lambda cfg, sw: _quant_gemv(method, a, ops, node.attrs.get("group_size"), cfg, sw,  # noqa: E731
                                               (b, g, eps))
-            out = fused(run, policy.quant_config(method, 1, n, k),
-                        policy.swiglu_config(1, n, k, method) if swiglu else None, n, swiglu)
+            if takes_norm(swiglu_cfg if swiglu_cfg is not None else cfg, wq):
+                out = fused(run, cfg, swiglu_cfg, n, swiglu)
         if out is None:
             h, x = add_rms_norm(a, b, g, eps)
             out = (swiglu_quant_linear if swiglu else quant_linear)(node, [x, *rest]), h
