@@ -87,13 +87,15 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         norm_args = dict(R=x2, NW=x2, H=x2, eps=0.0, NORM=False, NORM_BLOCK=1)
     bn, bk, split, warps, stages, kind = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
-    tma = kind in TMA_KINDS and m == 1 and _tma_fits(w, wq, k, bn, bk, per_word, group)
+    tma = kind in TMA_KINDS and (m == 1 or wq == INT4) and _tma_fits(w, wq, k, bn, bk, per_word, group)
     dot = m > 1 or kind not in (False, *TMA_KINDS)  # multiply-adds for one row only
     prefetch = not dot and stages > 1  # one row of word tiles: a register prefetch of the next tile
     if interpreting():
         bn, bk, warps, stages = 64, 128, 4, 1  # few, large programs: the interpreter pays per program and op
-    if wq == INT4:  # int4 tiles take x by TMA, with no norm in their prologue, and lie within a group
-        tma = tma and norm is None and x2.data_ptr() % 16 == 0 and group % bk == 0
+    if wq == INT4:  # int4 tiles take x by TMA (several rows too), with no norm in their prologue, within a group
+        tma = tma and norm is None and x2.data_ptr() % 16 == 0 and group % bk == 0 \
+            and (m == 1 or x2.stride(0) * x2.element_size() % 16 == 0)
+        dot = dot and not tma
     elif dot:  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two weight tiles take more)
         size = 4 if dot_in_fp32(x.dtype) else 2
         x_tiles = 3 if norm is not None else 1  # a norm pipelines x, the residual and the norm weights
@@ -184,14 +186,20 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
 
 def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps,
                    stages, gdc_mode, launch) -> None:
-    """The one-row int4 GEMV with TMA-pipelined tiles (gemv_tma_w4.py)."""
+    """The int4 GEMV with TMA-pipelined tiles (gemv_tma_w4.py), for up to 16 rows of x."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
+    m = x2.shape[0]
     wv = w.view(torch.int32)  # packed [N, K / 2] bytes as [N, K / 8] words
     desc = TensorDescriptor(wv, list(wv.shape), [wv.stride(0), 1], [bn, bk // 8])
-    xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64])
+    block_m = pow2(m)
+    if m == 1:
+        xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64])
+    else:
+        xd = TensorDescriptor(x2, [m, k], [x2.stride(0), 1], [block_m, bk])
     _gemv_tma_w4[(triton.cdiv(n, bn), split)](
-        x2, xd, desc, s, z, b, y, part, n, k, groups, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
+        x2, xd, desc, s, z, b, y, part, m, n, k, groups, y.stride(0), k_per, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk,
+        SPLIT_K=split,
         HAS_BIAS=has_bias, SWIGLU=swiglu, GROUP=group, WORDS=bk // 8, ASM=not interpreting(),
         RN_ASM=x2.dtype == torch.bfloat16 and not interpreting(), STAGES=max(stages, 1), GDC_MODE=gdc_mode,
         num_warps=warps, num_stages=1, **launch)

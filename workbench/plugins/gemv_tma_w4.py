@@ -1,4 +1,5 @@
-"""The one-row int4 GEMV from TMA-pipelined tiles (plugins/gemv.py launches it for int4 configs of kind "tma").
+"""The int4 GEMV from TMA-pipelined tiles, for up to 16 rows (plugins/gemv.py launches it for int4 configs of kind
+"tma").
 
 The register-tile int4 kernel (gemv_kernels._gemv_words) spends about 30 instructions a weight byte: each of a
 word's eight x columns is loaded on its own and converted through shared memory, and every value is rounded to
@@ -67,12 +68,16 @@ def _int4_word_magic(words):
 
 @triton.jit
 def _w4_pair_fma(acc, va, vb, xa, xb, DT: tl.constexpr, RN_ASM: tl.constexpr):
-    """acc plus two dequantized values (fp32, rounded here to DT) times x's columns xa and xb."""
+    """acc plus two dequantized values [BLOCK_N, WORDS] (fp32, rounded here to DT) times x's columns xa and xb ([1,
+    WORDS] for one row, acc [BLOCK_N, WORDS]; [BLOCK_M, 1, WORDS] for several, acc [BLOCK_M, BLOCK_N, WORDS])."""
     if RN_ASM:
         va, vb = _bf16_pair(va, vb)
     else:
         va = rounded(va, DT)
         vb = rounded(vb, DT)
+    if len(acc.shape) == 3:
+        va = va[None, :, :]
+        vb = vb[None, :, :]
     acc += va * xa
     acc += vb * xb
     return acc
@@ -112,20 +117,47 @@ def _group_row(S, Z, rows, rmask, g, G):
 
 
 @triton.jit
-def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, N, K, G, sym, k_per_split, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, GROUP: tl.constexpr,
-                 WORDS: tl.constexpr, ASM: tl.constexpr, RN_ASM: tl.constexpr, STAGES: tl.constexpr, GDC_MODE: tl.constexpr,
-                 USE_GDC: tl.constexpr):
-    """y [1, N] = x [1, K] @ W^T from the descriptor Wd of the packed int4 words [N or 2N, K / 8] (tiles [BLOCK_N,
-    WORDS]) and Xd of x (X) viewed as [K / 64, 64]; scales S [N or 2N, G] (fp32) and zeros Z (uint8). GDC_MODE as
-    gemv.PDL_MODES (`prefetch`: the wait inside the first iteration, once the first copies are issued)."""
+def _x_columns8(Xd, k0, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr):
+    """x's columns 8w + j (j = 0..7) of the tile's words: [1, WORDS] each for one row (Xd: x viewed as [K / 64, 64]),
+    [BLOCK_M, 1, WORDS] for several (Xd: x [M, K]); zeros past K and M."""
+    if BLOCK_M == 1:
+        xt = tl.reshape(Xd.load([k0 // 64, 0]).to(tl.float32), [WORDS, 2, 2, 2])  # [BLOCK_K / 64, 64]
+    else:
+        xt = tl.reshape(Xd.load([0, k0]).to(tl.float32), [BLOCK_M, WORDS, 2, 2, 2])  # [BLOCK_M, BLOCK_K]
+    lo, hi = tl.split(xt)  # column 8w + 4a + 2b + c: c = 0, 1
+    lo0, lo1 = tl.split(lo)  # b = 0, 1
+    hi0, hi1 = tl.split(hi)
+    x0, x4 = tl.split(lo0)  # a = 0, 1
+    x2, x6 = tl.split(lo1)
+    x1, x5 = tl.split(hi0)
+    x3, x7 = tl.split(hi1)
+    if BLOCK_M == 1:
+        return x0[None, :], x1[None, :], x2[None, :], x3[None, :], x4[None, :], x5[None, :], x6[None, :], x7[None, :]
+    else:
+        return (x0[:, None, :], x1[:, None, :], x2[:, None, :], x3[:, None, :], x4[:, None, :], x5[:, None, :],
+                x6[:, None, :], x7[:, None, :])
+
+
+@triton.jit
+def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 SWIGLU: tl.constexpr, GROUP: tl.constexpr, WORDS: tl.constexpr, ASM: tl.constexpr,
+                 RN_ASM: tl.constexpr, STAGES: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+    """y [M, N] = x [M, K] @ W^T from the descriptor Wd of the packed int4 words [N or 2N, K / 8] (tiles [BLOCK_N,
+    WORDS]) and Xd of x (X): viewed as [K / 64, 64] for one row, else [M, K] in tiles [BLOCK_M, BLOCK_K]; scales S
+    [N or 2N, G] (fp32) and zeros Z (uint8). Several rows share each dequantized value: multiply-adds into sums
+    [BLOCK_M, BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES (`prefetch`: the wait inside the first iteration, once
+    the first copies are issued)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2:
         gdc_wait(USE_GDC)
     DT = X.dtype.element_ty
-    pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(1, N, K, k_per_split, 1, BLOCK_N,
+    pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
                                                                           WORDS, False)
+    if BLOCK_M > 1:
+        acc = tl.zeros([BLOCK_M, BLOCK_N, WORDS], tl.float32)
+        accu = tl.zeros([BLOCK_M, BLOCK_N, WORDS], tl.float32)
     row0 = tl.program_id(0) * BLOCK_N
     s, zc = _group_row(S, Z, offs_n, nmask, k_lo // GROUP, G)
     su, zcu = _group_row(S, Z, N + offs_n, nmask, k_lo // GROUP, G)
@@ -137,25 +169,20 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, N, K, G, sym, k_per_split, BLOCK_N: t
         g_next = tl.minimum(k0 + BLOCK_K, K - 1) // GROUP
         s_next, zc_next = _group_row(S, Z, offs_n, nmask, g_next, G)
         w = Wd.load([row0, k0 // 8])
-        xt = Xd.load([k0 // 64, 0]).to(tl.float32)  # [BLOCK_K / 64, 64]: zeros past K
-        lo, hi = tl.split(tl.reshape(xt, [WORDS, 2, 2, 2]))  # column 8w + 4a + 2b + c: c = 0, 1
-        lo0, lo1 = tl.split(lo)  # b = 0, 1
-        hi0, hi1 = tl.split(hi)
-        x0, x4 = tl.split(lo0)  # a = 0, 1
-        x2, x6 = tl.split(lo1)
-        x1, x5 = tl.split(hi0)
-        x3, x7 = tl.split(hi1)
-        acc = _w4_fma(acc, w, zc, s, x0[None, :], x1[None, :], x2[None, :], x3[None, :], x4[None, :], x5[None, :],
-                      x6[None, :], x7[None, :], DT, ASM, RN_ASM)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x_columns8(Xd, k0, BLOCK_M, BLOCK_K, WORDS)
+        acc = _w4_fma(acc, w, zc, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
         if SWIGLU:  # the up rows, N below the gate rows
             su_next, zcu_next = _group_row(S, Z, N + offs_n, nmask, g_next, G)
             wu = Wd.load([N + row0, k0 // 8])
-            accu = _w4_fma(accu, wu, zcu, su, x0[None, :], x1[None, :], x2[None, :], x3[None, :], x4[None, :],
-                           x5[None, :], x6[None, :], x7[None, :], DT, ASM, RN_ASM)
+            accu = _w4_fma(accu, wu, zcu, su, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
             su, zcu = su_next, zcu_next
         s, zc = s_next, zc_next
     if GDC_MODE >= 2:
         gdc_trigger(USE_GDC)
-    acc = tl.sum(acc, axis=1)[None, :]
-    accu = tl.sum(accu, axis=1)[None, :]
+    if BLOCK_M == 1:
+        acc = tl.sum(acc, axis=1)[None, :]
+        accu = tl.sum(accu, axis=1)[None, :]
+    else:
+        acc = tl.sum(acc, axis=2)
+        accu = tl.sum(accu, axis=2)
     _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, 4, HAS_BIAS, SWIGLU)
