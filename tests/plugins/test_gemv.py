@@ -37,6 +37,18 @@ def _int4(n, k, group):
     return {"qweight": q.to(DEV), "scales": s.to(DEV), "zeros": z.to(torch.uint8).to(DEV)}
 
 
+def _launches(monkeypatch, name, *keys):
+    """The values of `keys` (a tuple a launch) of every launch of the kernel gm.<name>, which still runs."""
+    seen, kernel = [], getattr(gm, name)
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: seen.append(tuple(kw[key] for key in keys)) or kernel[grid](*a, **kw)
+
+    monkeypatch.setattr(gm, name, Spy())
+    return seen
+
+
 def _bias(n, dtype, on):
     return torch.randn(n, generator=torch.Generator().manual_seed(3)).to(dtype).to(DEV) if on else None
 
@@ -194,14 +206,7 @@ def test_int8_tma_byte_permutes_give_the_integer_unpacking_bits(monkeypatch, dty
     x = _x(1, k, dtype)
     ops = _int8(n, k)
     ops["qweight"][:, :8] = torch.tensor([-128, 127, -1, 0, 1, -127, 64, -64], dtype=torch.int8, device=DEV)
-    seen = []
-
-    class Spy:
-        def __getitem__(self, grid):
-            return lambda *a, **kw: seen.append((kw["X_TMA"], kw["PRMT"])) or gm._gemv_tma_kernel[grid](*a, **kw)
-
-    monkeypatch.setattr(gm, "_gemv_tma_kernel", gm._gemv_tma, raising=False)
-    monkeypatch.setattr(gm, "_gemv_tma", Spy())
+    seen = _launches(monkeypatch, "_gemv_tma", "X_TMA", "PRMT")
     fast = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (bn, 512, split, 4, 4, "tma_prmt"), swiglu)
     exact = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (bn, 512, split, 4, 4, "tma"), swiglu)
     assert seen == [(True, True), (True, False)]
@@ -286,20 +291,13 @@ def test_norm_in_the_gemv_takes_one_row():
 @pytest.mark.parametrize("split,swiglu", [(1, False), (2, False), (1, True)])
 def test_int8_tma_tiles_take_x_by_tma_too(monkeypatch, dtype, split, swiglu):
     # rows of whole 64-value chunks: x's chunks come by TMA and are split into the words' four columns in registers
-    seen = []
-
-    class Spy:
-        def __getitem__(self, grid):
-            return lambda *a, **k: seen.append(k["X_TMA"]) or gm._gemv_tma_kernel[grid](*a, **k)
-
-    monkeypatch.setattr(gm, "_gemv_tma_kernel", gm._gemv_tma, raising=False)
-    monkeypatch.setattr(gm, "_gemv_tma", Spy())
+    seen = _launches(monkeypatch, "_gemv_tma", "X_TMA")
     n, k = (96 if swiglu else 48), 512
     x = _x(1, k, dtype)
     ops = _int8(n, k)
     tma = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (16, 128, split, 4, 3, "tma"), swiglu)
     regs = gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (16, 128, split, 4, 1, False), swiglu)
-    assert seen == [True]
+    assert seen == [(True,)]
     assert rel_err(tma, regs) < (1e-5 if dtype == torch.float32 else 8e-3)
     assert rel_err(tma, gm.w8a16_gemv_ref(x, ops["qweight"], ops["scales"], swiglu=swiglu)) < \
         (TOL[dtype] if dtype == torch.float32 else 2e-2)
@@ -313,14 +311,7 @@ def test_int4_tma_tiles_match_the_register_tiles(monkeypatch, dtype, m, split, s
     # int4 words and x's chunks by TMA, x split into the words' eight columns in registers, each value rounded to
     # x's dtype as the reference rounds (one packed conversion a pair for bf16 on the GPU); several rows share the
     # dequantized values (the register tiles take the tensor cores there)
-    seen = []
-
-    class Spy:
-        def __getitem__(self, grid):
-            return lambda *a, **k: seen.append((k["BLOCK_M"], k["WORDS"])) or gm._gemv_tma_w4_kernel[grid](*a, **k)
-
-    monkeypatch.setattr(gm, "_gemv_tma_w4_kernel", gm._gemv_tma_w4, raising=False)
-    monkeypatch.setattr(gm, "_gemv_tma_w4", Spy())
+    seen = _launches(monkeypatch, "_gemv_tma_w4", "BLOCK_M", "WORDS")
     n, k, group = (96 if swiglu else 48), 512, 128
     x = _x(m, k, dtype)
     ops = _int4(n, k, group)
