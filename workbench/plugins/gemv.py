@@ -96,7 +96,8 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         tma = tma and norm is None and x2.data_ptr() % 16 == 0 and group % bk == 0 \
             and (m == 1 or x2.stride(0) * x2.element_size() % 16 == 0)
         dot = dot and not tma
-    elif dot:  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two weight tiles take more)
+    if dot and not interpreting():  # pipeline stages that fit in shared memory (fp32 operands and swiglu's two
+        # weight tiles take more)
         size = 4 if dot_in_fp32(x.dtype) else 2
         x_tiles = 3 if norm is not None else 1  # a norm pipelines x, the residual and the norm weights
         while stages > 1 and stages * ((2 if swiglu else 1) * bn + 16 * x_tiles) * bk * size > SHARED_BYTES:

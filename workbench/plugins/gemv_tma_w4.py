@@ -160,7 +160,9 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
         accu = tl.zeros([BLOCK_M, BLOCK_N, WORDS], tl.float32)
     row0 = tl.program_id(0) * BLOCK_N
     s, zc = _group_row(S, Z, offs_n, nmask, k_lo // GROUP, G)
-    su, zcu = _group_row(S, Z, N + offs_n, nmask, k_lo // GROUP, G)
+    su, zcu = s, zc
+    if SWIGLU:  # the up rows' parameters, N rows below the gate rows' (S and Z have 2N rows only then)
+        su, zcu = _group_row(S, Z, N + offs_n, nmask, k_lo // GROUP, G)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         if GDC_MODE == 3:
             if k0 == k_lo:
