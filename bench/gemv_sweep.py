@@ -127,6 +127,8 @@ def best_config(fmt, x, ws, n, m, ref, swiglu=False):
     configs = (DOT if "dot" in FAMILIES else []) + ([c + (False,) for c in fma] if m == 1 and "fma" in FAMILIES else [])
     if "tma" in FAMILIES and (m == 1 or fmt == "w4a16"):  # int4 TMA tiles take several rows too
         configs += [c + ("tma",) for c in {"bf16": TMA, "w8a16": TMA_INT8, "w4a16": TMA_INT4}[fmt]]
+        if fmt == "w4a16" and m > 1:  # the same tiles multiplying on the tensor cores
+            configs += [c + ("tma_dot",) for c in TMA_INT4]
         if fmt == "w8a16":  # the same tiles unpacking by byte permutes
             configs += [c + ("tma_prmt",) for c in TMA_INT8]
     key = (1 if m == 1 else 8, n, x.shape[1]) + (() if fmt == "bf16" else (fmt,)) + (("swiglu",) if swiglu else ())

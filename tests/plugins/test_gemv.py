@@ -304,23 +304,26 @@ def test_int8_tma_tiles_take_x_by_tma_too(monkeypatch, dtype, split, swiglu):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("m,split,swiglu,bias", [(1, 1, False, True), (1, 2, False, False), (1, 1, True, False),
-                                                 (1, 2, True, True), (3, 1, False, True), (8, 2, True, False),
-                                                 (5, 1, True, True)])
-def test_int4_tma_tiles_match_the_register_tiles(monkeypatch, dtype, m, split, swiglu, bias):
+@pytest.mark.parametrize("m,split,swiglu,bias,kind", [(1, 1, False, True, "tma"), (1, 2, False, False, "tma"),
+                                                      (1, 1, True, False, "tma"), (1, 2, True, True, "tma"),
+                                                      (3, 1, False, True, "tma"), (8, 2, True, False, "tma"),
+                                                      (5, 1, True, True, "tma"), (3, 1, False, True, "tma_dot"),
+                                                      (8, 2, True, False, "tma_dot"), (16, 1, True, True, "tma_dot")])
+def test_int4_tma_tiles_match_the_register_tiles(monkeypatch, dtype, m, split, swiglu, bias, kind):
     # int4 words and x's chunks by TMA, x split into the words' eight columns in registers, each value rounded to
     # x's dtype as the reference rounds (one packed conversion a pair for bf16 on the GPU); several rows share the
     # dequantized values (the register tiles take the tensor cores there)
-    seen = _launches(monkeypatch, "_gemv_tma_w4", "BLOCK_M", "WORDS")
+    seen = _launches(monkeypatch, "_gemv_tma_w4", "BLOCK_M", "WORDS", "DOT")
     n, k, group = (96 if swiglu else 48), 512, 128
     x = _x(m, k, dtype)
     ops = _int4(n, k, group)
     b = _bias(n, dtype, bias)
     cfg = (16, 128, split, 4, 3)
-    tma = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, cfg + ("tma",), swiglu)
+    tma = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, cfg + (kind,), swiglu)
     regs = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, cfg + (False,), swiglu)
     ref = gm.w4a16_gemv_ref(x, ops["qweight"], ops["scales"], ops["zeros"], group, b, swiglu=swiglu)
-    assert seen == [(1 << (m - 1).bit_length(), 16)]  # rows padded to a power of two
+    dot = kind == "tma_dot" and m > 1
+    assert seen == [(16 if dot else 1 << (m - 1).bit_length(), 16, dot)]  # rows padded (to 16 for the dot)
     assert tma.shape == regs.shape == (m, n // 2 if swiglu else n)
     assert rel_err(tma, regs) < (1e-5 if dtype == torch.float32 else 8e-3)
     assert rel_err(tma, ref) < (TOL[dtype] if dtype == torch.float32 else 2e-2)

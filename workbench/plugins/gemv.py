@@ -55,8 +55,9 @@ PDL_MODE = os.environ.get("WB_GEMV_PDL", "prefetch")
 # copies bring into shared memory, num_stages of them in flight (one row of float, int8 or int4 weights); "tma_prmt" as
 # "tma", int8 tiles that take x by TMA unpacking their words by byte permutes instead of integer operations (the
 # same values; which is faster depends on the shapes: 1B int8 + logits at batch 1 1408 -> 1434 tok/s, 8B 319.0 ->
-# 316.9; fifth session's call 9, decode_quant_prmt2_{0,1}_h100.json)
-TMA_KINDS = ("tma", "tma_prmt")
+# 316.9; fifth session's call 9, decode_quant_prmt2_{0,1}_h100.json); "tma_dot" as "tma", int4 tiles for several rows
+# multiplying on the tensor cores (x padded to 16 rows) instead of by multiply-adds
+TMA_KINDS = ("tma", "tma_prmt", "tma_dot")
 DEFAULT = (32, 256, 1, 4, 4)
 DEFAULT_QUANT = (32, 256, 1, 4, 4, False)  # one row; more rows take the dot with this tiling
 SHARED_BYTES = 220 * 1024  # about what the dot's pipelined operand tiles may take (an H100 SM has 227 KiB)
@@ -124,7 +125,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     prmt = PRMT and wq == INT8 and x.dtype in (torch.bfloat16, torch.float16) and not interpreting()
     if tma and wq == INT4:
         _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, bias is not None, swiglu, bn, bk, split,
-                       warps, stages, gdc_mode, launch)
+                       warps, stages, gdc_mode, launch, kind == "tma_dot" and m > 1)
     elif tma:
         _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
                     stages, gdc_mode, launch, norm_args, prmt, kind == "tma_prmt")
@@ -186,14 +187,15 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
 
 
 def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps,
-                   stages, gdc_mode, launch) -> None:
-    """The int4 GEMV with TMA-pipelined tiles (gemv_tma_w4.py), for up to 16 rows of x."""
+                   stages, gdc_mode, launch, dot: bool) -> None:
+    """The int4 GEMV with TMA-pipelined tiles (gemv_tma_w4.py), for up to 16 rows of x (`dot`: on the tensor
+    cores)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     m = x2.shape[0]
     wv = w.view(torch.int32)  # packed [N, K / 2] bytes as [N, K / 8] words
     desc = TensorDescriptor(wv, list(wv.shape), [wv.stride(0), 1], [bn, bk // 8])
-    block_m = pow2(m)
+    block_m = 16 if dot else pow2(m)
     if m == 1:
         xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64])
     else:
@@ -202,7 +204,8 @@ def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias
         x2, xd, desc, s, z, b, y, part, m, n, k, groups, y.stride(0), k_per, BLOCK_M=block_m, BLOCK_N=bn, BLOCK_K=bk,
         SPLIT_K=split,
         HAS_BIAS=has_bias, SWIGLU=swiglu, GROUP=group, WORDS=bk // 8, ASM=not interpreting(),
-        RN_ASM=x2.dtype == torch.bfloat16 and not interpreting(), STAGES=max(stages, 1), GDC_MODE=gdc_mode,
+        RN_ASM=x2.dtype == torch.bfloat16 and not interpreting(), DOT=dot, FP32=dot_in_fp32(x2.dtype),
+        STAGES=max(stages, 1), GDC_MODE=gdc_mode,
         num_warps=warps, num_stages=1, **launch)
 
 

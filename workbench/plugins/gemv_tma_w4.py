@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, rounded
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, mma, rounded
 from workbench.plugins.gemv_kernels import _finish, _program
 
 
@@ -67,14 +67,19 @@ def _int4_word_magic(words):
 
 
 @triton.jit
+def _rounded_pair(va, vb, DT: tl.constexpr, RN_ASM: tl.constexpr):
+    """Two fp32 values rounded to DT (kept in fp32) as the reference rounds them."""
+    if RN_ASM:
+        return _bf16_pair(va, vb)
+    else:
+        return rounded(va, DT), rounded(vb, DT)
+
+
+@triton.jit
 def _w4_pair_fma(acc, va, vb, xa, xb, DT: tl.constexpr, RN_ASM: tl.constexpr):
     """acc plus two dequantized values [BLOCK_N, WORDS] (fp32, rounded here to DT) times x's columns xa and xb ([1,
     WORDS] for one row, acc [BLOCK_N, WORDS]; [BLOCK_M, 1, WORDS] for several, acc [BLOCK_M, BLOCK_N, WORDS])."""
-    if RN_ASM:
-        va, vb = _bf16_pair(va, vb)
-    else:
-        va = rounded(va, DT)
-        vb = rounded(vb, DT)
+    va, vb = _rounded_pair(va, vb, DT, RN_ASM)
     if len(acc.shape) == 3:
         va = va[None, :, :]
         vb = vb[None, :, :]
@@ -84,10 +89,9 @@ def _w4_pair_fma(acc, va, vb, xa, xb, DT: tl.constexpr, RN_ASM: tl.constexpr):
 
 
 @triton.jit
-def _w4_fma(acc, words, z, s, x0, x1, x2, x3, x4, x5, x6, x7, DT: tl.constexpr, ASM: tl.constexpr,
-            RN_ASM: tl.constexpr):
-    """acc plus the words' eight values (q - z) * s, each rounded to DT as the reference rounds, times x's columns
-    x0 .. x7 ([1, WORDS] each); z, s per row. q - z is exact: q under a float's exponent less that float plus z."""
+def _w4_dequant(words, z, s, ASM: tl.constexpr):
+    """The words' eight values (q - z) * s in fp32, not yet rounded, j = 0..7 (low nibble first); z, s per row. q - z
+    is exact: q under a float's exponent less that float plus z."""
     if ASM:
         m0, m1, m2, m3, m4, m5, m6, m7 = _int4_word_magic(words)
         zc = 128.0 + z
@@ -101,10 +105,41 @@ def _w4_fma(acc, words, z, s, x0, x1, x2, x3, x4, x5, x6, x7, DT: tl.constexpr, 
         m6 = (((words >> 24) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
         m7 = (((words >> 28) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
         zc = 8388608.0 + z
-    acc = _w4_pair_fma(acc, (m0 - zc) * s, (m4 - zc) * s, x0, x4, DT, RN_ASM)
-    acc = _w4_pair_fma(acc, (m1 - zc) * s, (m5 - zc) * s, x1, x5, DT, RN_ASM)
-    acc = _w4_pair_fma(acc, (m2 - zc) * s, (m6 - zc) * s, x2, x6, DT, RN_ASM)
-    acc = _w4_pair_fma(acc, (m3 - zc) * s, (m7 - zc) * s, x3, x7, DT, RN_ASM)
+    return ((m0 - zc) * s, (m1 - zc) * s, (m2 - zc) * s, (m3 - zc) * s, (m4 - zc) * s, (m5 - zc) * s,
+            (m6 - zc) * s, (m7 - zc) * s)
+
+
+@triton.jit
+def _w4_fma(acc, words, z, s, x0, x1, x2, x3, x4, x5, x6, x7, DT: tl.constexpr, ASM: tl.constexpr,
+            RN_ASM: tl.constexpr):
+    """acc plus the words' eight values, each rounded to DT as the reference rounds, times x's columns x0 .. x7 by
+    multiply-adds."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = _w4_dequant(words, z, s, ASM)
+    acc = _w4_pair_fma(acc, v0, v4, x0, x4, DT, RN_ASM)
+    acc = _w4_pair_fma(acc, v1, v5, x1, x5, DT, RN_ASM)
+    acc = _w4_pair_fma(acc, v2, v6, x2, x6, DT, RN_ASM)
+    acc = _w4_pair_fma(acc, v3, v7, x3, x7, DT, RN_ASM)
+    return acc
+
+
+@triton.jit
+def _w4_dot(acc, words, z, s, x0, x1, x2, x3, x4, x5, x6, x7, DT: tl.constexpr, ASM: tl.constexpr,
+            RN_ASM: tl.constexpr, FP32: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] plus x's columns x0 .. x7 ([BLOCK_M, WORDS] in DT) times the words' eight values, each
+    rounded to DT as the reference rounds: one tensor-core product a column (exact products, fp32 sums)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = _w4_dequant(words, z, s, ASM)
+    v0, v4 = _rounded_pair(v0, v4, DT, RN_ASM)
+    v1, v5 = _rounded_pair(v1, v5, DT, RN_ASM)
+    v2, v6 = _rounded_pair(v2, v6, DT, RN_ASM)
+    v3, v7 = _rounded_pair(v3, v7, DT, RN_ASM)
+    acc += mma(x0, tl.trans(v0.to(DT)), FP32)
+    acc += mma(x1, tl.trans(v1.to(DT)), FP32)
+    acc += mma(x2, tl.trans(v2.to(DT)), FP32)
+    acc += mma(x3, tl.trans(v3.to(DT)), FP32)
+    acc += mma(x4, tl.trans(v4.to(DT)), FP32)
+    acc += mma(x5, tl.trans(v5.to(DT)), FP32)
+    acc += mma(x6, tl.trans(v6.to(DT)), FP32)
+    acc += mma(x7, tl.trans(v7.to(DT)), FP32)
     return acc
 
 
@@ -117,13 +152,16 @@ def _group_row(S, Z, rows, rmask, g, G):
 
 
 @triton.jit
-def _x_columns8(Xd, k0, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr):
+def _x_columns8(Xd, k0, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr):
     """x's columns 8w + j (j = 0..7) of the tile's words: [1, WORDS] each for one row (Xd: x viewed as [K / 64, 64]),
-    [BLOCK_M, 1, WORDS] for several (Xd: x [M, K]); zeros past K and M."""
+    [BLOCK_M, 1, WORDS] for several (Xd: x [M, K]), in fp32; DOT: [BLOCK_M, WORDS] in x's dtype. Zeros past K and
+    M."""
     if BLOCK_M == 1:
         xt = tl.reshape(Xd.load([k0 // 64, 0]).to(tl.float32), [WORDS, 2, 2, 2])  # [BLOCK_K / 64, 64]
+    elif DOT:
+        xt = tl.reshape(Xd.load([0, k0]), [BLOCK_M, WORDS, 2, 2, 2])  # [BLOCK_M, BLOCK_K]
     else:
-        xt = tl.reshape(Xd.load([0, k0]).to(tl.float32), [BLOCK_M, WORDS, 2, 2, 2])  # [BLOCK_M, BLOCK_K]
+        xt = tl.reshape(Xd.load([0, k0]).to(tl.float32), [BLOCK_M, WORDS, 2, 2, 2])
     lo, hi = tl.split(xt)  # column 8w + 4a + 2b + c: c = 0, 1
     lo0, lo1 = tl.split(lo)  # b = 0, 1
     hi0, hi1 = tl.split(hi)
@@ -133,6 +171,8 @@ def _x_columns8(Xd, k0, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.
     x3, x7 = tl.split(hi1)
     if BLOCK_M == 1:
         return x0[None, :], x1[None, :], x2[None, :], x3[None, :], x4[None, :], x5[None, :], x6[None, :], x7[None, :]
+    elif DOT:
+        return x0, x1, x2, x3, x4, x5, x6, x7
     else:
         return (x0[:, None, :], x1[:, None, :], x2[:, None, :], x3[:, None, :], x4[:, None, :], x5[:, None, :],
                 x6[:, None, :], x7[:, None, :])
@@ -142,11 +182,13 @@ def _x_columns8(Xd, k0, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.
 def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                  SWIGLU: tl.constexpr, GROUP: tl.constexpr, WORDS: tl.constexpr, ASM: tl.constexpr,
-                 RN_ASM: tl.constexpr, STAGES: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+                 RN_ASM: tl.constexpr, DOT: tl.constexpr, FP32: tl.constexpr, STAGES: tl.constexpr,
+                 GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """y [M, N] = x [M, K] @ W^T from the descriptor Wd of the packed int4 words [N or 2N, K / 8] (tiles [BLOCK_N,
     WORDS]) and Xd of x (X): viewed as [K / 64, 64] for one row, else [M, K] in tiles [BLOCK_M, BLOCK_K]; scales S
     [N or 2N, G] (fp32) and zeros Z (uint8). Several rows share each dequantized value: multiply-adds into sums
-    [BLOCK_M, BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES (`prefetch`: the wait inside the first iteration, once
+    [BLOCK_M, BLOCK_N, WORDS], or (DOT) on the tensor cores, one product a column of the words (FP32: fp32 x,
+    products in full precision). GDC_MODE as gemv.PDL_MODES (`prefetch`: the wait inside the first iteration, once
     the first copies are issued)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
@@ -155,7 +197,10 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
                                                                           WORDS, False)
-    if BLOCK_M > 1:
+    if DOT:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        accu = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    elif BLOCK_M > 1:
         acc = tl.zeros([BLOCK_M, BLOCK_N, WORDS], tl.float32)
         accu = tl.zeros([BLOCK_M, BLOCK_N, WORDS], tl.float32)
     row0 = tl.program_id(0) * BLOCK_N
@@ -171,12 +216,18 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
         g_next = tl.minimum(k0 + BLOCK_K, K - 1) // GROUP
         s_next, zc_next = _group_row(S, Z, offs_n, nmask, g_next, G)
         w = Wd.load([row0, k0 // 8])
-        x0, x1, x2, x3, x4, x5, x6, x7 = _x_columns8(Xd, k0, BLOCK_M, BLOCK_K, WORDS)
-        acc = _w4_fma(acc, w, zc, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x_columns8(Xd, k0, BLOCK_M, BLOCK_K, WORDS, DOT)
+        if DOT:
+            acc = _w4_dot(acc, w, zc, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM, FP32)
+        else:
+            acc = _w4_fma(acc, w, zc, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
         if SWIGLU:  # the up rows, N below the gate rows
             su_next, zcu_next = _group_row(S, Z, N + offs_n, nmask, g_next, G)
             wu = Wd.load([N + row0, k0 // 8])
-            accu = _w4_fma(accu, wu, zcu, su, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
+            if DOT:
+                accu = _w4_dot(accu, wu, zcu, su, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM, FP32)
+            else:
+                accu = _w4_fma(accu, wu, zcu, su, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
             su, zcu = su_next, zcu_next
         s, zc = s_next, zc_next
     if GDC_MODE >= 2:
@@ -184,7 +235,7 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
     if BLOCK_M == 1:
         acc = tl.sum(acc, axis=1)[None, :]
         accu = tl.sum(accu, axis=1)[None, :]
-    else:
+    elif not DOT:
         acc = tl.sum(acc, axis=2)
         accu = tl.sum(accu, axis=2)
     _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, 4, HAS_BIAS, SWIGLU)
