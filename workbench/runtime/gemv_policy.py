@@ -15,11 +15,12 @@ from workbench.errors import WorkbenchError
 # logits 307.1 -> 308.9 tok/s, 1B int8 + logits 1295 -> 1319; not the 1B bf16 ones, 945 -> 907), then the one-row
 # int8 winners of gemv_sweep_xtma_h100.json (TMA tiles with x by TMA too), then the one-row int4 winners of
 # gemv_sweep_w4tma_h100.json (int4 TMA tiles: 8B int4 at batch 1 165 -> 256.5 tok/s, fifth session's call 11) and
-# the 8-row ones of gemv_sweep_w4rows_h100.json (the same tiles for several rows, call 14).
+# the 8-row ones of gemv_sweep_w4dot_h100.json (the same tiles for several rows on the tensor cores, call 17: 8B
+# int4 at batch 8 1036 -> 1444 tok/s; by multiply-adds, gemv_sweep_w4rows_h100.json, call 14, 993).
 # Float keys are listed only where the GEMV beat cuBLAS; rows bucket 1 is one row, 8 covers 2..8 rows; a config of
 # six entries ends with its kind (False: fp32 multiply-adds for one row, "tma": the same from TMA-pipelined tiles,
 # "tma_prmt": those unpacking int8 by byte permutes, measured faster for the 1B int8 shapes and slower for the 8B
-# ones in whole decode steps; see plugins/gemv.py).
+# ones in whole decode steps; "tma_dot": int4 tiles for several rows on the tensor cores; see plugins/gemv.py).
 H100_GEMV = {
     # Llama-3.2-1B, bf16
     (1, 3072, 2048): (8, 512, 1, 4, 4, False),  # qkv
@@ -45,17 +46,17 @@ H100_GEMV = {
     (1, 128256, 2048, "w8a16"): (8, 1024, 1, 4, 4, "tma_prmt"),  # logits
     # Llama-3.2-1B, w4a16
     (1, 3072, 2048, "w4a16"): (16, 128, 2, 4, 4, "tma"),  # qkv
-    (8, 3072, 2048, "w4a16"): (16, 128, 2, 4, 4, "tma"),  # qkv
+    (8, 3072, 2048, "w4a16"): (32, 128, 2, 4, 4, "tma_dot"),  # qkv
     (1, 2048, 2048, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # o
-    (8, 2048, 2048, "w4a16"): (16, 128, 2, 4, 4, "tma"),  # o
+    (8, 2048, 2048, "w4a16"): (16, 128, 2, 4, 4, "tma_dot"),  # o
     (1, 16384, 2048, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # gate_up
     (1, 16384, 2048, "w4a16", "swiglu"): (64, 128, 1, 8, 4, "tma"),  # gate_up
-    (8, 16384, 2048, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # gate_up
-    (8, 16384, 2048, "w4a16", "swiglu"): (32, 128, 1, 4, 4, "tma"),  # gate_up
+    (8, 16384, 2048, "w4a16"): (64, 128, 1, 4, 4, "tma_dot"),  # gate_up
+    (8, 16384, 2048, "w4a16", "swiglu"): (32, 128, 1, 4, 4, "tma_dot"),  # gate_up
     (1, 2048, 8192, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # down
-    (8, 2048, 8192, "w4a16"): (16, 128, 2, 4, 4, "tma"),  # down
+    (8, 2048, 8192, "w4a16"): (16, 128, 2, 4, 4, "tma_dot"),  # down
     (1, 128256, 2048, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # logits
-    (8, 128256, 2048, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # logits
+    (8, 128256, 2048, "w4a16"): (64, 128, 1, 4, 4, "tma_dot"),  # logits
     # Llama-3-8B, bf16
     (1, 6144, 4096): (8, 256, 1, 4, 4, "tma"),  # qkv
     (8, 6144, 4096): (64, 256, 1, 8, 3),  # qkv
@@ -82,16 +83,16 @@ H100_GEMV = {
     (1, 128256, 4096, "w8a16"): (8, 1024, 1, 4, 6, "tma"),  # logits
     # Llama-3-8B, w4a16
     (1, 6144, 4096, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # qkv
-    (8, 6144, 4096, "w4a16"): (16, 128, 1, 4, 8, "tma"),  # qkv
+    (8, 6144, 4096, "w4a16"): (32, 128, 2, 4, 4, "tma_dot"),  # qkv
     (1, 4096, 4096, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # o
-    (8, 4096, 4096, "w4a16"): (32, 128, 1, 4, 6, "tma"),  # o
+    (8, 4096, 4096, "w4a16"): (32, 128, 2, 4, 4, "tma_dot"),  # o
     (1, 28672, 4096, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # gate_up
     (1, 28672, 4096, "w4a16", "swiglu"): (64, 128, 1, 8, 4, "tma"),  # gate_up
-    (8, 28672, 4096, "w4a16"): (32, 128, 1, 4, 6, "tma"),  # gate_up (then the activation kernel: faster)
+    (8, 28672, 4096, "w4a16"): (64, 128, 1, 4, 4, "tma_dot"),  # gate_up (then the activation kernel: faster)
     (1, 4096, 14336, "w4a16"): (32, 128, 2, 4, 4, "tma"),  # down
-    (8, 4096, 14336, "w4a16"): (32, 128, 1, 4, 6, "tma"),  # down
+    (8, 4096, 14336, "w4a16"): (32, 128, 2, 4, 4, "tma_dot"),  # down
     (1, 128256, 4096, "w4a16"): (64, 128, 1, 4, 4, "tma"),  # logits
-    (8, 128256, 4096, "w4a16"): (32, 128, 1, 4, 6, "tma"),  # logits
+    (8, 128256, 4096, "w4a16"): (64, 128, 1, 4, 4, "tma_dot"),  # logits
 }
 
 
