@@ -1,5 +1,5 @@
 """The int4 GEMV from TMA-pipelined tiles, for up to 16 rows (plugins/gemv.py launches it for int4 configs of kind
-"tma").
+"tma", or "tma_dot": several rows on the tensor cores).
 
 The register-tile int4 kernel (gemv_kernels._gemv_words) spends about 30 instructions a weight byte: each of a
 word's eight x columns is loaded on its own and converted through shared memory, and every value is rounded to
@@ -204,32 +204,32 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
         acc = tl.zeros([BLOCK_M, BLOCK_N, WORDS], tl.float32)
         accu = tl.zeros([BLOCK_M, BLOCK_N, WORDS], tl.float32)
     row0 = tl.program_id(0) * BLOCK_N
-    s, zc = _group_row(S, Z, offs_n, nmask, k_lo // GROUP, G)
-    su, zcu = s, zc
+    s, z = _group_row(S, Z, offs_n, nmask, k_lo // GROUP, G)
+    su, zu = s, z
     if SWIGLU:  # the up rows' parameters, N rows below the gate rows' (S and Z have 2N rows only then)
-        su, zcu = _group_row(S, Z, N + offs_n, nmask, k_lo // GROUP, G)
+        su, zu = _group_row(S, Z, N + offs_n, nmask, k_lo // GROUP, G)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         if GDC_MODE == 3:
             if k0 == k_lo:
                 gdc_wait(USE_GDC)
         # the next tile's group parameters, loaded a tile ahead (these loads are not pipelined with the copies)
         g_next = tl.minimum(k0 + BLOCK_K, K - 1) // GROUP
-        s_next, zc_next = _group_row(S, Z, offs_n, nmask, g_next, G)
+        s_next, z_next = _group_row(S, Z, offs_n, nmask, g_next, G)
         w = Wd.load([row0, k0 // 8])
         x0, x1, x2, x3, x4, x5, x6, x7 = _x_columns8(Xd, k0, BLOCK_M, BLOCK_K, WORDS, DOT)
         if DOT:
-            acc = _w4_dot(acc, w, zc, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM, FP32)
+            acc = _w4_dot(acc, w, z, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM, FP32)
         else:
-            acc = _w4_fma(acc, w, zc, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
+            acc = _w4_fma(acc, w, z, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
         if SWIGLU:  # the up rows, N below the gate rows
-            su_next, zcu_next = _group_row(S, Z, N + offs_n, nmask, g_next, G)
+            su_next, zu_next = _group_row(S, Z, N + offs_n, nmask, g_next, G)
             wu = Wd.load([N + row0, k0 // 8])
             if DOT:
-                accu = _w4_dot(accu, wu, zcu, su, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM, FP32)
+                accu = _w4_dot(accu, wu, zu, su, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM, FP32)
             else:
-                accu = _w4_fma(accu, wu, zcu, su, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
-            su, zcu = su_next, zcu_next
-        s, zc = s_next, zc_next
+                accu = _w4_fma(accu, wu, zu, su, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM)
+            su, zu = su_next, zu_next
+        s, z = s_next, z_next
     if GDC_MODE >= 2:
         gdc_trigger(USE_GDC)
     if BLOCK_M == 1:
