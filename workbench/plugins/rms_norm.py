@@ -2,8 +2,10 @@
 
 Matches the reference backend's rounding (torch_ops.rms_norm): the sum is rounded to the
 activation dtype, the normalised row is rounded before the scale. The sum of squares is taken in
-fp64, where the squares of 16-bit values add exactly whatever the order: so the GEMV that fuses
-this norm into its prologue (plugins/gemv.py, `norm=`) gets the same bits with another tiling.
+fp64, where the squares of 16-bit values (16 significant bits each) add exactly whatever the order
+while the row's magnitudes span less than about 2^13, and to within fp64 rounding beyond: so the
+GEMV that fuses this norm into its prologue (plugins/gemv.py, `norm=`) gets the same bits with
+another tiling, but for a rare tie in the final rounding to fp32 on rows of extreme range.
 """
 
 from __future__ import annotations

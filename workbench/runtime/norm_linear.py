@@ -5,7 +5,8 @@ A one-row step whose projection runs a GEMV of few programs over float weights c
 GEMV's prologue and writes the sum from it (plugins/gemv.py, `norm=`): the decode step at batch 1 loses
 those add + norm kernels. Any other step (more rows, a big grid, quantized weights, cuBLAS, a GEMM) runs
 the add + norm kernel, then the projection as the unfused program would. Both give the same bits: the
-norm's sum of squares is taken in fp64, where it does not depend on how the kernel tiles the row.
+norm's sum of squares is taken in fp64, where it does not depend on how the kernel tiles the row (see
+plugins/rms_norm.py for the rare exception).
 """
 
 from __future__ import annotations
