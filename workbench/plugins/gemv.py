@@ -88,7 +88,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
         norm_args = dict(R=x2, NW=x2, H=x2, eps=0.0, NORM=False, NORM_BLOCK=1)
     bn, bk, split, warps, stages, kind = (tuple(config) + (True,))[:6] if config else DEFAULT + (True,)
     per_word = 32 // wq if wq else 0
-    tma = kind in TMA_KINDS and (m == 1 or wq == INT4) and _tma_fits(w, wq, k, bn, bk, per_word, group)
+    tma = kind in TMA_KINDS and (m == 1 or wq == INT4) and _tma_fits(w, wq, k, bn, bk, per_word)
     dot = m > 1 or kind not in (False, *TMA_KINDS)  # multiply-adds for one row only
     prefetch = not dot and stages > 1  # one row of word tiles: a register prefetch of the next tile
     if interpreting():
@@ -155,13 +155,13 @@ def takes_norm(config, wq: int) -> bool:
     return not (wq == INT4 and config is not None and len(config) > 5 and config[5] in TMA_KINDS)
 
 
-def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int, group: int = 1) -> bool:
-    """Whether the weights can be read by TMA copies of [bn, bk] values: float, int8 or int4 (as words; int4 tiles
-    within a group, x in whole 64-value chunks), 16-byte aligned rows, boxes of at most 256 elements a side (where
-    they cannot, the config runs as register tiles)."""
+def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int) -> bool:
+    """Whether the weights can be read by TMA copies of [bn, bk] values: float, int8 or int4 (as words; int4 in
+    whole 64-value chunks of x; _launch also keeps int4 tiles within a group), 16-byte aligned rows, boxes of at
+    most 256 elements a side (where they cannot, the config runs as register tiles)."""
     if wq == INT8 and (k % 4 or bk % 4):
         return False
-    if wq == INT4 and (k % 64 or bk % 64 or group % bk):
+    if wq == INT4 and (k % 64 or bk % 64):
         return False
     row_bytes = w.stride(0) * w.element_size()
     return w.data_ptr() % 16 == 0 and row_bytes % 16 == 0 and bn <= 256 and bk // max(per_word, 1) <= 256
