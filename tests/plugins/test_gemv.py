@@ -350,3 +350,43 @@ def test_int4_tma_config_falls_back_where_tma_cannot_take_it():
     y = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 64, None, (16, 128, 1, 4, 3, "tma"))
     ref = gm.w4a16_gemv_ref(x, ops["qweight"], ops["scales"], ops["zeros"], 64)
     assert rel_err(y, ref) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEV != "cuda", reason="the L2 prefetch is inline PTX (sm_90): GPU only")
+@pytest.mark.parametrize("fmt,kind", [("float", False), ("float", "tma"), ("int8", False), ("int8", "tma"),
+                                      ("int4", "tma"), ("int4", False)])
+@pytest.mark.parametrize("m,split,swiglu", [(1, 1, False), (1, 2, True), (8, 1, True)])
+def test_l2_prefetch_changes_no_bit(monkeypatch, fmt, kind, m, split, swiglu):
+    # the programs' bulk prefetches into L2 before their wait only move bytes early: the same results
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("bulk L2 prefetch needs sm_90")
+    n, k = 512, 2048
+    x = _x(m, k, torch.bfloat16)
+    cfg = (16, 256, split, 4, 3, kind)
+    if fmt == "float":
+        w = _w(n, k).to(torch.bfloat16).to(DEV)
+        run = lambda: gm.gemv(x, w, None, cfg, swiglu)  # noqa: E731
+    elif fmt == "int8":
+        ops = _int8(n, k)
+        run = lambda: gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, swiglu)  # noqa: E731
+    else:
+        ops = _int4(n, k, 128)
+        cfg = (16, 128, split, 4, 3, "tma_dot" if m > 1 and kind else kind)
+        run = lambda: gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 128, None, cfg, swiglu)  # noqa
+    monkeypatch.setattr(gm, "L2_PREFETCH", 0)
+    plain = run()
+    monkeypatch.setattr(gm, "L2_PREFETCH", 64 << 20)
+    args = gm._l2_args(_w(n, k).to(torch.bfloat16).to(DEV), k, k // split, 32 * split, 32, 4)
+    assert args["PF_LANES"] == 128 and args["pf_seg"] == k * 2 // split and args["pf_kb"] == k * 2 // split
+    assert torch.equal(run(), plain)
+
+
+def test_l2_prefetch_is_off_in_the_interpreter_and_for_small_shares(monkeypatch):
+    w = torch.zeros(64, 256, dtype=torch.bfloat16, device=DEV)
+    monkeypatch.setattr(gm, "L2_PREFETCH", 0)
+    assert gm._l2_args(w, 256, 256, 4, 16, 4)["PF_LANES"] == 0
+    monkeypatch.setattr(gm, "L2_PREFETCH", 1 << 20)
+    on_gpu = DEV == "cuda" and torch.cuda.get_device_capability()[0] >= 9
+    assert (gm._l2_args(w, 256, 256, 4, 16, 4)["PF_LANES"] > 0) == on_gpu
+    assert gm._l2_args(w, 256, 256, 4096, 16, 4)["PF_LANES"] == 0  # 16 bytes a row: under a line
