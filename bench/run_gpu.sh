@@ -66,8 +66,6 @@
 #                                 # table with the int4 TMA configs
 #   bash bench/run_gpu.sh w4rows  # GEMV tests; int4 sweep at 8 rows with TMA tiles for several rows; int4 decode
 #   bash bench/run_gpu.sh final5b # the fifth session's last defaults: GPU tests, decode (all formats), the step's kernels
-#   bash bench/run_gpu.sh l2      # decode with GEMV programs prefetching their first weight bytes into L2 before their
-#                                 # PDL wait, 0 (off) to 64 MB a GEMV (WB_GEMV_L2_MB)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -343,12 +341,6 @@ elif [ "$stage" = w4dot ]; then  # int4 TMA tiles for several rows on the tensor
   step 150 python bench/gemv_sweep.py --formats w4a16 --rows 8 --families tma,table --name gemv_sweep_w4dot_h100
   step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 8 --modes bf16,int4_wo \
     --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_w4dot_h100.json --name decode_quant_w4dot_h100
-elif [ "$stage" = l2 ]; then  # GEMV programs prefetch their first weight bytes into L2 before their PDL wait
-  step 120 python -m pytest tests/plugins/test_gemv.py -q -n 4 -p no:cacheprovider -k "l2 or tma"
-  for mb in 0 16 64 8 32; do
-    WB_GEMV_L2_MB=$mb step 75 python bench/decode_quant.py --models llama-3.2-1b,llama-3-8b --batches 1 \
-      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_l2_${mb}_h100
-  done
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -103,26 +103,6 @@ def gdc_trigger(USE_GDC: tl.constexpr):
 
 
 @triton.jit
-def l2_prefetch_rows(WB, row_bytes, first_row, n_rows, offset, seg, BLOCK: tl.constexpr, SWIGLU: tl.constexpr,
-                     LANES: tl.constexpr):
-    """Hopper bulk prefetches into L2 (sm_90's cp.async.bulk.prefetch.L2, fire and forget) of `seg` bytes from byte
-    `offset` of the rows first_row .. first_row + BLOCK of the row-major bytes WB (rows past n_rows skipped;
-    SWIGLU: and of the same rows n_rows further, the up half). One prefetch a thread: LANES is the program's thread
-    count, so no thread repeats another's."""
-    i = tl.arange(0, LANES)
-    row = first_row + i % BLOCK
-    ok = (row < n_rows) & (i < (2 if SWIGLU else 1) * BLOCK)
-    if SWIGLU:
-        row += (i // BLOCK) * n_rows
-    size = tl.minimum(seg, row_bytes - offset).to(tl.int32)  # whole 16-byte units: the caller keeps them so
-    ok = (ok & (size >= 16)).to(tl.int32)
-    tl.inline_asm_elementwise(
-        asm="{ .reg .pred p; setp.ne.b32 p, $1, 0; @p cp.async.bulk.prefetch.L2.global [$2], $3; mov.b32 $0, 0; }",
-        constraints="=r,r,l,r", args=[ok, WB + row.to(tl.int64) * row_bytes + offset, size + i * 0],
-        dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _pdl_probe(X, USE_GDC: tl.constexpr):
     gdc_begin(USE_GDC)
     tl.store(X, tl.load(X) + 1)

@@ -48,10 +48,6 @@ PRMT = os.environ.get("WB_GEMV_PRMT", "1") != "0"
 # 949 -> 863 tok/s, 8B 182.7 -> 180.4; fifth session's call 2, decode_quant_early_{prefetch,early}_h100.json.)
 PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
 PDL_MODE = os.environ.get("WB_GEMV_PDL", "prefetch")
-# Before it waits for the kernel before, each program prefetches the first bytes of its weight rows into L2 (Hopper
-# bulk prefetches: no registers or shared memory held), so the memory streams this GEMV's weights while the kernel
-# before drains; L2_PREFETCH bytes at most for the whole GEMV, shared evenly among its programs (WB_GEMV_L2_MB; 0: off).
-L2_PREFETCH = int(float(os.environ.get("WB_GEMV_L2_MB", "0")) * (1 << 20))
 
 
 # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, kind]: kind True (a 5-tuple) multiplies tiles on the tensor
@@ -122,7 +118,6 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     groups = scales.shape[-1] if wq == INT4 else 1
     grid = (triton.cdiv(n, bn), split)
     launch = gdc("gemv")
-    pf = _l2_args(w, k, k_per, grid[0] * grid[1], bn * (2 if swiglu else 1), 4 if interpreting() else warps)
     if PDL_MODE not in PDL_MODES:
         raise ValueError(f"WB_GEMV_PDL={PDL_MODE!r}: choose one of {', '.join(PDL_MODES)}")
     gdc_mode = PDL_MODES[PDL_MODE]
@@ -130,22 +125,22 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     prmt = PRMT and wq == INT8 and x.dtype in (torch.bfloat16, torch.float16) and not interpreting()
     if tma and wq == INT4:
         _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, bias is not None, swiglu, bn, bk, split,
-                       warps, stages, gdc_mode, launch, kind == "tma_dot" and m > 1, pf)
+                       warps, stages, gdc_mode, launch, kind == "tma_dot" and m > 1)
     elif tma:
         _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
-                    stages, gdc_mode, launch, norm_args, prmt, kind == "tma_prmt", pf)
+                    stages, gdc_mode, launch, norm_args, prmt, kind == "tma_prmt")
     elif words:
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
                           HAS_BIAS=bias is not None, SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq,
                           GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot,
                           PRMT=prmt and not dot, PREFETCH=prefetch, GDC_MODE=gdc_mode, num_warps=warps,
-                          num_stages=stages, **norm_args, **pf, **launch)
+                          num_stages=stages, **norm_args, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
                     SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot,
-                    GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **norm_args, **pf, **launch)
+                    GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **norm_args, **launch)
     if split > 1:
         block = 1024 if not interpreting() else 64
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
@@ -173,7 +168,7 @@ def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int)
 
 
 def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps, stages,
-                gdc_mode, launch, norm_args, prmt: bool, x_tma_prmt: bool, pf: dict) -> None:
+                gdc_mode, launch, norm_args, prmt: bool, x_tma_prmt: bool) -> None:
     """The one-row GEMV with TMA-pipelined weight tiles (gemv_tma.py); byte permutes (`prmt`) where x comes by TMA
     only if `x_tma_prmt`."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -188,11 +183,11 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
         x2, xd, desc, s, b, y, part, n, k, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
         HAS_BIAS=has_bias, SWIGLU=swiglu, WQ=wq, PER_WORD=max(per_word, 1), WORDS=words,
         PRMT=prmt and (x_tma_prmt or not x_tma), X_TMA=x_tma,
-        STAGES=max(stages, 1), GDC_MODE=gdc_mode, num_warps=warps, num_stages=1, **norm_args, **pf, **launch)
+        STAGES=max(stages, 1), GDC_MODE=gdc_mode, num_warps=warps, num_stages=1, **norm_args, **launch)
 
 
 def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps,
-                   stages, gdc_mode, launch, dot: bool, pf: dict) -> None:
+                   stages, gdc_mode, launch, dot: bool) -> None:
     """The int4 GEMV with TMA-pipelined tiles (gemv_tma_w4.py), for up to 16 rows of x (`dot`: on the tensor
     cores)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -211,23 +206,7 @@ def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias
         HAS_BIAS=has_bias, SWIGLU=swiglu, GROUP=group, WORDS=bk // 8, ASM=not interpreting(),
         RN_ASM=x2.dtype == torch.bfloat16 and not interpreting(), DOT=dot, FP32=dot_in_fp32(x2.dtype),
         STAGES=max(stages, 1), GDC_MODE=gdc_mode,
-        num_warps=warps, num_stages=1, **pf, **launch)
-
-
-def _l2_args(w: torch.Tensor, k: int, k_per: int, programs: int, rows: int, warps: int) -> dict:
-    """The kernels' L2 prefetch arguments: each of `programs` programs prefetches the first pf_seg bytes of each of its
-    `rows` weight rows' K split (pf_kb bytes) from the bytes WB (rows pf_rb apart), all of them L2_PREFETCH bytes at
-    most; off (PF_LANES = 0) in the interpreter, before Hopper, for unaligned rows, or where a row's share is under
-    one 128-byte line."""
-    off = {"WB": w, "pf_rb": 0, "pf_kb": 0, "pf_seg": 0, "PF_LANES": 0}
-    if L2_PREFETCH <= 0 or interpreting() or not w.is_cuda or torch.cuda.get_device_capability(w.device)[0] < 9:
-        return off
-    row_bytes = w.stride(0) * w.element_size()
-    k_bytes = k_per * w.shape[1] * w.element_size() // k  # int4: two values a byte
-    seg = min(L2_PREFETCH // (programs * rows), k_bytes) // 128 * 128
-    if seg < 128 or w.data_ptr() % 16 or row_bytes % 16 or k_bytes % 16:
-        return off
-    return {"WB": w.view(torch.uint8), "pf_rb": row_bytes, "pf_kb": k_bytes, "pf_seg": seg, "PF_LANES": 32 * warps}
+        num_warps=warps, num_stages=1, **launch)
 
 
 def _check_swiglu(w: torch.Tensor, swiglu: bool) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, l2_prefetch_rows, mma, rounded
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, mma, rounded
 from workbench.plugins.rms_norm import normed, rstd
 
 
@@ -144,16 +144,12 @@ def _program(M, N, K, k_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, WB, pf_rb, pf_kb, pf_seg, BLOCK_M: tl.constexpr,
+def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
           SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr,
-          NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, PF_LANES: tl.constexpr,
-          USE_GDC: tl.constexpr):
+          NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """GDC_MODE: see gemv.PDL_MODES (float tiles take no register prefetch: it slowed the 8B bf16 step by 12% on an
     H100, so `prefetch` acts as `late` here). NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
-    if PF_LANES > 0:  # this program's first weight bytes into L2 before waiting (gemv.L2_PREFETCH)
-        l2_prefetch_rows(WB, pf_rb, tl.program_id(0) * BLOCK_N, N, tl.program_id(1) * pf_kb, pf_seg, BLOCK_N,
-                         SWIGLU, PF_LANES)
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     else:
@@ -261,13 +257,12 @@ def _group_params(S, Z, rows, rmask, offs_w, wkmask, k0, G, GROUP: tl.constexpr,
 
 
 @triton.jit
-def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, WB, pf_rb, pf_kb, pf_seg, 
-                BLOCK_M: tl.constexpr,
+def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
                 PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, PRMT: tl.constexpr,
                 PREFETCH: tl.constexpr, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr,
-                PF_LANES: tl.constexpr, USE_GDC: tl.constexpr):
+                USE_GDC: tl.constexpr):
     """x times quantized weights read as int32 words (PER_WORD values each): value j of every word is taken at
     once, against x's columns j, j + PER_WORD, ...; for one row by fp32 multiply-adds, for more (DOT) by one
     tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4).
@@ -280,9 +275,6 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
     program keeps a load in flight while it computes (Triton pipelines only the loads that feed a dot).
 
     NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
-    if PF_LANES > 0:  # this program's first weight bytes into L2 before waiting (gemv.L2_PREFETCH)
-        l2_prefetch_rows(WB, pf_rb, tl.program_id(0) * BLOCK_N, N, tl.program_id(1) * pf_kb, pf_seg, BLOCK_N,
-                         SWIGLU, PF_LANES)
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2 or not PREFETCH:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, l2_prefetch_rows
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait
 from workbench.plugins.gemv_kernels import (_finish, _norm_prologue, _permuted_fma, _program, _word_values, _x_columns,
                                             _xin)
 
@@ -60,11 +60,11 @@ def _word_fma(acc, words, x0, x1, x2, x3, WQ: tl.constexpr, DT: tl.constexpr, PR
 
 
 @triton.jit
-def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, WB, pf_rb, pf_kb, pf_seg, BLOCK_N: tl.constexpr,
+def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOCK_N: tl.constexpr,
               BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
               WQ: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr, PRMT: tl.constexpr, X_TMA: tl.constexpr,
               STAGES: tl.constexpr, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr,
-              PF_LANES: tl.constexpr, USE_GDC: tl.constexpr):
+              USE_GDC: tl.constexpr):
     """y [1, N] = x [1, K] @ W^T from the descriptor Wd of W [N or 2N, K / PER_WORD] (int32 words when WQ == 8);
     tiles [BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES; `prefetch` waits for the kernel before inside the first
     iteration, after the pipeline's first weight tiles are requested (weights are never written by it), and
@@ -77,9 +77,6 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, WB, 
     (_int8_word_magic), else by integer operations; the same values, so the same bits. (The register kernels'
     permutes under fp16's exponent, with 1152 * sum(x) taken off at the end, measured up to 3 bf16 ulps off with
     these columns.)"""
-    if PF_LANES > 0:  # this program's first weight bytes into L2 before waiting (gemv.L2_PREFETCH)
-        l2_prefetch_rows(WB, pf_rb, tl.program_id(0) * BLOCK_N, N, tl.program_id(1) * pf_kb, pf_seg, BLOCK_N,
-                         SWIGLU, PF_LANES)
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2:

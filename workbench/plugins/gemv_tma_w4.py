@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, l2_prefetch_rows, mma, rounded
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, mma, rounded
 from workbench.plugins.gemv_kernels import _finish, _program
 
 
@@ -179,20 +179,17 @@ def _x_columns8(Xd, k0, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.
 
 
 @triton.jit
-def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, WB, pf_rb, pf_kb, pf_seg, BLOCK_M: tl.constexpr,
+def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                  SWIGLU: tl.constexpr, GROUP: tl.constexpr, WORDS: tl.constexpr, ASM: tl.constexpr,
                  RN_ASM: tl.constexpr, DOT: tl.constexpr, FP32: tl.constexpr, STAGES: tl.constexpr,
-                 GDC_MODE: tl.constexpr, PF_LANES: tl.constexpr, USE_GDC: tl.constexpr):
+                 GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """y [M, N] = x [M, K] @ W^T from the descriptor Wd of the packed int4 words [N or 2N, K / 8] (tiles [BLOCK_N,
     WORDS]) and Xd of x (X): viewed as [K / 64, 64] for one row, else [M, K] in tiles [BLOCK_M, BLOCK_K]; scales S
     [N or 2N, G] (fp32) and zeros Z (uint8). Several rows share each dequantized value: multiply-adds into sums
     [BLOCK_M, BLOCK_N, WORDS], or (DOT) on the tensor cores, one product a column of the words (FP32: fp32 x,
     products in full precision). GDC_MODE as gemv.PDL_MODES (`prefetch`: the wait inside the first iteration, once
     the first copies are issued)."""
-    if PF_LANES > 0:  # this program's first weight bytes into L2 before waiting (gemv.L2_PREFETCH)
-        l2_prefetch_rows(WB, pf_rb, tl.program_id(0) * BLOCK_N, N, tl.program_id(1) * pf_kb, pf_seg, BLOCK_N,
-                         SWIGLU, PF_LANES)
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2:
