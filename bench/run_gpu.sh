@@ -66,6 +66,10 @@
 #                                 # table with the int4 TMA configs
 #   bash bench/run_gpu.sh w4rows  # GEMV tests; int4 sweep at 8 rows with TMA tiles for several rows; int4 decode
 #   bash bench/run_gpu.sh final5b # the fifth session's last defaults: GPU tests, decode (all formats), the step's kernels
+#   bash bench/run_gpu.sh l2      # (GEMV programs prefetching their first weight bytes into L2 before their PDL wait:
+#                                 # measured slower at every size and removed; the stage needs commit 9643edb)
+#   bash bench/run_gpu.sh persist # every layer's projections in one persistent kernel with device-wide barriers, against
+#                                 # the plugin's GEMV launches in a CUDA graph (bench/persistent_probe.py)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -341,6 +345,8 @@ elif [ "$stage" = w4dot ]; then  # int4 TMA tiles for several rows on the tensor
   step 150 python bench/gemv_sweep.py --formats w4a16 --rows 8 --families tma,table --name gemv_sweep_w4dot_h100
   step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 8 --modes bf16,int4_wo \
     --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_w4dot_h100.json --name decode_quant_w4dot_h100
+elif [ "$stage" = persist ]; then  # the layers' projections in one persistent kernel against the GEMV launches
+  step 240 python bench/persistent_probe.py --models 1b,8b --programs 1,2
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
