@@ -36,6 +36,9 @@ from workbench.plugins.common import interpreting  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+# BLOCK_N, BLOCK_K, stages, warps, barriers (without: the weights' streaming alone, results wrong)
+CONFIGS = [(8, 256, 4, 4, True), (16, 256, 4, 4, True), (8, 256, 6, 4, True), (16, 256, 6, 4, True),
+           (32, 256, 4, 8, True), (16, 256, 4, 4, False), (16, 256, 6, 4, False), (32, 256, 4, 8, False)]
 SHAPES = {"1b": dict(layers=16, h=2048, qkv=3072, i=8192), "8b": dict(layers=32, h=4096, qkv=6144, i=14336),
           "tiny": dict(layers=2, h=256, qkv=384, i=512)}
 
@@ -78,19 +81,23 @@ def _stage(Wd, row0, up0, N, K, X, Y, BN: tl.constexpr, BK: tl.constexpr, STAGES
 
 @triton.jit
 def _chain(Wqkv, Wo, Wgu, Wdn, A, B, C, D, CNT, L, H: tl.constexpr, QKV: tl.constexpr, I: tl.constexpr,
-           BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr):
+           BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr):
     """All layers' projections in one launch: A -> qkv -> B; B[:H] -> o -> C; C -> gate_up, swiglu -> D; D -> down
-    -> A, a barrier after each."""
+    -> A, a barrier after each (without SYNC none: wrong results, the time of the weights' streaming alone)."""
     G = tl.num_programs(0)
     for layer in range(L):
         _stage(Wqkv, layer * QKV, 0, QKV, H, A, B, BN, BK, STAGES, False)
-        _barrier(CNT, 4 * layer + 1, G)
+        if SYNC:
+            _barrier(CNT, 4 * layer + 1, G)
         _stage(Wo, layer * H, 0, H, H, B, C, BN, BK, STAGES, False)
-        _barrier(CNT, 4 * layer + 2, G)
+        if SYNC:
+            _barrier(CNT, 4 * layer + 2, G)
         _stage(Wgu, layer * 2 * I, layer * 2 * I + I, I, H, C, D, BN, BK, STAGES, True)
-        _barrier(CNT, 4 * layer + 3, G)
+        if SYNC:
+            _barrier(CNT, 4 * layer + 3, G)
         _stage(Wdn, layer * H, 0, H, I, D, A, BN, BK, STAGES, False)
-        _barrier(CNT, 4 * layer + 4, G)
+        if SYNC:
+            _barrier(CNT, 4 * layer + 4, G)
 
 
 def _weights(shape: dict, seed: int = 0) -> dict:
@@ -102,7 +109,7 @@ def _weights(shape: dict, seed: int = 0) -> dict:
     def w(n, k):
         return (torch.randn(n, k, generator=g, device=dev) * k ** -0.5).to(torch.bfloat16)
 
-    return {"qkv": w(L * qkv, h), "o": w(L * h, h), "gate_up": w(L * 2 * i, h) * 1.5, "down": w(L * h, i)}
+    return {"qkv": w(L * qkv, h), "o": w(L * h, h), "gate_up": w(L * 2 * i, h) * 1.3, "down": w(L * h, i)}
 
 
 def launches(ws: dict, shape: dict, x: torch.Tensor) -> torch.Tensor:
@@ -123,10 +130,12 @@ def launches(ws: dict, shape: dict, x: torch.Tensor) -> torch.Tensor:
 class Persistent:
     """The chain in one launch (see _chain), its buffers and descriptors made once."""
 
-    def __init__(self, ws: dict, shape: dict, programs: int, bn: int, bk: int, stages: int, warps: int):
+    def __init__(self, ws: dict, shape: dict, programs: int, bn: int, bk: int, stages: int, warps: int,
+                 sync: bool = True):
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         self.shape, self.programs, self.bn, self.bk, self.stages, self.warps = shape, programs, bn, bk, stages, warps
+        self.sync = sync
         dev = ws["qkv"].device
         h, qkv, i = shape["h"], shape["qkv"], shape["i"]
         self.bufs = [torch.zeros(n, dtype=torch.bfloat16, device=dev) for n in (h, qkv, h, i)]
@@ -139,7 +148,8 @@ class Persistent:
         self.cnt.zero_()
         self.bufs[0].copy_(x.reshape(-1))
         _chain[(self.programs,)](*self.desc, *self.bufs, self.cnt, s["layers"], H=s["h"], QKV=s["qkv"], I=s["i"],
-                                 BN=self.bn, BK=self.bk, STAGES=self.stages, num_warps=self.warps, num_stages=1)
+                                 BN=self.bn, BK=self.bk, STAGES=self.stages, SYNC=self.sync, num_warps=self.warps,
+                                 num_stages=1)
         return self.bufs[0].view(1, -1)
 
     def gave_up(self) -> int:
@@ -186,11 +196,11 @@ def run(name: str, args, out: dict) -> None:
     print(f"[{name}] launches: {t:.4f} ms, {nbytes / t / 1e9:.3f} TB/s", flush=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for per_sm in [int(p) for p in args.programs.split(",")]:
-        for bn, bk, stages, warps in [(8, 256, 4, 4), (16, 256, 4, 4), (8, 256, 6, 4), (16, 128, 6, 4)]:
-            p = Persistent(ws, shape, sms * per_sm, bn, bk, stages, warps)
+        for bn, bk, stages, warps, sync in CONFIGS:
+            p = Persistent(ws, shape, sms * per_sm, bn, bk, stages, warps, sync)
             got = p(x)
             torch.cuda.synchronize()
-            key = f"{per_sm}/SM bn{bn} bk{bk} s{stages} w{warps}"
+            key = f"{per_sm}/SM bn{bn} bk{bk} s{stages} w{warps}" + ("" if sync else " no barriers")
             if p.gave_up():
                 row[key] = {"gave_up": p.gave_up()}
                 print(f"[{name}] persistent {key}: {p.gave_up()} programs gave up waiting (not all resident)")

@@ -346,7 +346,7 @@ elif [ "$stage" = w4dot ]; then  # int4 TMA tiles for several rows on the tensor
   step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 8 --modes bf16,int4_wo \
     --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_w4dot_h100.json --name decode_quant_w4dot_h100
 elif [ "$stage" = persist ]; then  # the layers' projections in one persistent kernel against the GEMV launches
-  step 240 python bench/persistent_probe.py --models 1b,8b --programs 1,2
+  step 300 python bench/persistent_probe.py --models 1b,8b --programs 2,3
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
