@@ -36,19 +36,24 @@ from workbench.plugins.common import interpreting  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-# BLOCK_N, BLOCK_K, stages, warps, barriers (without: the weights' streaming alone, results wrong)
-CONFIGS = [(8, 256, 4, 4, True), (16, 256, 4, 4, True), (8, 256, 6, 4, True), (16, 256, 6, 4, True),
-           (32, 256, 4, 8, True), (16, 256, 4, 4, False), (16, 256, 6, 4, False), (32, 256, 4, 8, False)]
+# BLOCK_N, BLOCK_K, stages, warps, synchronisation (_chain's MODES; "none": the weights' streaming alone)
+CONFIGS = [(16, 256, 4, 4, "barrier"), (16, 256, 6, 4, "barrier"), (16, 256, 4, 4, "split"), (16, 256, 6, 4, "split"),
+           (8, 256, 6, 4, "split"), (8, 256, 8, 4, "split"), (16, 256, 4, 4, "none"), (16, 256, 6, 4, "none")]
 SHAPES = {"1b": dict(layers=16, h=2048, qkv=3072, i=8192), "8b": dict(layers=32, h=4096, qkv=6144, i=14336),
           "tiny": dict(layers=2, h=256, qkv=384, i=512)}
 
 
 @triton.jit
-def _barrier(CNT, idx, G):
-    """Every program arrives at counter idx (release), then polls it (acquire) until all G have: the stage's outputs
-    are then visible to every program. Polls at most 2^16 times (tens of milliseconds); a program that gives up counts in CNT[0]."""
+def _arrive(CNT, idx):
+    """This program has written its part of a stage: count it at counter idx (release)."""
     tl.debug_barrier()
     tl.atomic_add(CNT + idx, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait(CNT, idx, G):
+    """Poll counter idx (acquire) until all G programs arrived: their writes are then visible. Polls at most 2^16
+    times (tens of milliseconds); a program that gives up counts in CNT[0]."""
     seen = tl.atomic_add(CNT + idx, 0, sem="acquire", scope="gpu")
     spins = 0
     while (seen < G) & (spins < 65536):
@@ -60,18 +65,43 @@ def _barrier(CNT, idx, G):
 
 
 @triton.jit
-def _stage(Wd, row0, up0, N, K, X, Y, BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr,
-           SWIGLU: tl.constexpr):
+def _wait_asm(CNT, idx, G):
+    """_wait as one inline-PTX loop (every thread polls; at most 2^20 times), so the loop around it stays
+    software-pipelined (Triton leaves a loop that holds a while loop unpipelined); returns 0 from the asm, for x's
+    offsets (see plugins.common.gdc_wait_zero)."""
+    return tl.inline_asm_elementwise(
+        asm="""{ .reg .pred p, q; .reg .b32 v, n; mov.b32 n, 0;
+        WAIT: ld.acquire.gpu.global.b32 v, [$1]; add.s32 n, n, 1; setp.lt.s32 p, v, $2; setp.lt.s32 q, n, 1048576;
+        and.pred p, p, q; @p bra WAIT; mov.b32 $0, 0; }""",
+        constraints="=r,l,r", args=[CNT + idx + tl.zeros([1], tl.int32), G + tl.zeros([1], tl.int32)],
+        dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _stage(Wd, row0, up0, N, K, X, Y, CNT, wait, G, BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr,
+           SWIGLU: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr):
     """This program's row tiles of y = x @ W[row0:row0 + N]^T (SWIGLU: silu(gate) * up, the up rows at up0); x is
-    read from L2 (.cg: another SM wrote it)."""
-    for t in range(tl.program_id(0), N // BN, tl.num_programs(0)):
+    read from L2 (.cg: another SM wrote it). SPLIT: first wait for counter `wait` (x's stage; none where 0), inside
+    the first iteration, once the pipeline's first weight copies are on their way."""
+    for t in range(tl.program_id(0), N // BN, G):
         acc = tl.zeros([BN, BK], tl.float32)
         accu = tl.zeros([BN, BK], tl.float32)
+        dep = tl.zeros([1], tl.int32)
         for k0 in tl.range(0, K, BK, num_stages=STAGES):
-            x = tl.load(X + k0 + tl.arange(0, BK), cache_modifier=".cg").to(tl.float32)[None, :]
-            acc += Wd.load([row0 + t * BN, k0]).to(tl.float32) * x
+            w = Wd.load([row0 + t * BN, k0]).to(tl.float32)
+            wu = w
             if SWIGLU:
-                accu += Wd.load([up0 + t * BN, k0]).to(tl.float32) * x
+                wu = Wd.load([up0 + t * BN, k0]).to(tl.float32)
+            if SPLIT:
+                if (k0 == 0) & (t == tl.program_id(0)) & (wait > 0):
+                    if ASM:
+                        dep = _wait_asm(CNT, wait, G)
+                    else:
+                        _wait(CNT, wait, G)
+            x = tl.load(X + k0 + dep + tl.arange(0, BK), cache_modifier=".cg").to(tl.float32)[None, :]
+            acc += w * x
+            if SWIGLU:
+                accu += wu * x
         y = tl.sum(acc, axis=1)
         if SWIGLU:
             g = y.to(tl.bfloat16).to(tl.float32)
@@ -80,24 +110,36 @@ def _stage(Wd, row0, up0, N, K, X, Y, BN: tl.constexpr, BK: tl.constexpr, STAGES
 
 
 @triton.jit
+def _sync(CNT, idx, G, MODE: tl.constexpr):
+    """After a stage: MODE 1 a whole barrier; 2 only the arrival (the next stage waits in its first iteration)."""
+    if MODE == 1:
+        _arrive(CNT, idx)
+        _wait(CNT, idx, G)
+    elif MODE == 2:
+        _arrive(CNT, idx)
+
+
+@triton.jit
 def _chain(Wqkv, Wo, Wgu, Wdn, A, B, C, D, CNT, L, H: tl.constexpr, QKV: tl.constexpr, I: tl.constexpr,
-           BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr):
+           BN: tl.constexpr, BK: tl.constexpr, STAGES: tl.constexpr, MODE: tl.constexpr, ASM: tl.constexpr):
     """All layers' projections in one launch: A -> qkv -> B; B[:H] -> o -> C; C -> gate_up, swiglu -> D; D -> down
-    -> A, a barrier after each (without SYNC none: wrong results, the time of the weights' streaming alone)."""
+    -> A. MODE (MODES): 1 a barrier after each stage, 2 split barriers (arrive after a stage, wait inside the next
+    one's first iteration), 0 none (wrong results: the time of the weights' streaming alone)."""
     G = tl.num_programs(0)
+    S: tl.constexpr = MODE == 2
     for layer in range(L):
-        _stage(Wqkv, layer * QKV, 0, QKV, H, A, B, BN, BK, STAGES, False)
-        if SYNC:
-            _barrier(CNT, 4 * layer + 1, G)
-        _stage(Wo, layer * H, 0, H, H, B, C, BN, BK, STAGES, False)
-        if SYNC:
-            _barrier(CNT, 4 * layer + 2, G)
-        _stage(Wgu, layer * 2 * I, layer * 2 * I + I, I, H, C, D, BN, BK, STAGES, True)
-        if SYNC:
-            _barrier(CNT, 4 * layer + 3, G)
-        _stage(Wdn, layer * H, 0, H, I, D, A, BN, BK, STAGES, False)
-        if SYNC:
-            _barrier(CNT, 4 * layer + 4, G)
+        c = 4 * layer
+        _stage(Wqkv, layer * QKV, 0, QKV, H, A, B, CNT, c, G, BN, BK, STAGES, False, S, ASM)
+        _sync(CNT, c + 1, G, MODE)
+        _stage(Wo, layer * H, 0, H, H, B, C, CNT, c + 1, G, BN, BK, STAGES, False, S, ASM)
+        _sync(CNT, c + 2, G, MODE)
+        _stage(Wgu, layer * 2 * I, layer * 2 * I + I, I, H, C, D, CNT, c + 2, G, BN, BK, STAGES, True, S, ASM)
+        _sync(CNT, c + 3, G, MODE)
+        _stage(Wdn, layer * H, 0, H, I, D, A, CNT, c + 3, G, BN, BK, STAGES, False, S, ASM)
+        _sync(CNT, c + 4, G, MODE)
+
+
+MODES = {"none": 0, "barrier": 1, "split": 2}
 
 
 def _weights(shape: dict, seed: int = 0) -> dict:
@@ -131,11 +173,11 @@ class Persistent:
     """The chain in one launch (see _chain), its buffers and descriptors made once."""
 
     def __init__(self, ws: dict, shape: dict, programs: int, bn: int, bk: int, stages: int, warps: int,
-                 sync: bool = True):
+                 mode: str = "barrier"):
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         self.shape, self.programs, self.bn, self.bk, self.stages, self.warps = shape, programs, bn, bk, stages, warps
-        self.sync = sync
+        self.mode = MODES[mode]
         dev = ws["qkv"].device
         h, qkv, i = shape["h"], shape["qkv"], shape["i"]
         self.bufs = [torch.zeros(n, dtype=torch.bfloat16, device=dev) for n in (h, qkv, h, i)]
@@ -148,7 +190,8 @@ class Persistent:
         self.cnt.zero_()
         self.bufs[0].copy_(x.reshape(-1))
         _chain[(self.programs,)](*self.desc, *self.bufs, self.cnt, s["layers"], H=s["h"], QKV=s["qkv"], I=s["i"],
-                                 BN=self.bn, BK=self.bk, STAGES=self.stages, SYNC=self.sync, num_warps=self.warps,
+                                 BN=self.bn, BK=self.bk, STAGES=self.stages, MODE=self.mode, ASM=not interpreting(),
+                                 num_warps=self.warps,
                                  num_stages=1)
         return self.bufs[0].view(1, -1)
 
@@ -178,6 +221,10 @@ def graph_ms(fn, replays: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
 def run(name: str, args, out: dict) -> None:
     shape = SHAPES[name]
     ws = _weights(shape)
@@ -186,26 +233,32 @@ def run(name: str, args, out: dict) -> None:
     ref = launches(ws, shape, x)
     row = out.setdefault(name, {"weight_bytes": nbytes})
     if interpreting():
-        got = Persistent(ws, shape, 1, 16, 64, 1, 4)(x)
-        err = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
-        row["tiny_rel_err"] = err
-        print(f"[{name}] persistent against launches: relative error {err:.2e}")
+        for mode in ("barrier", "split"):
+            err = _rel_err(Persistent(ws, shape, 1, 16, 64, 1, 4, mode)(x), ref)
+            row[f"tiny_rel_err_{mode}"] = err
+            print(f"[{name}] persistent ({mode}) against launches: relative error {err:.2e}")
         return
+    one = dict(shape, layers=1)  # one layer's chain: its values stay small enough to compare
+    ref1 = launches(ws, one, x)
+    for mode in ("barrier", "split"):
+        p = Persistent(ws, one, 2 * torch.cuda.get_device_properties(0).multi_processor_count, 16, 256, 4, 4, mode)
+        row[f"one_layer_rel_err_{mode}"] = err = _rel_err(p(x), ref1)
+        print(f"[{name}] one layer, persistent ({mode}) against launches: relative error {err:.2e}", flush=True)
     t = graph_ms(lambda: launches(ws, shape, x))
     row["launches"] = {"ms": round(t, 4), "TBps": round(nbytes / t / 1e9, 3)}
     print(f"[{name}] launches: {t:.4f} ms, {nbytes / t / 1e9:.3f} TB/s", flush=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for per_sm in [int(p) for p in args.programs.split(",")]:
-        for bn, bk, stages, warps, sync in CONFIGS:
-            p = Persistent(ws, shape, sms * per_sm, bn, bk, stages, warps, sync)
+    for per_sm in [int(n) for n in args.programs.split(",")]:
+        for bn, bk, stages, warps, mode in CONFIGS:
+            p = Persistent(ws, shape, sms * per_sm, bn, bk, stages, warps, mode)
             got = p(x)
             torch.cuda.synchronize()
-            key = f"{per_sm}/SM bn{bn} bk{bk} s{stages} w{warps}" + ("" if sync else " no barriers")
+            key = f"{per_sm}/SM bn{bn} bk{bk} s{stages} w{warps} {mode}"
             if p.gave_up():
                 row[key] = {"gave_up": p.gave_up()}
                 print(f"[{name}] persistent {key}: {p.gave_up()} programs gave up waiting (not all resident)")
                 continue
-            err = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+            err = _rel_err(got, ref)
             t2 = graph_ms(lambda: p(x))
             row[key] = {"ms": round(t2, 4), "TBps": round(nbytes / t2 / 1e9, 3), "rel_err": round(err, 5),
                         "launches_over_persistent": round(t / t2, 3)}

@@ -350,3 +350,65 @@ def test_int4_tma_config_falls_back_where_tma_cannot_take_it():
     y = gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 64, None, (16, 128, 1, 4, 3, "tma"))
     ref = gm.w4a16_gemv_ref(x, ops["qweight"], ops["scales"], ops["zeros"], 64)
     assert rel_err(y, ref) < 2e-2
+
+
+def _late_writer():
+    """A kernel that lets the next one launch at once (PDL), then writes x only after `ns` nanoseconds."""
+    import triton
+    import triton.language as tl
+
+    from workbench.plugins.common import gdc_begin
+
+    @triton.jit
+    def late_writer(X, V, n, ns, BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
+        gdc_begin(USE_GDC)
+        t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+        t = t0
+        while t - t0 < ns:
+            t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False,
+                                          pack=1)
+        offs = tl.arange(0, BLOCK)
+        tl.store(X + offs, tl.load(V + offs, mask=offs < n), mask=offs < n)
+
+    return late_writer
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEV != "cuda", reason="programmatic dependent launch: GPU only")
+@pytest.mark.parametrize("fmt,kind,norm", [("float", "tma", False), ("float", "tma", True), ("float", False, False),
+                                           ("int8", "tma", False), ("int8", "tma_prmt", False), ("int8", False, False),
+                                           ("int4", "tma", False)])
+def test_gemv_reads_x_only_after_the_kernel_before_wrote_it(monkeypatch, fmt, kind, norm):
+    # under PDL a GEMV launches while the kernel before still runs, and may read its weights early; x (the norm's
+    # residual too) only after its wait: here the kernel before writes x 2 ms after letting the GEMV launch (longer
+    # than the GEMV's launch from Python takes)
+    from workbench.plugins.common import use_pdl
+
+    if not use_pdl():
+        pytest.skip("no programmatic dependent launch on this GPU")
+    monkeypatch.setattr(gm, "PDL_MODE", "prefetch")
+    n, k = 1024, 4096
+    v = _x(1, k, torch.bfloat16)
+    x = torch.zeros_like(v)
+    cfg = (16, 512 if fmt != "int4" else 128, 1, 4, 4, kind)
+    if fmt == "float":
+        w = _w(n, k).to(torch.bfloat16).to(DEV)
+        run = lambda x, norm_args: gm.gemv(x, w, None, cfg, norm=norm_args)  # noqa: E731
+    elif fmt == "int8":
+        ops = _int8(n, k)
+        run = lambda x, norm_args: gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, cfg, norm=norm_args)  # noqa
+    else:
+        ops = _int4(n, k, 128)
+        run = lambda x, norm_args: gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 128, None, cfg,  # noqa
+                                                 norm=norm_args)
+    res = _x(1, k, torch.bfloat16, seed=5)
+    nw = torch.rand(k, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16).to(DEV)
+    expected = run(v, (res, nw, 1e-5) if norm else None)
+    writer = _late_writer()
+    for _ in range(3):
+        x.zero_()
+        torch.cuda.synchronize()
+        writer[(1,)](x, v, k, 2_000_000, BLOCK=k, USE_GDC=True, launch_pdl=True)
+        got = run(x, (res, nw, 1e-5) if norm else None)
+        torch.cuda.synchronize()
+        assert torch.equal(got[1] if norm else got, expected[1] if norm else expected)

@@ -96,6 +96,19 @@ def gdc_wait(USE_GDC: tl.constexpr):
 
 
 @triton.jit
+def gdc_wait_zero(USE_GDC: tl.constexpr):
+    """gdc_wait, returning 0 from the wait's own instruction: reads of what the kernel before wrote add it to their
+    offsets. Inside a software-pipelined loop Triton's scheduler places a wait wherever nothing depends on it (at the
+    end of the first iteration, after its reads of x, or after the prologue's copies of x); the data dependence keeps
+    every such read after the wait."""
+    if USE_GDC:
+        return tl.inline_asm_elementwise("griddepcontrol.wait; mov.b32 $0, 0;", "=r", [], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+    else:
+        return tl.full([], 0, tl.int32)
+
+
+@triton.jit
 def gdc_trigger(USE_GDC: tl.constexpr):
     """With programmatic dependent launch: the next kernel may launch once every program got here (or exited)."""
     if USE_GDC:

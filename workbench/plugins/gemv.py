@@ -34,20 +34,28 @@ from workbench.plugins.gemv_tma_w4 import _gemv_tma_w4
 FLOAT, INT8, INT4 = 0, 8, 4  # weight formats (the kernel's WQ)
 # one-row int8 with 16-bit activations: words unpacked by byte permutes (WB_GEMV_PRMT=0: integer shifts)
 PRMT = os.environ.get("WB_GEMV_PRMT", "1") != "0"
+# one-row int8 TMA tiles take x's chunks by TMA too (WB_GEMV_XTMA=0: by loads, as float TMA tiles do)
+X_TMA = os.environ.get("WB_GEMV_XTMA", "1") != "0"
 # Under programmatic dependent launch, where a GEMV waits for the kernel before and lets the next one launch:
 #   start:    waits, then lets the next launch, first thing (as every other decode-step kernel);
 #   late:     waits first thing, lets the next launch once its weights are streamed (the next kernel's
 #             programs then take the SMs this one's last programs leave, not the ones its later programs need);
 #   prefetch: as late, and a one-row word-tile GEMV loads its first weight tile before waiting (weights are not
 #             written by the kernel before, so reading them early overlaps that kernel's end).
-#             TMA tiles wait inside their first iteration, once the pipeline's first copies are issued.
-# Measured on an H100 (bench/results/decode_quant_pdl_{start,late,prefetch}.json): within 1% of each other on
-# 8B, late 6% faster than start for 1B int8 at batch 1; with TMA tiles (decode_quant_builtin_{late,prefetch}_h100
-# .json, this session's call 8) prefetch against late: 8B bf16 181.6 -> 182.6 tok/s, int8 303.2 -> 307.1, 1B equal.
+#             TMA tiles wait inside their first iteration, once the pipeline's first copies are issued; every
+#             offset of x adds a zero that the wait returns (common.gdc_wait_zero), which keeps x's reads after it.
+#   auto:     (the default) late for float weights, prefetch for quantized ones.
+# x's reads were not kept after the wait before the sixth session: Triton's scheduler put a wait inside a pipelined
+# loop after the first iteration's reads, and the int8 and int4 tiles that take x by TMA read it in the pipeline's
+# prologue, before any wait (tests/plugins/test_gemv.py's late writer caught it on an H100). Measured since, on an H100
+# (sixth session's call 5, decode_quant_fixed_{prefetch,late}_h100.json): prefetch against late, 8B bf16 177.1 against
+# 180.7 tok/s, int8 + logits 311.9 against 309.4, int4 246.9 against 243.0, 1B int8 + logits 1408 against 1392,
+# 1B bf16 equal (its GEMVs are register tiles: they wait first thing in both). Earlier sessions' numbers for
+# prefetch (8B bf16 181.6 -> 182.6 tok/s, int8 303.2 -> 307.1) came from the racy kernels.
 # (An `early` mode, prefetch letting the next kernel launch right after its wait, measured slower: 1B bf16 at batch 1
 # 949 -> 863 tok/s, 8B 182.7 -> 180.4; fifth session's call 2, decode_quant_early_{prefetch,early}_h100.json.)
 PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
-PDL_MODE = os.environ.get("WB_GEMV_PDL", "prefetch")
+PDL_MODE = os.environ.get("WB_GEMV_PDL", "auto")
 
 
 # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, kind]: kind True (a 5-tuple) multiplies tiles on the tensor
@@ -118,9 +126,9 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     groups = scales.shape[-1] if wq == INT4 else 1
     grid = (triton.cdiv(n, bn), split)
     launch = gdc("gemv")
-    if PDL_MODE not in PDL_MODES:
-        raise ValueError(f"WB_GEMV_PDL={PDL_MODE!r}: choose one of {', '.join(PDL_MODES)}")
-    gdc_mode = PDL_MODES[PDL_MODE]
+    if PDL_MODE not in (*PDL_MODES, "auto"):
+        raise ValueError(f"WB_GEMV_PDL={PDL_MODE!r}: choose one of {', '.join(PDL_MODES)}, auto")
+    gdc_mode = PDL_MODES[PDL_MODE if PDL_MODE != "auto" else "late" if wq == FLOAT else "prefetch"]
     # one-row int8 with 16-bit x: byte-permute unpacking (inline PTX, so not in the interpreter)
     prmt = PRMT and wq == INT8 and x.dtype in (torch.bfloat16, torch.float16) and not interpreting()
     if tma and wq == INT4:
@@ -177,7 +185,7 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
     wv = w.view(torch.int32) if wq == INT8 else w
     desc = TensorDescriptor(wv, list(wv.shape), [wv.stride(0), 1], [bn, words])
     # int8: x by TMA too (gemv_tma.py): rows of 64 values, whole 16-byte-aligned ones, no norm to compute on the way
-    x_tma = wq == INT8 and not norm_args["NORM"] and k % 64 == 0 and bk % 64 == 0 and x2.data_ptr() % 16 == 0
+    x_tma = X_TMA and wq == INT8 and not norm_args["NORM"] and k % 64 == 0 and bk % 64 == 0 and x2.data_ptr() % 16 == 0
     xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64]) if x_tma else x2
     _gemv_tma[(triton.cdiv(n, bn), split)](
         x2, xd, desc, s, b, y, part, n, k, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, gdc_wait_zero
 from workbench.plugins.gemv_kernels import (_finish, _norm_prologue, _permuted_fma, _program, _word_values, _x_columns,
                                             _xin)
 
@@ -89,23 +89,25 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
                                                                           WORDS, False)
     row0 = tl.program_id(0) * BLOCK_N
     xsum = tl.zeros([1, WORDS], tl.float32)
+    dep = tl.full([], 0, tl.int32)  # `prefetch`: 0 from the wait, in every offset of x (gdc_wait_zero says why)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-        if GDC_MODE == 3:
-            if k0 == k_lo:
-                gdc_wait(USE_GDC)
-                inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
         w = Wd.load([row0, k0 // PER_WORD])
         wu = w
         if SWIGLU:  # the up rows, N below the gate rows
             wu = Wd.load([N + row0, k0 // PER_WORD])
+        if GDC_MODE == 3:  # after the weights' copies: the pipeline's first ones then precede it
+            if k0 == k_lo:
+                dep = gdc_wait_zero(USE_GDC)
+                inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
+        kx = k0 + dep
         if WQ == 0:
-            offs_k = k0 + tl.arange(0, BLOCK_K)
+            offs_k = kx + tl.arange(0, BLOCK_K)
             x = _xin(X, R, NW, offs_k, offs_k < k_hi, inv, NORM).to(tl.float32)[None, :]
             acc += w.to(tl.float32) * x
             if SWIGLU:
                 accu += wu.to(tl.float32) * x
         elif X_TMA:
-            xt = Xd.load([k0 // 64, 0]).to(tl.float32)  # [BLOCK_K / 64, 64]: zeros past K
+            xt = Xd.load([kx // 64, 0]).to(tl.float32)  # [BLOCK_K / 64, 64]: zeros past K
             even, odd = tl.split(tl.reshape(xt, [WORDS, 2, 2]))  # columns 4w, 4w + 2 and 4w + 1, 4w + 3
             x0, x2 = tl.split(even)
             x1, x3 = tl.split(odd)
@@ -113,12 +115,12 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
             if SWIGLU:
                 accu = _word_fma(accu, wu, x0[None, :], x1[None, :], x2[None, :], x3[None, :], WQ, DT, PRMT)
         elif PRMT:
-            offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
+            offs_w = kx // PER_WORD + tl.arange(0, WORDS)
             x0, x1, x2, x3 = _x_columns(X, R, NW, offs_w, k_hi // PER_WORD, inv, NORM)
             xsum += (x0 + x1) + (x2 + x3)
             acc, accu = _permuted_fma(acc, accu, w, wu, x0, x1, x2, x3, SWIGLU)
         else:
-            offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
+            offs_w = kx // PER_WORD + tl.arange(0, WORDS)
             wkmask = offs_w < k_hi // PER_WORD
             for j in tl.static_range(PER_WORD):
                 x = _xin(X, R, NW, offs_w * PER_WORD + j, wkmask, inv, NORM).to(tl.float32)[None, :]

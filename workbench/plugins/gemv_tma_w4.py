@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, mma, rounded
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, gdc_wait_zero, mma, rounded
 from workbench.plugins.gemv_kernels import _finish, _program
 
 
@@ -208,15 +208,16 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
     su, zu = s, z
     if SWIGLU:  # the up rows' parameters, N rows below the gate rows' (S and Z have 2N rows only then)
         su, zu = _group_row(S, Z, N + offs_n, nmask, k_lo // GROUP, G)
+    dep = tl.full([], 0, tl.int32)  # `prefetch`: 0 from the wait, in every offset of x (gdc_wait_zero says why)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-        if GDC_MODE == 3:
-            if k0 == k_lo:
-                gdc_wait(USE_GDC)
         # the next tile's group parameters, loaded a tile ahead (these loads are not pipelined with the copies)
         g_next = tl.minimum(k0 + BLOCK_K, K - 1) // GROUP
         s_next, z_next = _group_row(S, Z, offs_n, nmask, g_next, G)
         w = Wd.load([row0, k0 // 8])
-        x0, x1, x2, x3, x4, x5, x6, x7 = _x_columns8(Xd, k0, BLOCK_M, BLOCK_K, WORDS, DOT)
+        if GDC_MODE == 3:  # after the weights' copy: the pipeline's first ones then precede it
+            if k0 == k_lo:
+                dep = gdc_wait_zero(USE_GDC)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _x_columns8(Xd, k0 + dep, BLOCK_M, BLOCK_K, WORDS, DOT)
         if DOT:
             acc = _w4_dot(acc, w, z, s, x0, x1, x2, x3, x4, x5, x6, x7, DT, ASM, RN_ASM, FP32)
         else:
