@@ -70,6 +70,8 @@
 #                                 # measured slower at every size and removed; the stage needs commit 9643edb)
 #   bash bench/run_gpu.sh persist # every layer's projections in one persistent kernel with device-wide barriers, against
 #                                 # the plugin's GEMV launches in a CUDA graph (bench/persistent_probe.py)
+#   bash bench/run_gpu.sh final6  # every GPU test; decode (all formats) with the sixth session's defaults, int8 also with
+#                                 # x by loads instead of TMA (WB_GEMV_XTMA=0); engine-only decode and debug engines
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -347,6 +349,14 @@ elif [ "$stage" = w4dot ]; then  # int4 TMA tiles for several rows on the tensor
     --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_w4dot_h100.json --name decode_quant_w4dot_h100
 elif [ "$stage" = persist ]; then  # the layers' projections in one persistent kernel against the GEMV launches
   step 300 python bench/persistent_probe.py --models 1b,8b --programs 2,3
+elif [ "$stage" = final6 ]; then  # after the TMA tiles' x reads moved after their PDL wait (the sixth session's defaults)
+  step 170 python -m pytest tests/gpu tests/plugins tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_cuda_executor_quant.py tests/runtime/test_kv_cache.py -q -n 4 -p no:cacheprovider
+  step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep ""
+  WB_GEMV_XTMA=0 step 120 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_noxtma_h100
+  step 90 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
