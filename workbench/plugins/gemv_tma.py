@@ -67,8 +67,9 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
               USE_GDC: tl.constexpr):
     """y [1, N] = x [1, K] @ W^T from the descriptor Wd of W [N or 2N, K / PER_WORD] (int32 words when WQ == 8);
     tiles [BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES; `prefetch` waits for the kernel before inside the first
-    iteration, after the pipeline's first weight tiles are requested (weights are never written by it), and
-    computes NORM's prologue there. NORM: x is rms_norm(x + r) with weights NW (see gemv.py).
+    iteration, after the pipeline's first weight tiles are requested (weights are never written by it; x's copies
+    share their barriers, so x by TMA waits before any), and computes NORM's prologue there; every read of x comes
+    after the wait by data dependence. NORM: x is rms_norm(x + r) with weights NW (see gemv.py).
 
     X_TMA (int8): x's chunk comes by TMA too, from the descriptor Xd of x viewed as [K / 64, 64], and its four
     columns are split from it in registers: loaded on their own, each would be converted to the layout of the

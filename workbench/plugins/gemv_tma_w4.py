@@ -188,8 +188,8 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
     WORDS]) and Xd of x (X): viewed as [K / 64, 64] for one row, else [M, K] in tiles [BLOCK_M, BLOCK_K]; scales S
     [N or 2N, G] (fp32) and zeros Z (uint8). Several rows share each dequantized value: multiply-adds into sums
     [BLOCK_M, BLOCK_N, WORDS], or (DOT) on the tensor cores, one product a column of the words (FP32: fp32 x,
-    products in full precision). GDC_MODE as gemv.PDL_MODES (`prefetch`: the wait inside the first iteration, once
-    the first copies are issued)."""
+    products in full precision). GDC_MODE as gemv.PDL_MODES (`prefetch`: the wait inside the first iteration, x's
+    reads after it by data dependence; x's copies share the weights' barriers, so in practice it precedes them)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2:
