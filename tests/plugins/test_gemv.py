@@ -390,7 +390,8 @@ def test_gemv_reads_x_only_after_the_kernel_before_wrote_it(monkeypatch, fmt, ki
     n, k = 1024, 4096
     v = _x(1, k, torch.bfloat16)
     x = torch.zeros_like(v)
-    cfg = (16, 512 if fmt != "int4" else 128, 1, 4, 4, kind)
+    cfg = (16, {"float": 256, "int8": 512, "int4": 128}[fmt], 1, 4, 4, kind)  # TMA boxes: at most 256 a side
+    seen = _launches(monkeypatch, "_gemv_tma" if fmt != "int4" else "_gemv_tma_w4", "GDC_MODE") if kind else []
     if fmt == "float":
         w = _w(n, k).to(torch.bfloat16).to(DEV)
         run = lambda x, norm_args: gm.gemv(x, w, None, cfg, norm=norm_args)  # noqa: E731
@@ -412,3 +413,4 @@ def test_gemv_reads_x_only_after_the_kernel_before_wrote_it(monkeypatch, fmt, ki
         got = run(x, (res, nw, 1e-5) if norm else None)
         torch.cuda.synchronize()
         assert torch.equal(got[1] if norm else got, expected[1] if norm else expected)
+    assert all(mode == (gm.PDL_MODES["prefetch"],) for mode in seen) and len(seen) == (4 if kind else 0)
