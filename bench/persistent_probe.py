@@ -6,15 +6,17 @@ layer's qkv; no norms, no attention), timed two ways in one process:
 - `launches`: the plugin's GEMVs (plugins/gemv.py) with the built-in table's configs, captured in one CUDA graph
   with programmatic dependent launch, as the engine's decode step runs them;
 - `persistent`: one kernel of PROGRAMS programs (a few an SM, all resident), every stage's row tiles dealt to the
-  programs in turn, weights in TMA tiles pipelined over STAGES buffers, and a device-wide barrier between stages
-  (an atomic counter each: release on arrival, acquire while spinning).
+  programs in turn, weights in TMA tiles pipelined over STAGES buffers, and between stages (CONFIGS' last entry)
+  `barrier`: a device-wide barrier (an atomic counter each: release on arrival, acquire while spinning);
+  `split`: the arrival after a stage, the wait inside the next stage's first iteration, after its first weight
+  copies; `none`: no synchronisation at all (wrong results: the time of the weights' streaming alone).
 
     python bench/persistent_probe.py                        # Llama-3.2-1B and Llama-3-8B shapes
     python bench/persistent_probe.py --models 1b --programs 1,2,4
 
 Both read the same weights once a step. Reports each way's time, its read rate, and the ratio. The barriers spin a
-bounded number of times; a run that hits the bound is reported as such (its programs were not all resident), not
-timed. Writes bench/results/persistent_probe_h100.json (and $OUT/ when set). On the CPU (TRITON_INTERPRET=1) `--tiny`
+bounded number of times; a `barrier` run that hits the bound is reported as such (its programs were not all
+resident), not timed (a `split` one is bounded but not counted). Writes bench/results/persistent_probe_h100.json (and $OUT/ when set). On the CPU (TRITON_INTERPRET=1) `--tiny`
 runs small shapes with one program, to check the kernel's arithmetic against the launches'.
 """
 
@@ -25,16 +27,15 @@ import sys
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
 
-from workbench.plugins import gemv as gm  # noqa: E402  (first: it sets up the interpreter where there is no GPU)
+from workbench.plugins import gemv as gm  # noqa: E402
 from workbench.plugins.common import interpreting  # noqa: E402
-
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
 
 # BLOCK_N, BLOCK_K, stages, warps, synchronisation (_chain's MODES; "none": the weights' streaming alone)
 CONFIGS = [(16, 256, 4, 4, "barrier"), (16, 256, 6, 4, "barrier"), (16, 256, 4, 4, "split"), (16, 256, 6, 4, "split"),
