@@ -414,3 +414,32 @@ def test_gemv_reads_x_only_after_the_kernel_before_wrote_it(monkeypatch, fmt, ki
         torch.cuda.synchronize()
         assert torch.equal(got[1] if norm else got, expected[1] if norm else expected)
     assert all(mode == (gm.PDL_MODES["prefetch"],) for mode in seen) and len(seen) == (4 if kind else 0)
+
+
+@pytest.mark.parametrize("fmt", ["float", "int8", "int4"])
+def test_pdl_modes_choose_by_format_and_give_the_same_bits(monkeypatch, fmt):
+    # auto: float weights wait first thing (late), quantized ones read their first weight tiles before waiting
+    # (prefetch); either way the TMA tiles compute the same sums (in the interpreter the wait is a no-op, and x's
+    # offsets add its zero)
+    n, k = 40, 256
+    x = _x(1, k, torch.bfloat16)
+    if fmt == "float":
+        w = _w(n, k).to(torch.bfloat16).to(DEV)
+        run = lambda: gm.gemv(x, w, None, (16, 64, 1, 4, 3, "tma"))  # noqa: E731
+    elif fmt == "int8":
+        ops = _int8(n, k)
+        run = lambda: gm.w8a16_gemv(x, ops["qweight"], ops["scales"], None, (16, 64, 1, 4, 3, "tma"))  # noqa: E731
+    else:
+        ops = _int4(n, k, 128)
+        run = lambda: gm.w4a16_gemv(x, ops["qweight"], ops["scales"], ops["zeros"], 128, None,  # noqa: E731
+                                    (16, 128, 1, 4, 3, "tma"))
+    seen = _launches(monkeypatch, "_gemv_tma_w4" if fmt == "int4" else "_gemv_tma", "GDC_MODE")
+    out = {}
+    for mode in ("auto", "late", "prefetch"):
+        monkeypatch.setattr(gm, "PDL_MODE", mode)
+        out[mode] = run()
+    assert [s[0] for s in seen] == [2 if fmt == "float" else 3, 2, 3]
+    assert torch.equal(out["late"], out["prefetch"]) and torch.equal(out["auto"], out["late"])
+    monkeypatch.setattr(gm, "PDL_MODE", "eager")
+    with pytest.raises(ValueError, match="WB_GEMV_PDL='eager'"):
+        run()
