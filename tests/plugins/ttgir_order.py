@@ -1,0 +1,84 @@
+"""Where the one-row TMA GEMVs read x relative to their PDL wait, from their sm_90 TTGIR compiled on the CPU.
+
+Run as a script (Triton's CPU interpreter off: `TRITON_INTERPRET=0 python tests/plugins/ttgir_order.py`), it
+compiles each kernel variant in the `prefetch` mode and prints one JSON object: variant -> {"wait": the TTGIR line
+of the first griddepcontrol.wait, "reads": the lines of every op that reads x or the norm's residual}. Reads are
+found by following the SSA values made from the kernel's X, Xd and R arguments (splat, addptr, ...) to the loads
+and copies that take them. The op order in the TTGIR is the order Triton's pipeliner scheduled, which is what
+test_gemv_order.py checks: no read of x before the wait.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import triton
+
+SOURCES = ("X", "Xd", "R")  # the kernel arguments that the kernel before writes
+READS = ("tt.load", "tt.descriptor_load", "ttng.async_tma_copy_global_to_local", "ttg.async_copy_global_to_local")
+
+
+def read_lines(ttgir: str) -> tuple[int, list[int]]:
+    """(line of the first griddepcontrol.wait, lines of the ops that read a value made from SOURCES)."""
+    tainted = {f"%{name}" for name in SOURCES}
+    wait, reads = -1, []
+    for i, line in enumerate(ttgir.splitlines()):
+        body = line.split(" loc(")[0]
+        if "griddepcontrol.wait" in body and wait < 0:
+            wait = i
+        lhs, _, rhs = body.partition(" = ") if " = " in body.split("(")[0] else ("", "", body)
+        rhs = rhs.split(" : ")[0]
+        used = set(re.findall(r"%[\w#]+", rhs))
+        op = rhs.strip().split(" ")[0]
+        if op in READS and used & tainted:
+            reads.append(i)
+        if lhs and used & tainted:
+            tainted.update(re.findall(r"%[\w#]+", lhs))
+    return wait, reads
+
+
+def _compile(fn, types: dict, consts: dict) -> str:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {name: types.get(name, "constexpr") for name in fn.arg_names}
+    constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+    return kernel.asm["ttgir"]
+
+
+def variants() -> dict[str, str]:
+    """The TTGIR of each variant of the one-row TMA GEMVs in the prefetch mode."""
+    from workbench.plugins.gemv_tma import _gemv_tma
+    from workbench.plugins.gemv_tma_w4 import _gemv_tma_w4
+
+    ints = {n: "i32" for n in ("M", "N", "K", "G", "sym", "k_per_split")}
+    ptrs = {"X": "*bf16", "S": "*fp32", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "P": "*fp32", "R": "*bf16",
+            "NW": "*bf16", "H": "*bf16", "eps": "fp32", **ints}
+    out = {}
+    for name, wq, x_tma, norm, swiglu in [("bf16", 0, False, False, False), ("bf16_norm", 0, False, True, False),
+                                          ("bf16_swiglu", 0, False, False, True), ("int8_xtma", 8, True, False, False),
+                                          ("int8_xtma_swiglu", 8, True, False, True), ("int8_xload", 8, False, False,
+                                                                                         False)]:
+        bk, words = (256, 256) if wq == 0 else (1024, 256)
+        types = dict(ptrs, Wd=f"tensordesc<{'i32' if wq else 'bf16'}[8, {words}]>",
+                     Xd=f"tensordesc<bf16[{bk // 64}, 64]>" if x_tma else "*bf16")
+        consts = dict(BLOCK_N=8, BLOCK_K=bk, SPLIT_K=1, HAS_BIAS=False, SWIGLU=swiglu, WQ=wq, PER_WORD=4 if wq else 1,
+                      WORDS=words, PRMT=False, X_TMA=x_tma, STAGES=4, NORM=norm, NORM_BLOCK=2048 if norm else 1,
+                      GDC_MODE=3, USE_GDC=True)
+        out[name] = _compile(_gemv_tma, types, consts)
+    for name, m, dot in [("int4", 1, False), ("int4_dot", 8, True)]:
+        types = dict(ptrs, Wd="tensordesc<i32[16, 16]>",
+                     Xd="tensordesc<bf16[2, 64]>" if m == 1 else "tensordesc<bf16[16, 128]>")
+        consts = dict(BLOCK_M=1 if m == 1 else 16, BLOCK_N=16, BLOCK_K=128, SPLIT_K=1, HAS_BIAS=False, SWIGLU=False,
+                      GROUP=128, WORDS=16, ASM=True, RN_ASM=True, DOT=dot, FP32=False, STAGES=4, GDC_MODE=3,
+                      USE_GDC=True)
+        out[name] = _compile(_gemv_tma_w4, types, consts)
+    return out
+
+
+if __name__ == "__main__":
+    json.dump({name: dict(zip(("wait", "reads"), read_lines(ir))) for name, ir in variants().items()}, sys.stdout)
