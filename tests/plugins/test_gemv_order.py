@@ -1,4 +1,4 @@
-"""The one-row TMA GEMVs read x only after their PDL wait, in the order Triton's pipeliner schedules their ops:
+"""The decode GEMVs read x only after their PDL wait, in the order Triton's pipeliner schedules their ops:
 their sm_90 TTGIR, compiled on the CPU by ttgir_order.py in a subprocess (with the interpreter off). Before the
 sixth session they read x first; on an H100 that changed the tokens of int8 and int4 engines under PDL."""
 
@@ -19,7 +19,7 @@ def test_tma_gemvs_read_x_only_after_their_wait():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     order = json.loads(proc.stdout)
-    assert len(order) == 8
+    assert len(order) == 14
     for name, seen in order.items():
         assert seen["wait"] >= 0 and seen["reads"], f"{name}: no wait or no read of x found in its TTGIR"
         assert min(seen["reads"]) > seen["wait"], f"{name}: x read at TTGIR line {min(seen['reads'])}, " \

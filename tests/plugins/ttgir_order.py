@@ -1,4 +1,4 @@
-"""Where the one-row TMA GEMVs read x relative to their PDL wait, from their sm_90 TTGIR compiled on the CPU.
+"""Where the decode GEMVs read x relative to their PDL wait, from their sm_90 TTGIR compiled on the CPU.
 
 Run as a script (Triton's CPU interpreter off: `TRITON_INTERPRET=0 python tests/plugins/ttgir_order.py`), it
 compiles each kernel variant in the `prefetch` mode and prints one JSON object: variant -> {"wait": the TTGIR line
@@ -39,19 +39,20 @@ def read_lines(ttgir: str) -> tuple[int, list[int]]:
     return wait, reads
 
 
-def _compile(fn, types: dict, consts: dict) -> str:
+def _compile(fn, types: dict, consts: dict, stages: int = 1) -> str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     sig = {name: types.get(name, "constexpr") for name in fn.arg_names}
     constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": stages})
     return kernel.asm["ttgir"]
 
 
 def variants() -> dict[str, str]:
-    """The TTGIR of each variant of the one-row TMA GEMVs in the prefetch mode."""
+    """The TTGIR of each variant of the GEMVs in the prefetch mode: the one-row TMA tiles, and the register and
+    tensor-core tiles (which wait before their loop: their pipelined copies start after it)."""
     from workbench.plugins.gemv_tma import _gemv_tma
     from workbench.plugins.gemv_tma_w4 import _gemv_tma_w4
 
@@ -77,6 +78,21 @@ def variants() -> dict[str, str]:
                       GROUP=128, WORDS=16, ASM=True, RN_ASM=True, DOT=dot, FP32=False, STAGES=4, GDC_MODE=3,
                       USE_GDC=True)
         out[name] = _compile(_gemv_tma_w4, types, consts)
+    from workbench.plugins.gemv_kernels import _gemv, _gemv_words
+
+    regs = dict(ints, sxm="i32", swn="i32")
+    for name, fn, wq, m, norm in [("float_regs", _gemv, 0, 1, False), ("float_regs_norm", _gemv, 0, 1, True),
+                                  ("float_dot", _gemv, 0, 8, False), ("int8_words", _gemv_words, 8, 1, False),
+                                  ("int8_words_norm", _gemv_words, 8, 1, True), ("int8_words_dot", _gemv_words, 8, 8,
+                                                                                 False)]:
+        dot = m > 1
+        types = dict(ptrs, **regs, W="*bf16", Wd="*i32")
+        consts = dict(BLOCK_M=16 if dot else 1, BLOCK_N=16, BLOCK_K=512 if wq else 256, SPLIT_K=1, HAS_BIAS=False,
+                      SWIGLU=False, FP32=False, WQ=wq, GROUP=1, DOT=dot, NORM=norm, NORM_BLOCK=2048 if norm else 1,
+                      GDC_MODE=3, USE_GDC=True)
+        if wq:
+            consts.update(PER_WORD=4, WORDS=128, PRMT=not dot, PREFETCH=not dot)
+        out[name] = _compile(fn, types, consts, stages=1 if not dot else 3)
     return out
 
 
