@@ -1,6 +1,6 @@
 """The decode GEMVs read x only after their PDL wait, in the order Triton's pipeliner schedules their ops:
 their sm_90 TTGIR, compiled on the CPU by ttgir_order.py in a subprocess (with the interpreter off). Before the
-sixth session they read x first; on an H100 that changed the tokens of int8 and int4 engines under PDL."""
+sixth session the TMA tiles read x first; on an H100 that changed the tokens of int8 and int4 engines under PDL."""
 
 from __future__ import annotations
 
