@@ -19,7 +19,7 @@ def test_tma_gemvs_read_x_only_after_their_wait():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     order = json.loads(proc.stdout)
-    assert len(order) == 14
+    assert len(order) == 15
     for name, seen in order.items():
         assert seen["wait"] >= 0 and seen["reads"], f"{name}: no wait or no read of x found in its TTGIR"
         assert min(seen["reads"]) > seen["wait"], f"{name}: x read at TTGIR line {min(seen['reads'])}, " \

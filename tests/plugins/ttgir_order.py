@@ -1,11 +1,12 @@
-"""Where the decode GEMVs read x relative to their PDL wait, from their sm_90 TTGIR compiled on the CPU.
+"""Where the decode GEMVs (and the decode attention) read what the kernel before them wrote, relative to their PDL
+wait, from their sm_90 TTGIR compiled on the CPU.
 
 Run as a script (Triton's CPU interpreter off: `TRITON_INTERPRET=0 python tests/plugins/ttgir_order.py`), it
-compiles each kernel variant in the `prefetch` mode and prints one JSON object: variant -> {"wait": the TTGIR line
-of the first griddepcontrol.wait, "reads": the lines of every op that reads x or the norm's residual}. Reads are
-found by following the SSA values made from the kernel's X, Xd and R arguments (splat, addptr, ...) to the loads
-and copies that take them. The op order in the TTGIR is the order Triton's pipeliner scheduled, which is what
-test_gemv_order.py checks: no read of x before the wait.
+compiles each GEMV variant in the `prefetch` mode, and the attention, and prints one JSON object: variant ->
+{"wait": the TTGIR line of the first griddepcontrol.wait, "reads": the lines of every op that reads x or the norm's
+residual (the attention: the qkv projection's output)}. Reads are found by following the SSA values made from those
+arguments (splat, addptr, ...) to the loads and copies that take them. The op order in the TTGIR is the order
+Triton's pipeliner scheduled, which is what test_gemv_order.py checks: no such read before the wait.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ SOURCES = ("X", "Xd", "R")  # the kernel arguments that the kernel before writes
 READS = ("tt.load", "tt.descriptor_load", "ttng.async_tma_copy_global_to_local", "ttg.async_copy_global_to_local")
 
 
-def read_lines(ttgir: str) -> tuple[int, list[int]]:
-    """(line of the first griddepcontrol.wait, lines of the ops that read a value made from SOURCES)."""
-    tainted = {f"%{name}" for name in SOURCES}
+def read_lines(ttgir: str, sources=SOURCES) -> tuple[int, list[int]]:
+    """(line of the first griddepcontrol.wait, lines of the ops that read a value made from `sources`)."""
+    tainted = {f"%{name}" for name in sources}
     wait, reads = -1, []
     for i, line in enumerate(ttgir.splitlines()):
         body = line.split(" loc(")[0]
@@ -96,5 +97,21 @@ def variants() -> dict[str, str]:
     return out
 
 
+def attention() -> str:
+    """The TTGIR of the decode attention that rotates q and k itself: it reads the cache's earlier tokens, the
+    lengths, pages and rope rows before its wait on purpose, the qkv projection's output (Q) only after it."""
+    from workbench.plugins.paged_attention import _paged_decode
+
+    types = {"Q": "*bf16", "KV": "*bf16", "O": "*bf16", "PACC": "*fp32", "PML": "*fp32", "block_tables": "*i32",
+             "seq_lens": "*i32", "COS": "*fp32", "SIN": "*fp32", "POS": "*i32", "SLOTS": "*i32",
+             "scale_log2": "fp32", **{n: "i32" for n in ("sqb", "sqh", "s_cos", "s_blk", "s_kv", "s_pg", "s_h", "sbt",
+                                                         "cap", "sob", "soh", "window")}}
+    consts = dict(REP=4, REP_PAD=16, D=64, D_PAD=64, PAGE=16, BLOCK_N=16, PART=32, NUM_PARTS=8, WINDOW=False,
+                  FP32=False, ROPE=True, USE_GDC=True)
+    return _compile(_paged_decode, types, consts, stages=3)
+
+
 if __name__ == "__main__":
-    json.dump({name: dict(zip(("wait", "reads"), read_lines(ir))) for name, ir in variants().items()}, sys.stdout)
+    order = {name: dict(zip(("wait", "reads"), read_lines(ir))) for name, ir in variants().items()}
+    order["attention_rope"] = dict(zip(("wait", "reads"), read_lines(attention(), ("Q",))))
+    json.dump(order, sys.stdout)
