@@ -72,6 +72,8 @@
 #                                 # the plugin's GEMV launches in a CUDA graph (bench/persistent_probe.py)
 #   bash bench/run_gpu.sh final6  # every GPU test; decode (all formats) with the sixth session's defaults, int8 also with
 #                                 # x by loads instead of TMA (WB_GEMV_XTMA=0); engine-only decode and debug engines
+#   bash bench/run_gpu.sh resweep # the one-row GEMV sweep with the fixed tiles, then decode with its table against the
+#                                 # built-in one (not run yet: the sixth session's device time was spent)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -357,6 +359,13 @@ elif [ "$stage" = final6 ]; then  # after the TMA tiles' x reads moved after the
   WB_GEMV_XTMA=0 step 120 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
     --modes bf16,int8_wo,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_noxtma_h100
   step 90 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
+elif [ "$stage" = resweep ]; then  # the one-row sweep again with the fixed GEMVs (the table's winners were timed with
+  # tiles that read x before their PDL wait), then decode with its table against the built-in one
+  step 280 python bench/gemv_sweep.py --formats bf16,w8a16,w4a16 --rows 1 --families fma,tma,table \
+    --name gemv_sweep_fixed_h100
+  step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_fixed_h100.json \
+    --name decode_quant_resweep_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
