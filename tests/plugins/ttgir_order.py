@@ -6,7 +6,7 @@ compiles each GEMV variant in the `prefetch` mode, and the attention, and prints
 {"wait": the TTGIR line of the first griddepcontrol.wait, "reads": the lines of every op that reads x or the norm's
 residual (the attention: the qkv projection's output)}. Reads are found by following the SSA values made from those
 arguments (splat, addptr, ...) to the loads and copies that take them. The op order in the TTGIR is the order
-Triton's pipeliner scheduled, which is what test_gemv_order.py checks: no such read before the wait.
+Triton's pipeliner scheduled, which is what test_gemv_pdl.py checks: no such read before the wait.
 """
 
 from __future__ import annotations

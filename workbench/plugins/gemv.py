@@ -47,11 +47,11 @@ X_TMA = os.environ.get("WB_GEMV_XTMA", "1") != "0"
 #   auto:     (the default) late for float weights, prefetch for quantized ones.
 # x's reads were not kept after the wait before the sixth session: Triton's scheduler put a wait inside a pipelined
 # loop after the first iteration's reads, and the int8 and int4 tiles that take x by TMA read it in the pipeline's
-# prologue, before any wait (tests/plugins/test_gemv.py's late writer caught it on an H100). Measured since, on an H100
-# (sixth session's call 5, decode_quant_fixed_{prefetch,late}_h100.json): prefetch against late, 8B bf16 177.1 against
-# 180.7 tok/s, int8 + logits 311.9 against 309.4, int4 246.9 against 243.0, 1B int8 + logits 1408 against 1392,
-# 1B bf16 equal (its GEMVs are register tiles: they wait first thing in both). Earlier sessions' numbers for
-# prefetch (8B bf16 181.6 -> 182.6 tok/s, int8 303.2 -> 307.1) came from the racy kernels.
+# prologue, before any wait (tests/plugins/test_gemv_pdl.py checks the order, and caught it on an H100). Measured
+# since, on an H100 (sixth session's call 5, decode_quant_fixed_{prefetch,late}_h100.json): prefetch against late,
+# 8B bf16 177.1 against 180.7 tok/s, int8 + logits 311.9 against 309.4, int4 246.9 against 243.0, 1B int8 + logits
+# 1408 against 1392, 1B bf16 equal (its GEMVs are register tiles: they wait first thing in both). Earlier sessions'
+# numbers for prefetch (8B bf16 181.6 -> 182.6 tok/s, int8 303.2 -> 307.1) came from the racy kernels.
 # (An `early` mode, prefetch letting the next kernel launch right after its wait, measured slower: 1B bf16 at batch 1
 # 949 -> 863 tok/s, 8B 182.7 -> 180.4; fifth session's call 2, decode_quant_early_{prefetch,early}_h100.json.)
 PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
