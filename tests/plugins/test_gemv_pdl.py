@@ -1,9 +1,10 @@
 """Under programmatic dependent launch (PDL) a GEMV starts while the kernel before it still runs: it may read its
 weights early, x only after its wait. Checked three ways: in the op order Triton's pipeliner schedules (the sm_90
-TTGIR of every GEMV variant and of the decode attention, compiled on the CPU by ttgir_order.py in a subprocess with
-the interpreter off); by results on a GPU, against a kernel that writes x 2 ms after letting the GEMV launch; and
-the choice of PDL mode by weight format. Before the sixth session the TMA tiles read x first; on an H100 that
-changed the tokens of int8 and int4 engines under PDL (tests/gpu/test_pdl_full_shapes.py)."""
+TTGIR of every GEMV variant, the decode attention and the step's kernels that wait first thing, compiled on the
+CPU by ttgir_order.py in a subprocess with the interpreter off); by results on a GPU, against a kernel that writes
+x 2 ms after letting the GEMV launch; and the choice of PDL mode by weight format. Before the sixth session the TMA
+tiles read x first; on an H100 that changed the tokens of int8 and int4 engines under PDL
+(tests/gpu/test_pdl_full_shapes.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from tests.plugins.test_gemv import DEV, _int4, _int8, _launches, _w, _x, gm
 
 
-def test_tma_gemvs_read_x_only_after_their_wait():
+def test_decode_kernels_read_their_inputs_only_after_their_wait():
     root = Path(__file__).resolve().parents[2]
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=path)
@@ -27,10 +28,10 @@ def test_tma_gemvs_read_x_only_after_their_wait():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     order = json.loads(proc.stdout)
-    assert len(order) == 15
+    assert len(order) == 19
     for name, seen in order.items():
-        assert seen["wait"] >= 0 and seen["reads"], f"{name}: no wait or no read of x found in its TTGIR"
-        assert min(seen["reads"]) > seen["wait"], f"{name}: x read at TTGIR line {min(seen['reads'])}, " \
+        assert seen["wait"] >= 0 and seen["reads"], f"{name}: no wait or no read of its inputs found in its TTGIR"
+        assert min(seen["reads"]) > seen["wait"], f"{name}: an input read at TTGIR line {min(seen['reads'])}, " \
                                                   f"before the wait at line {seen['wait']}"
 
 

@@ -1,12 +1,13 @@
-"""Where the decode GEMVs (and the decode attention) read what the kernel before them wrote, relative to their PDL
-wait, from their sm_90 TTGIR compiled on the CPU.
+"""Where the decode step's kernels read what the kernel before them wrote, relative to their PDL wait, from their
+sm_90 TTGIR compiled on the CPU.
 
 Run as a script (Triton's CPU interpreter off: `TRITON_INTERPRET=0 python tests/plugins/ttgir_order.py`), it
-compiles each GEMV variant in the `prefetch` mode, and the attention, and prints one JSON object: variant ->
-{"wait": the TTGIR line of the first griddepcontrol.wait, "reads": the lines of every op that reads x or the norm's
-residual (the attention: the qkv projection's output)}. Reads are found by following the SSA values made from those
-arguments (splat, addptr, ...) to the loads and copies that take them. The op order in the TTGIR is the order
-Triton's pipeliner scheduled, which is what test_gemv_pdl.py checks: no such read before the wait.
+compiles each GEMV variant in the `prefetch` mode, the attention and the kernels that wait first thing, and prints
+one JSON object: variant -> {"wait": the TTGIR line of the first griddepcontrol.wait, "reads": the lines of every op
+that reads x or the norm's residual (the attention: the qkv projection's output; the others: any pointer they
+read)}. Reads are found by following the SSA values made from those arguments (splat, addptr, ...) to the loads and
+copies that take them. The op order in the TTGIR is the order Triton's pipeliner scheduled, which is what
+test_gemv_pdl.py checks: no such read before the wait.
 """
 
 from __future__ import annotations
@@ -111,7 +112,32 @@ def attention() -> str:
     return _compile(_paged_decode, types, consts, stages=3)
 
 
+def wait_first() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The TTGIR of the decode step's kernels that wait first thing (gdc_begin), with every pointer they read: none
+    of them reads anything before its wait."""
+    from workbench.plugins.activation import _silu_and_mul
+    from workbench.plugins.gemv_kernels import _gemv_reduce
+    from workbench.plugins.paged_attention import _paged_reduce
+    from workbench.plugins.rms_norm import _add_rms_norm
+
+    i32 = "i32"
+    kernels = {
+        "add_rms_norm": (_add_rms_norm, dict(X="*bf16", R="*bf16", W="*bf16", S="*bf16", Y="*bf16", sx=i32, sr=i32,
+                                             ss=i32, sy=i32, n=i32, eps="fp32"),
+                         dict(BLOCK=2048, HAS_RES=True, USE_GDC=True), ("X", "R", "W")),
+        "silu_and_mul": (_silu_and_mul, dict(GU="*bf16", O="*bf16", sg=i32, so=i32, n=i32),
+                         dict(BLOCK=1024, USE_GDC=True), ("GU",)),
+        "partition_merge": (_paged_reduce, dict(O="*bf16", PACC="*fp32", PML="*fp32", sob=i32, soh=i32),
+                            dict(D=64, D_PAD=64, NUM_PARTS=8, USE_GDC=True), ("PACC", "PML")),
+        "gemv_reduce": (_gemv_reduce, dict(P="*fp32", S="*fp32", B="*bf16", Y="*bf16", M=i32, N=i32, sym=i32),
+                        dict(BLOCK=1024, SPLIT_K=4, WQ=8, HAS_BIAS=True, SWIGLU=True, USE_GDC=True), ("P", "S", "B")),
+    }
+    return {name: (_compile(fn, types, consts), sources) for name, (fn, types, consts, sources) in kernels.items()}
+
+
 if __name__ == "__main__":
     order = {name: dict(zip(("wait", "reads"), read_lines(ir))) for name, ir in variants().items()}
     order["attention_rope"] = dict(zip(("wait", "reads"), read_lines(attention(), ("Q",))))
+    order.update({name: dict(zip(("wait", "reads"), read_lines(ir, sources)))
+                  for name, (ir, sources) in wait_first().items()})
     json.dump(order, sys.stdout)
