@@ -8,6 +8,7 @@ tiles read x first; on an H100 that changed the tokens of int8 and int4 engines 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -35,8 +36,10 @@ def test_decode_kernels_read_their_inputs_only_after_their_wait():
                                                   f"before the wait at line {seen['wait']}"
 
 
+@functools.cache
 def _late_writer():
-    """A kernel that lets the next one launch at once (PDL), then writes x only after `ns` nanoseconds."""
+    """A kernel that lets the next one launch at once (PDL), then writes x only after `ns` nanoseconds (made once, so
+    the test's cases share its compilation)."""
     import triton
     import triton.language as tl
 
