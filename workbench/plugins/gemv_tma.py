@@ -136,3 +136,64 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
     acc = tl.sum(acc, axis=1)[None, :] - offset
     accu = tl.sum(accu, axis=1)[None, :] - offset
     _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
+
+
+@triton.jit
+def _gemv_tma_loop(X, Xd, Wd, S, B, Y, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   SWIGLU: tl.constexpr, WQ: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr,
+                   PRMT: tl.constexpr, X_TMA: tl.constexpr, STAGES: tl.constexpr, GDC_MODE: tl.constexpr,
+                   USE_GDC: tl.constexpr):
+    """_gemv_tma (one row, no split, no norm) from fewer programs than row tiles: program p takes tiles p, p + G, ...
+    in one loop over all its (tile, k) steps, so its copies stay STAGES - 1 steps ahead across its tiles (a tile's
+    first copies are on their way while the one before is multiplied) and the programs, all resident at once, have
+    no partial last wave. A tile's sums are stored at its last step. GDC_MODE as _gemv_tma's (`start` is not
+    taken)."""
+    if GDC_MODE == 2:
+        gdc_wait(USE_GDC)
+    DT = X.dtype.element_ty
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    steps_k = tl.cdiv(K, BLOCK_K)
+    steps = tl.cdiv(tl.cdiv(N, BLOCK_N) - pid, G) * steps_k
+    acc = tl.zeros([BLOCK_N, WORDS], tl.float32)
+    accu = tl.zeros([BLOCK_N, WORDS], tl.float32)
+    dep = tl.full([], 0, tl.int32)  # `prefetch`: 0 from the wait, in every offset of x (gdc_wait_zero says why)
+    for i in tl.range(0, steps, num_stages=STAGES):
+        kk = i % steps_k
+        row0 = (pid + (i // steps_k) * G) * BLOCK_N
+        k0 = kk * BLOCK_K
+        w = Wd.load([row0, k0 // PER_WORD])
+        wu = w
+        if SWIGLU:  # the up rows, N below the gate rows
+            wu = Wd.load([N + row0, k0 // PER_WORD])
+        if GDC_MODE == 3:  # after the weights' copies: the pipeline's first ones then precede it
+            if i == 0:
+                dep = gdc_wait_zero(USE_GDC)
+        kx = k0 + dep
+        if WQ == 0:
+            offs_k = kx + tl.arange(0, BLOCK_K)
+            x = tl.load(X + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)[None, :]
+            acc += w.to(tl.float32) * x
+            if SWIGLU:
+                accu += wu.to(tl.float32) * x
+        else:
+            if X_TMA:
+                xt = Xd.load([kx // 64, 0]).to(tl.float32)  # [BLOCK_K / 64, 64]: zeros past K
+                even, odd = tl.split(tl.reshape(xt, [WORDS, 2, 2]))  # columns 4w, 4w + 2 and 4w + 1, 4w + 3
+                x0, x2 = tl.split(even)
+                x1, x3 = tl.split(odd)
+                x0, x1, x2, x3 = x0[None, :], x1[None, :], x2[None, :], x3[None, :]
+            else:
+                x0, x1, x2, x3 = _x_columns(X, X, X, kx // PER_WORD + tl.arange(0, WORDS), K // PER_WORD, 1.0, False)
+            acc = _word_fma(acc, w, x0, x1, x2, x3, WQ, DT, PRMT)
+            if SWIGLU:
+                accu = _word_fma(accu, wu, x0, x1, x2, x3, WQ, DT, PRMT)
+        if kk == steps_k - 1:  # the tile's last step: its sums out, the next tile's from zero
+            offs_n = row0 + tl.arange(0, BLOCK_N)
+            nmask = offs_n < N
+            _finish(tl.sum(acc, axis=1)[None, :], tl.sum(accu, axis=1)[None, :], S, B, Y, Y, tl.arange(0, 1),
+                    offs_n, tl.arange(0, 1) < 1, nmask, N, 0, 0, 1, WQ, HAS_BIAS, SWIGLU)
+            acc = tl.zeros([BLOCK_N, WORDS], tl.float32)
+            accu = tl.zeros([BLOCK_N, WORDS], tl.float32)
+    if GDC_MODE >= 2:
+        gdc_trigger(USE_GDC)
