@@ -55,16 +55,8 @@ TMA_INT4 = [(16, 128, 1, 4, 4), (32, 128, 1, 4, 4), (64, 128, 1, 4, 4), (32, 128
             (64, 64, 1, 4, 6), (128, 128, 1, 8, 3), (16, 128, 2, 4, 4), (32, 128, 2, 4, 4)]
 # one row, tiles brought into shared memory by TMA copies, num_stages of them in flight (float, int8 and int4
 # weights; int4 tiles within a group of 128)
-# one row of float or int8 weights, TMA tiles from programs looping over row tiles (kind "tma_loop"; the last entry:
-# programs an SM)
-LOOP = [(8, 256, 1, 4, 6, 1), (8, 256, 1, 4, 6, 2), (16, 256, 1, 4, 4, 1), (16, 256, 1, 4, 4, 2), (16, 256, 1, 8, 6, 1),
-        (4, 256, 1, 2, 8, 2), (4, 256, 1, 2, 8, 4), (32, 128, 1, 4, 6, 1), (8, 128, 1, 2, 8, 4), (8, 256, 1, 4, 8, 1)]
-LOOP_INT8 = [(8, 1024, 1, 4, 4, 1), (8, 1024, 1, 4, 4, 2), (8, 1024, 1, 4, 4, 3), (8, 1024, 1, 4, 8, 1),
-             (8, 1024, 1, 4, 6, 2), (16, 1024, 1, 8, 4, 1), (16, 512, 1, 4, 6, 2), (4, 1024, 1, 2, 8, 4),
-             (16, 1024, 1, 4, 6, 1), (8, 512, 1, 4, 8, 2)]
 TIMES: dict[str, float] = {}  # every config best_config timed, for the result file
-FAMILIES = {"dot", "fma", "tma", "table"}  # which configs best_config tries (--families); table: the built-in one;
-# loop: "tma_loop" (not by default)
+FAMILIES = {"dot", "fma", "tma", "table"}  # which configs best_config tries (--families); table: the built-in one
 CALLS = 20
 GROUP = 128
 
@@ -139,8 +131,6 @@ def best_config(fmt, x, ws, n, m, ref, swiglu=False):
             configs += [c + ("tma_dot",) for c in TMA_INT4]
         if fmt == "w8a16":  # the same tiles unpacking by byte permutes
             configs += [c + ("tma_prmt",) for c in TMA_INT8]
-    if "loop" in FAMILIES and m == 1 and fmt in ("bf16", "w8a16"):
-        configs += [c[:5] + ("tma_loop", c[5]) for c in (LOOP if fmt == "bf16" else LOOP_INT8)]
     key = (1 if m == 1 else 8, n, x.shape[1]) + (() if fmt == "bf16" else (fmt,)) + (("swiglu",) if swiglu else ())
     if "table" in FAMILIES and key in H100_GEMV and tuple(H100_GEMV[key]) not in configs:
         configs.append(tuple(H100_GEMV[key]))
@@ -173,7 +163,7 @@ def main() -> None:
     ap.add_argument("--rows", default="1,8")
     ap.add_argument("--name", default="gemv_sweep_h100")
     ap.add_argument("--families", default="dot,fma,tma,table",
-                    help="configs to try: dot, fma (register tiles), tma, loop (tma_loop), table (the built-in config)")
+                    help="configs to try: dot, fma (register tiles), tma, table (the built-in config)")
     args = ap.parse_args()
     FAMILIES.clear()
     FAMILIES.update(args.families.split(","))

@@ -76,8 +76,6 @@
 #                                 # built-in one (not run yet: the sixth session's device time was spent)
 #   bash bench/run_gpu.sh tail    # GEMVs letting the next kernel launch a few iterations before their loop ends
 #                                 # (WB_GEMV_TAIL), float register tiles with their first tile read before the wait
-#   bash bench/run_gpu.sh loop    # one-row GEMVs whose programs loop over row tiles (kind tma_loop): tests, sweep,
-#                                 # decode with the sweep's table against the built-in one
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -379,15 +377,6 @@ elif [ "$stage" = tail ]; then  # the GEMVs letting the next kernel launch WB_GE
       --batches 1 --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" \
       --name "decode_quant_tail_${v%%:*}${v##*:}_h100"
   done
-elif [ "$stage" = loop ]; then  # one-row GEMVs from programs looping over row tiles ("tma_loop"): tests, sweep against
-  # the built-in table's configs, decode with the sweep's table against the built-in one
-  step 120 python -m pytest tests/plugins/test_gemv_loop.py tests/plugins/test_gemv_pdl.py -q -n 4 -p no:cacheprovider
-  step 230 python bench/gemv_sweep.py --formats w8a16,bf16 --rows 1 --models 8b,1b --families loop,table \
-    --name gemv_sweep_loop_h100
-  step 60 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 --modes bf16,int8_wo_logits \
-    --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_loop_h100.json --name decode_quant_loop_h100
-  step 60 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 --modes bf16,int8_wo_logits \
-    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_loopbase_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -29,7 +29,7 @@ def test_decode_kernels_read_their_inputs_only_after_their_wait():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     order = json.loads(proc.stdout)
-    assert len(order) == 22
+    assert len(order) == 20
     for name, seen in order.items():
         assert seen["wait"] >= 0 and seen["reads"], f"{name}: no wait or no read of its inputs found in its TTGIR"
         assert min(seen["reads"]) > seen["wait"], f"{name}: an input read at TTGIR line {min(seen['reads'])}, " \
@@ -62,9 +62,8 @@ def _late_writer():
 @pytest.mark.gpu
 @pytest.mark.skipif(DEV != "cuda", reason="programmatic dependent launch: GPU only")
 @pytest.mark.parametrize("fmt,kind,norm", [("float", "tma", False), ("float", "tma", True), ("float", False, False),
-                                           ("float", False, True), ("float", "tma_loop", False),
-                                           ("int8", "tma_loop", False), ("int8", "tma", False),
-                                           ("int8", "tma_prmt", False), ("int8", False, False), ("int4", "tma", False)])
+                                           ("float", False, True), ("int8", "tma", False), ("int8", "tma_prmt", False), ("int8", False, False),
+                                           ("int4", "tma", False)])
 def test_gemv_reads_x_only_after_the_kernel_before_wrote_it(monkeypatch, fmt, kind, norm):
     # under PDL a GEMV launches while the kernel before still runs, and may read its weights early; x (the norm's
     # residual too) only after its wait: here the kernel before writes x 2 ms after letting the GEMV launch (longer
@@ -78,8 +77,7 @@ def test_gemv_reads_x_only_after_the_kernel_before_wrote_it(monkeypatch, fmt, ki
     v = _x(1, k, torch.bfloat16)
     x = torch.zeros_like(v)
     cfg = (16, {"float": 256, "int8": 512, "int4": 128}[fmt], 1, 4, 4, kind)  # TMA boxes: at most 256 a side
-    name = "_gemv_tma_w4" if fmt == "int4" else "_gemv_tma_loop" if kind == "tma_loop" else "_gemv_tma"
-    seen = _launches(monkeypatch, name, "GDC_MODE") if kind else []
+    seen = _launches(monkeypatch, "_gemv_tma" if fmt != "int4" else "_gemv_tma_w4", "GDC_MODE") if kind else []
     if fmt == "float":
         w = _w(n, k).to(torch.bfloat16).to(DEV)
         run = lambda x, norm_args: gm.gemv(x, w, None, cfg, norm=norm_args)  # noqa: E731

@@ -73,15 +73,6 @@ def variants() -> dict[str, str]:
                       WORDS=words, PRMT=False, X_TMA=x_tma, STAGES=4, NORM=norm, NORM_BLOCK=2048 if norm else 1,
                       GDC_MODE=3, TAIL=2, USE_GDC=True)
         out[name] = _compile(_gemv_tma, types, consts)
-    from workbench.plugins.gemv_tma import _gemv_tma_loop
-
-    for name, wq in [("bf16_loop", 0), ("int8_xtma_loop", 8)]:
-        bk, words = (256, 256) if wq == 0 else (1024, 256)
-        types = dict(ptrs, Wd=f"tensordesc<{'i32' if wq else 'bf16'}[8, {words}]>",
-                     Xd=f"tensordesc<bf16[{bk // 64}, 64]>" if wq else "*bf16")
-        consts = dict(BLOCK_N=8, BLOCK_K=bk, HAS_BIAS=False, SWIGLU=True, WQ=wq, PER_WORD=4 if wq else 1, WORDS=words,
-                      PRMT=False, X_TMA=bool(wq), STAGES=4, GDC_MODE=3, USE_GDC=True)
-        out[name] = _compile(_gemv_tma_loop, types, consts)
     for name, m, dot in [("int4", 1, False), ("int4_dot", 8, True)]:
         types = dict(ptrs, Wd="tensordesc<i32[16, 16]>",
                      Xd="tensordesc<bf16[2, 64]>" if m == 1 else "tensordesc<bf16[16, 128]>")
@@ -95,8 +86,7 @@ def variants() -> dict[str, str]:
     for name, fn, wq, m, norm, stages in [("float_regs", _gemv, 0, 1, False, 1),
                                           ("float_regs_norm", _gemv, 0, 1, True, 1),
                                           ("float_regs_swiglu_s4", _gemv, 0, 1, False, 4),
-                                          ("float_dot", _gemv, 0, 8, False, 3),
-                                          ("int8_words", _gemv_words, 8, 1, False, 1),
+                                          ("float_dot", _gemv, 0, 8, False, 3), ("int8_words", _gemv_words, 8, 1, False, 1),
                                           ("int8_words_norm", _gemv_words, 8, 1, True, 1),
                                           ("int8_words_dot", _gemv_words, 8, 8, False, 3)]:
         dot = m > 1

@@ -28,7 +28,7 @@ import triton
 
 from workbench.plugins.common import dot_in_fp32, gdc, interpreting, pow2
 from workbench.plugins.gemv_kernels import _gemv, _gemv_reduce, _gemv_words
-from workbench.plugins.gemv_tma import _gemv_tma, _gemv_tma_loop
+from workbench.plugins.gemv_tma import _gemv_tma
 from workbench.plugins.gemv_tma_w4 import _gemv_tma_w4
 
 FLOAT, INT8, INT4 = 0, 8, 4  # weight formats (the kernel's WQ)
@@ -69,11 +69,7 @@ TAIL = os.environ.get("WB_GEMV_TAIL", "0")
 # same values; which is faster depends on the shapes: 1B int8 + logits at batch 1 1408 -> 1434 tok/s, 8B 319.0 ->
 # 316.9; fifth session's call 9, decode_quant_prmt2_{0,1}_h100.json); "tma_dot" as "tma", int4 tiles for several rows
 # multiplying on the tensor cores (x padded to 16 rows) instead of by multiply-adds
-# "tma_loop" as "tma" (one row of float or int8 weights, no split, no norm; otherwise it runs as "tma"), from fewer
-# programs than row tiles, each looping over its tiles with its copies running ahead across them (gemv_tma.py's
-# _gemv_tma_loop); a seventh entry is its programs an SM (default 2)
-TMA_KINDS = ("tma", "tma_prmt", "tma_dot", "tma_loop")
-LOOP_PROGRAMS = 2
+TMA_KINDS = ("tma", "tma_prmt", "tma_dot")
 DEFAULT = (32, 256, 1, 4, 4)
 DEFAULT_QUANT = (32, 256, 1, 4, 4, False)  # one row; more rows take the dot with this tiling
 SHARED_BYTES = 220 * 1024  # about what the dot's pipelined operand tiles may take (an H100 SM has 227 KiB)
@@ -145,10 +141,6 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     if tma and wq == INT4:
         _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, bias is not None, swiglu, bn, bk, split,
                        warps, stages, gdc_mode, tail, launch, kind == "tma_dot" and m > 1)
-    elif tma and kind == "tma_loop" and m == 1 and split == 1 and norm is None:
-        per_sm = config[6] if len(config) > 6 else LOOP_PROGRAMS
-        _launch_tma_loop(x2, w, n, k, wq, per_word, s, b, y, bias is not None, swiglu, bn, bk, warps, stages, gdc_mode,
-                         launch, prmt, per_sm)
     elif tma:
         _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
                     stages, gdc_mode, tail, launch, norm_args, prmt, kind == "tma_prmt")
@@ -173,11 +165,9 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
 
 
 def takes_norm(config, wq: int) -> bool:
-    """Whether the one-row GEMV of this config computes a norm in its prologue with its own tiles: int4 TMA tiles and
-    "tma_loop" tiles do not (a norm runs other tiles), so a caller keeping fused and unfused bits equal runs the norm
-    kernel."""
-    kind = config[5] if config is not None and len(config) > 5 else None
-    return not (kind == "tma_loop" or (wq == INT4 and kind in TMA_KINDS))
+    """Whether the one-row GEMV of this config computes a norm in its prologue with its own tiles: int4 TMA tiles do
+    not (a norm runs the register tiles), so a caller keeping fused and unfused bits equal runs the norm kernel."""
+    return not (wq == INT4 and config is not None and len(config) > 5 and config[5] in TMA_KINDS)
 
 
 def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int) -> bool:
@@ -209,29 +199,6 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
         HAS_BIAS=has_bias, SWIGLU=swiglu, WQ=wq, PER_WORD=max(per_word, 1), WORDS=words,
         PRMT=prmt and (x_tma_prmt or not x_tma), X_TMA=x_tma,
         STAGES=max(stages, 1), GDC_MODE=gdc_mode, TAIL=tail, num_warps=warps, num_stages=1, **norm_args, **launch)
-
-
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-
-
-def _launch_tma_loop(x2, w, n, k, wq, per_word, s, b, y, has_bias, swiglu, bn, bk, warps, stages, gdc_mode, launch,
-                     prmt: bool, per_sm: int) -> None:
-    """The one-row GEMV whose programs loop over row tiles (gemv_tma.py's _gemv_tma_loop): per_sm programs an SM, or
-    one a tile where there are fewer tiles."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    words = bk // max(per_word, 1)
-    wv = w.view(torch.int32) if wq == INT8 else w
-    desc = TensorDescriptor(wv, list(wv.shape), [wv.stride(0), 1], [bn, words])
-    x_tma = X_TMA and wq == INT8 and k % 64 == 0 and bk % 64 == 0 and x2.data_ptr() % 16 == 0
-    xd = TensorDescriptor(x2, [k // 64, 64], [64, 1], [bk // 64, 64]) if x_tma else x2
-    programs = min(triton.cdiv(n, bn), per_sm * _sm_count(x2.device))
-    _gemv_tma_loop[(programs,)](
-        x2, xd, desc, s, b, y, n, k, BLOCK_N=bn, BLOCK_K=bk, HAS_BIAS=has_bias, SWIGLU=swiglu, WQ=wq,
-        PER_WORD=max(per_word, 1), WORDS=words, PRMT=prmt and not x_tma, X_TMA=x_tma, STAGES=max(stages, 1),
-        GDC_MODE=gdc_mode if gdc_mode != PDL_MODES["start"] else PDL_MODES["late"], num_warps=warps, num_stages=1,
-        **launch)
 
 
 def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps,

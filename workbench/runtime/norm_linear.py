@@ -33,7 +33,7 @@ def _one_row(a: torch.Tensor, g: torch.Tensor) -> bool:
 def _few_programs(cfg, n: int):
     """cfg if its GEMV over n output columns runs at most NORM_MAX_PROGRAMS programs (a norm in the prologue), else
     None."""
-    if cfg is None or (len(cfg) > 5 and cfg[5] == "tma_loop"):  # its programs take no norm
+    if cfg is None:
         return None
     return cfg if triton.cdiv(n, cfg[0]) * (cfg[2] if len(cfg) > 2 else 1) <= NORM_MAX_PROGRAMS else None
 
