@@ -74,8 +74,6 @@
 #                                 # x by loads instead of TMA (WB_GEMV_XTMA=0); engine-only decode and debug engines
 #   bash bench/run_gpu.sh resweep # the one-row GEMV sweep with the fixed tiles, then decode with its table against the
 #                                 # built-in one (not run yet: the sixth session's device time was spent)
-#   bash bench/run_gpu.sh tail    # GEMVs letting the next kernel launch a few iterations before their loop ends
-#                                 # (WB_GEMV_TAIL), float register tiles with their first tile read before the wait
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -368,15 +366,6 @@ elif [ "$stage" = resweep ]; then  # the one-row sweep again with the fixed GEMV
   step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
     --modes bf16,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_fixed_h100.json \
     --name decode_quant_resweep_h100
-elif [ "$stage" = tail ]; then  # the GEMVs letting the next kernel launch WB_GEMV_TAIL iterations before their loop
-  # ends, float register tiles reading their first tile before the wait (prefetch); correctness under PDL first
-  WB_GEMV_PDL=prefetch WB_GEMV_TAIL=2 step 150 python -m pytest tests/plugins/test_gemv_pdl.py \
-    tests/gpu/test_pdl_full_shapes.py -q -n 4 -p no:cacheprovider
-  for v in auto:0 prefetch:0 prefetch:1 prefetch:2 prefetch:4 auto:2 auto:0; do
-    WB_GEMV_PDL=${v%%:*} WB_GEMV_TAIL=${v##*:} step 80 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b \
-      --batches 1 --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" \
-      --name "decode_quant_tail_${v%%:*}${v##*:}_h100"
-  done
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -71,32 +71,30 @@ def variants() -> dict[str, str]:
                      Xd=f"tensordesc<bf16[{bk // 64}, 64]>" if x_tma else "*bf16")
         consts = dict(BLOCK_N=8, BLOCK_K=bk, SPLIT_K=1, HAS_BIAS=False, SWIGLU=swiglu, WQ=wq, PER_WORD=4 if wq else 1,
                       WORDS=words, PRMT=False, X_TMA=x_tma, STAGES=4, NORM=norm, NORM_BLOCK=2048 if norm else 1,
-                      GDC_MODE=3, TAIL=2, USE_GDC=True)
+                      GDC_MODE=3, USE_GDC=True)
         out[name] = _compile(_gemv_tma, types, consts)
     for name, m, dot in [("int4", 1, False), ("int4_dot", 8, True)]:
         types = dict(ptrs, Wd="tensordesc<i32[16, 16]>",
                      Xd="tensordesc<bf16[2, 64]>" if m == 1 else "tensordesc<bf16[16, 128]>")
         consts = dict(BLOCK_M=1 if m == 1 else 16, BLOCK_N=16, BLOCK_K=128, SPLIT_K=1, HAS_BIAS=False, SWIGLU=False,
                       GROUP=128, WORDS=16, ASM=True, RN_ASM=True, DOT=dot, FP32=False, STAGES=4, GDC_MODE=3,
-                      TAIL=2, USE_GDC=True)
+                      USE_GDC=True)
         out[name] = _compile(_gemv_tma_w4, types, consts)
     from workbench.plugins.gemv_kernels import _gemv, _gemv_words
 
     regs = dict(ints, sxm="i32", swn="i32")
-    for name, fn, wq, m, norm, stages in [("float_regs", _gemv, 0, 1, False, 1),
-                                          ("float_regs_norm", _gemv, 0, 1, True, 1),
-                                          ("float_regs_swiglu_s4", _gemv, 0, 1, False, 4),
-                                          ("float_dot", _gemv, 0, 8, False, 3), ("int8_words", _gemv_words, 8, 1, False, 1),
-                                          ("int8_words_norm", _gemv_words, 8, 1, True, 1),
-                                          ("int8_words_dot", _gemv_words, 8, 8, False, 3)]:
+    for name, fn, wq, m, norm in [("float_regs", _gemv, 0, 1, False), ("float_regs_norm", _gemv, 0, 1, True),
+                                  ("float_dot", _gemv, 0, 8, False), ("int8_words", _gemv_words, 8, 1, False),
+                                  ("int8_words_norm", _gemv_words, 8, 1, True), ("int8_words_dot", _gemv_words, 8, 8,
+                                                                                 False)]:
         dot = m > 1
         types = dict(ptrs, **regs, W="*bf16", Wd="*i32")
         consts = dict(BLOCK_M=16 if dot else 1, BLOCK_N=16, BLOCK_K=512 if wq else 256, SPLIT_K=1, HAS_BIAS=False,
-                      SWIGLU=name.endswith("swiglu_s4"), FP32=False, WQ=wq, GROUP=1, DOT=dot, NORM=norm,
-                      NORM_BLOCK=2048 if norm else 1, GDC_MODE=3, TAIL=2, USE_GDC=True)
+                      SWIGLU=False, FP32=False, WQ=wq, GROUP=1, DOT=dot, NORM=norm, NORM_BLOCK=2048 if norm else 1,
+                      GDC_MODE=3, USE_GDC=True)
         if wq:
             consts.update(PER_WORD=4, WORDS=128, PRMT=not dot, PREFETCH=not dot)
-        out[name] = _compile(fn, types, consts, stages=stages)
+        out[name] = _compile(fn, types, consts, stages=1 if not dot else 3)
     return out
 
 

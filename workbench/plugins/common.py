@@ -116,16 +116,6 @@ def gdc_trigger(USE_GDC: tl.constexpr):
 
 
 @triton.jit
-def gdc_tail(k0, k_lo, k_hi, BLOCK_K: tl.constexpr, TAIL: tl.constexpr, USE_GDC: tl.constexpr):
-    """Inside a GEMV's loop over K: with TAIL > 0, let the next kernel launch when TAIL iterations are left (this one
-    included), so that its programs are resident and issue their first weight copies while this one's last copies
-    are still on their way (the caller triggers after its loop as well, which covers loops shorter than TAIL)."""
-    if TAIL > 0:
-        if k0 == k_lo + tl.maximum(tl.cdiv(k_hi - k_lo, BLOCK_K) - TAIL, 0) * BLOCK_K:
-            gdc_trigger(USE_GDC)
-
-
-@triton.jit
 def _pdl_probe(X, USE_GDC: tl.constexpr):
     gdc_begin(USE_GDC)
     tl.store(X, tl.load(X) + 1)

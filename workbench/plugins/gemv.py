@@ -56,10 +56,6 @@ X_TMA = os.environ.get("WB_GEMV_XTMA", "1") != "0"
 # 949 -> 863 tok/s, 8B 182.7 -> 180.4; fifth session's call 2, decode_quant_early_{prefetch,early}_h100.json.)
 PDL_MODES = {"start": 1, "late": 2, "prefetch": 3}
 PDL_MODE = os.environ.get("WB_GEMV_PDL", "auto")
-# In `late` and `prefetch`: let the next kernel launch when this many iterations of a program's loop over K are left
-# (WB_GEMV_TAIL; 0: after the loop), so that its programs can issue their first copies while this one's last are on
-# their way (common.gdc_tail).
-TAIL = os.environ.get("WB_GEMV_TAIL", "0")
 
 
 # BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages[, kind]: kind True (a 5-tuple) multiplies tiles on the tensor
@@ -133,29 +129,26 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k_w: int, wq: int, scales,
     if PDL_MODE not in (*PDL_MODES, "auto"):
         raise ValueError(f"WB_GEMV_PDL={PDL_MODE!r}: choose one of {', '.join(PDL_MODES)}, auto")
     gdc_mode = PDL_MODES[PDL_MODE if PDL_MODE != "auto" else "late" if wq == FLOAT else "prefetch"]
-    if not TAIL.isdigit():
-        raise ValueError(f"WB_GEMV_TAIL={TAIL!r}: give a number of iterations (0: after the loop)")
-    tail = int(TAIL)
     # one-row int8 with 16-bit x: byte-permute unpacking (inline PTX, so not in the interpreter)
     prmt = PRMT and wq == INT8 and x.dtype in (torch.bfloat16, torch.float16) and not interpreting()
     if tma and wq == INT4:
         _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, bias is not None, swiglu, bn, bk, split,
-                       warps, stages, gdc_mode, tail, launch, kind == "tma_dot" and m > 1)
+                       warps, stages, gdc_mode, launch, kind == "tma_dot" and m > 1)
     elif tma:
         _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, bias is not None, swiglu, bn, bk, split, warps,
-                    stages, gdc_mode, tail, launch, norm_args, prmt, kind == "tma_prmt")
+                    stages, gdc_mode, launch, norm_args, prmt, kind == "tma_prmt")
     elif words:
         _gemv_words[grid](x2, w.view(torch.int32), s, z, b, y, part, m, n, k, groups, x2.stride(0), k // per_word,
                           y.stride(0), k_per, BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
                           HAS_BIAS=bias is not None, SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq,
                           GROUP=max(group, 1), PER_WORD=per_word, WORDS=bk // per_word, DOT=dot,
-                          PRMT=prmt and not dot, PREFETCH=prefetch, GDC_MODE=gdc_mode, TAIL=tail, num_warps=warps,
+                          PRMT=prmt and not dot, PREFETCH=prefetch, GDC_MODE=gdc_mode, num_warps=warps,
                           num_stages=stages, **norm_args, **launch)
     else:
         _gemv[grid](x2, w, s, z, b, y, part, m, n, k, groups, x2.stride(0), w.stride(0), y.stride(0), k_per,
                     BLOCK_M=16 if dot else 1, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, HAS_BIAS=bias is not None,
                     SWIGLU=swiglu, FP32=dot_in_fp32(x.dtype), WQ=wq, GROUP=max(group, 1), DOT=dot,
-                    GDC_MODE=gdc_mode, TAIL=tail, num_warps=warps, num_stages=stages, **norm_args, **launch)
+                    GDC_MODE=gdc_mode, num_warps=warps, num_stages=stages, **norm_args, **launch)
     if split > 1:
         block = 1024 if not interpreting() else 64
         _gemv_reduce[(triton.cdiv(n, block), m)](part, s, b, y, m, n, y.stride(0), BLOCK=block, SPLIT_K=split, WQ=wq,
@@ -183,7 +176,7 @@ def _tma_fits(w: torch.Tensor, wq: int, k: int, bn: int, bk: int, per_word: int)
 
 
 def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps, stages,
-                gdc_mode, tail, launch, norm_args, prmt: bool, x_tma_prmt: bool) -> None:
+                gdc_mode, launch, norm_args, prmt: bool, x_tma_prmt: bool) -> None:
     """The one-row GEMV with TMA-pipelined weight tiles (gemv_tma.py); byte permutes (`prmt`) where x comes by TMA
     only if `x_tma_prmt`."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -198,11 +191,11 @@ def _launch_tma(x2, w, n, k, wq, per_word, s, b, y, part, k_per, has_bias, swigl
         x2, xd, desc, s, b, y, part, n, k, y.stride(0), k_per, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
         HAS_BIAS=has_bias, SWIGLU=swiglu, WQ=wq, PER_WORD=max(per_word, 1), WORDS=words,
         PRMT=prmt and (x_tma_prmt or not x_tma), X_TMA=x_tma,
-        STAGES=max(stages, 1), GDC_MODE=gdc_mode, TAIL=tail, num_warps=warps, num_stages=1, **norm_args, **launch)
+        STAGES=max(stages, 1), GDC_MODE=gdc_mode, num_warps=warps, num_stages=1, **norm_args, **launch)
 
 
 def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias, swiglu, bn, bk, split, warps,
-                   stages, gdc_mode, tail, launch, dot: bool) -> None:
+                   stages, gdc_mode, launch, dot: bool) -> None:
     """The int4 GEMV with TMA-pipelined tiles (gemv_tma_w4.py), for up to 16 rows of x (`dot`: on the tensor
     cores)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -220,7 +213,7 @@ def _launch_tma_w4(x2, w, n, k, s, z, group, groups, b, y, part, k_per, has_bias
         SPLIT_K=split,
         HAS_BIAS=has_bias, SWIGLU=swiglu, GROUP=group, WORDS=bk // 8, ASM=not interpreting(),
         RN_ASM=x2.dtype == torch.bfloat16 and not interpreting(), DOT=dot, FP32=dot_in_fp32(x2.dtype),
-        STAGES=max(stages, 1), GDC_MODE=gdc_mode, TAIL=tail,
+        STAGES=max(stages, 1), GDC_MODE=gdc_mode,
         num_warps=warps, num_stages=1, **launch)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_tail, gdc_trigger, gdc_wait, gdc_wait_zero, mma, rounded
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, mma, rounded
 from workbench.plugins.rms_norm import normed, rstd
 
 
@@ -147,46 +147,21 @@ def _program(M, N, K, k_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H, eps, BLOCK_M: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
           SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr, DOT: tl.constexpr,
-          NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, TAIL: tl.constexpr,
-          USE_GDC: tl.constexpr):
-    """GDC_MODE: see gemv.PDL_MODES; `prefetch` (one row) loads the first weight tile before the wait and multiplies
-    it outside the loop (no register prefetch after it: that slowed the 8B bf16 step by 12% on an H100); x's reads
-    add the zero the wait returns. TAIL: gdc_tail. NORM: x is rms_norm(x + r) with weights NW (one row; see
-    gemv.py)."""
-    PEEL: tl.constexpr = GDC_MODE == 3 and not DOT
+          NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
+    """GDC_MODE: see gemv.PDL_MODES (float tiles take no register prefetch: it slowed the 8B bf16 step by 12% on an
+    H100, so `prefetch` acts as `late` here). NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
-    elif not PEEL:
+    else:
         gdc_wait(USE_GDC)
+    inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
                                                                           BLOCK_K, DOT)
-    start = k_lo
-    dep = tl.full([], 0, tl.int32)  # PEEL: 0 from the wait, in every offset of x (common.gdc_wait_zero says why)
-    if PEEL:  # the first tile read before the wait, multiplied after it
-        offs_k = k_lo + tl.arange(0, BLOCK_K)
-        kmask = offs_k < k_hi
-        w = _tile(W, S, Z, offs_n, nmask, offs_k, kmask, k_lo, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
-        wu = w
-        if SWIGLU:
-            wu = _tile(W, S, Z, N + offs_n, nmask, offs_k, kmask, k_lo, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
-        dep = gdc_wait_zero(USE_GDC)
-        inv = _norm_prologue(X + dep, R + dep, H, K, eps, NORM, NORM_BLOCK)
-        x = _xin(X + dep, R + dep, NW, offs_m[:, None] * sxm + offs_k[None, :], mmask[:, None] & kmask[None, :], inv,
-                 NORM)
-        acc = _accumulate(acc, x, w, DOT, FP32)
-        if SWIGLU:
-            accu = _accumulate(accu, x, wu, DOT, FP32)
-        start = k_lo + BLOCK_K
-    else:
-        inv = _norm_prologue(X, R, H, K, eps, NORM, NORM_BLOCK)
-    for k0 in range(start, k_hi, BLOCK_K):
-        if GDC_MODE >= 2:
-            gdc_tail(k0, k_lo, k_hi, BLOCK_K, TAIL, USE_GDC)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < k_hi
-        x = _xin(X + dep, R + dep, NW, offs_m[:, None] * sxm + offs_k[None, :], mmask[:, None] & kmask[None, :], inv,
-                 NORM)
+        x = _xin(X, R, NW, offs_m[:, None] * sxm + offs_k[None, :], mmask[:, None] & kmask[None, :], inv, NORM)
         w = _tile(W, S, Z, offs_n, nmask, offs_k, kmask, k0, G, swn, WQ, GROUP, BLOCK_K, FP32, DT)
         acc = _accumulate(acc, x, w, DOT, FP32)
         if SWIGLU:  # the up rows, N below the gate rows
@@ -287,7 +262,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
                 SWIGLU: tl.constexpr, FP32: tl.constexpr, WQ: tl.constexpr, GROUP: tl.constexpr,
                 PER_WORD: tl.constexpr, WORDS: tl.constexpr, DOT: tl.constexpr, PRMT: tl.constexpr,
                 PREFETCH: tl.constexpr, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr,
-                TAIL: tl.constexpr, USE_GDC: tl.constexpr):
+                USE_GDC: tl.constexpr):
     """x times quantized weights read as int32 words (PER_WORD values each): value j of every word is taken at
     once, against x's columns j, j + PER_WORD, ...; for one row by fp32 multiply-adds, for more (DOT) by one
     tensor-core dot per j of the dequantized values (exact for int8, rounded to x's dtype for int4).
@@ -299,7 +274,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
     PREFETCH: the next tile's words are loaded into registers before the current tile is multiplied, so a
     program keeps a load in flight while it computes (Triton pipelines only the loads that feed a dot).
 
-    NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py). TAIL: common.gdc_tail."""
+    NORM: x is rms_norm(x + r) with weights NW (one row; see gemv.py)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2 or not PREFETCH:
@@ -325,8 +300,6 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
         if PRMT:
             next_x0, next_x1, next_x2, next_x3 = _x_columns(X, R, NW, first, w_hi, inv, NORM)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        if GDC_MODE >= 2:
-            gdc_tail(k0, k_lo, k_hi, BLOCK_K, TAIL, USE_GDC)
         offs_w = k0 // PER_WORD + tl.arange(0, WORDS)
         wkmask = offs_w < w_hi
         if PREFETCH:

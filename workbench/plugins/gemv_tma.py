@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_tail, gdc_trigger, gdc_wait, gdc_wait_zero
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, gdc_wait_zero
 from workbench.plugins.gemv_kernels import (_finish, _norm_prologue, _permuted_fma, _program, _word_values, _x_columns,
                                             _xin)
 
@@ -64,12 +64,12 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
               BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
               WQ: tl.constexpr, PER_WORD: tl.constexpr, WORDS: tl.constexpr, PRMT: tl.constexpr, X_TMA: tl.constexpr,
               STAGES: tl.constexpr, NORM: tl.constexpr, NORM_BLOCK: tl.constexpr, GDC_MODE: tl.constexpr,
-              TAIL: tl.constexpr, USE_GDC: tl.constexpr):
+              USE_GDC: tl.constexpr):
     """y [1, N] = x [1, K] @ W^T from the descriptor Wd of W [N or 2N, K / PER_WORD] (int32 words when WQ == 8);
     tiles [BLOCK_N, WORDS]. GDC_MODE as gemv.PDL_MODES; `prefetch` waits for the kernel before inside the first
     iteration, after the pipeline's first weight tiles are requested (weights are never written by it; x's copies
     share their barriers, so x by TMA waits before any), and computes NORM's prologue there; every read of x comes
-    after the wait by data dependence; TAIL: common.gdc_tail. NORM: x is rms_norm(x + r) with weights NW (see gemv.py).
+    after the wait by data dependence. NORM: x is rms_norm(x + r) with weights NW (see gemv.py).
 
     X_TMA (int8): x's chunk comes by TMA too, from the descriptor Xd of x viewed as [K / 64, 64], and its four
     columns are split from it in registers: loaded on their own, each would be converted to the layout of the
@@ -92,8 +92,6 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
     xsum = tl.zeros([1, WORDS], tl.float32)
     dep = tl.full([], 0, tl.int32)  # `prefetch`: 0 from the wait, in every offset of x (gdc_wait_zero says why)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-        if GDC_MODE >= 2:
-            gdc_tail(k0, k_lo, k_hi, BLOCK_K, TAIL, USE_GDC)
         w = Wd.load([row0, k0 // PER_WORD])
         wu = w
         if SWIGLU:  # the up rows, N below the gate rows

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import gdc_begin, gdc_tail, gdc_trigger, gdc_wait, gdc_wait_zero, mma, rounded
+from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, gdc_wait_zero, mma, rounded
 from workbench.plugins.gemv_kernels import _finish, _program
 
 
@@ -183,14 +183,13 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                  SWIGLU: tl.constexpr, GROUP: tl.constexpr, WORDS: tl.constexpr, ASM: tl.constexpr,
                  RN_ASM: tl.constexpr, DOT: tl.constexpr, FP32: tl.constexpr, STAGES: tl.constexpr,
-                 GDC_MODE: tl.constexpr, TAIL: tl.constexpr, USE_GDC: tl.constexpr):
+                 GDC_MODE: tl.constexpr, USE_GDC: tl.constexpr):
     """y [M, N] = x [M, K] @ W^T from the descriptor Wd of the packed int4 words [N or 2N, K / 8] (tiles [BLOCK_N,
     WORDS]) and Xd of x (X): viewed as [K / 64, 64] for one row, else [M, K] in tiles [BLOCK_M, BLOCK_K]; scales S
     [N or 2N, G] (fp32) and zeros Z (uint8). Several rows share each dequantized value: multiply-adds into sums
     [BLOCK_M, BLOCK_N, WORDS], or (DOT) on the tensor cores, one product a column of the words (FP32: fp32 x,
     products in full precision). GDC_MODE as gemv.PDL_MODES (`prefetch`: the wait inside the first iteration, x's
-    reads after it by data dependence; x's copies share the weights' barriers, so in practice it precedes them);
-    TAIL: common.gdc_tail."""
+    reads after it by data dependence; x's copies share the weights' barriers, so in practice it precedes them)."""
     if GDC_MODE == 1:
         gdc_begin(USE_GDC)
     elif GDC_MODE == 2:
@@ -211,8 +210,6 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
         su, zu = _group_row(S, Z, N + offs_n, nmask, k_lo // GROUP, G)
     dep = tl.full([], 0, tl.int32)  # `prefetch`: 0 from the wait, in every offset of x (gdc_wait_zero says why)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-        if GDC_MODE >= 2:
-            gdc_tail(k0, k_lo, k_hi, BLOCK_K, TAIL, USE_GDC)
         # the next tile's group parameters, loaded a tile ahead (these loads are not pipelined with the copies)
         g_next = tl.minimum(k0 + BLOCK_K, K - 1) // GROUP
         s_next, z_next = _group_row(S, Z, offs_n, nmask, g_next, G)
