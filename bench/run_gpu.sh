@@ -74,6 +74,8 @@
 #                                 # x by loads instead of TMA (WB_GEMV_XTMA=0); engine-only decode and debug engines
 #   bash bench/run_gpu.sh resweep # the one-row GEMV sweep with the fixed tiles, then decode with its table against the
 #                                 # built-in one (not run yet: the sixth session's device time was spent)
+#   bash bench/run_gpu.sh ws      # the layers' projections in one warp-specialised kernel whose producer warp streams
+#                                 # the weights past the stages' waits (bench/ws_chain_probe.py), against launches
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -366,6 +368,8 @@ elif [ "$stage" = resweep ]; then  # the one-row sweep again with the fixed GEMV
   step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
     --modes bf16,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_fixed_h100.json \
     --name decode_quant_resweep_h100
+elif [ "$stage" = ws ]; then  # the projections' chain with a warp-specialised weight stream (bench/ws_chain_probe.py)
+  step 300 python bench/ws_chain_probe.py --models 1b,8b --ring 24,40
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
