@@ -74,6 +74,12 @@
 #                                 # x by loads instead of TMA (WB_GEMV_XTMA=0); engine-only decode and debug engines
 #   bash bench/run_gpu.sh resweep # the one-row GEMV sweep with the fixed tiles, then decode with its table against the
 #                                 # built-in one (not run yet: the sixth session's device time was spent)
+#   bash bench/run_gpu.sh tail    # (GEMVs letting the next kernel launch WB_GEMV_TAIL iterations before their loop ends,
+#                                 # float register tiles reading their first tile before their wait: measured slower
+#                                 # and removed; the stage needs commit 3b7f1c3)
+#   bash bench/run_gpu.sh loop    # (one-row GEMVs whose programs loop over row tiles, kind tma_loop: no faster than the
+#                                 # table's tiles at any size, and removed; the stage needs commit 3d64626, loop2 its
+#                                 # sweep with 3-8 programs an SM)
 #   bash bench/run_gpu.sh ws      # the layers' projections in one warp-specialised kernel whose producer warp streams
 #                                 # the weights past the stages' waits (bench/ws_chain_probe.py), against launches
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
