@@ -38,36 +38,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
 from persistent_probe import SHAPES, _rel_err, _weights, graph_ms, launches  # noqa: E402
 
-BN, BK = 8, 256  # a weight tile: 8 rows of 256 bf16 (4 KiB, one TMA copy)
+BN = 8  # a weight tile: 8 rows of 256 bf16 or of 512 int8 values (4 KiB, one TMA copy)
+TW = {"bf16": 256, "int8": 128}  # a tile's width in the stored units (bf16 values, int32 words of four int8)
 MODES = {"none": 0, "barrier": 1}
 
 
 @gluon.jit
-def _produce(descs, ring, full, empty, L, H: gl.constexpr, QKV: gl.constexpr, I: gl.constexpr):
+def _produce(descs, ring, full, empty, L, H: gl.constexpr, QKV: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr):
     """The producer warp: every weight tile of this program's schedule, in the consumers' order, into the ring."""
     d_qkv, d_o, d_gu, d_dn = descs
-    RING: gl.constexpr = ring.type.shape[0]
+    CH: gl.constexpr = 512 if WQ == 8 else 256  # values of x a tile spans
     pid = gl.program_id(0)
     G = gl.num_programs(0)
     c = 0
     for layer in range(L):
-        c = _produce_stage(d_qkv, ring, full, empty, c, pid, G, layer * QKV, 0, QKV // 8, H // 256, False)
-        c = _produce_stage(d_o, ring, full, empty, c, pid, G, layer * H, 0, H // 8, H // 256, False)
-        c = _produce_stage(d_gu, ring, full, empty, c, pid, G, layer * 2 * I, I, I // 8, H // 256, True)
-        c = _produce_stage(d_dn, ring, full, empty, c, pid, G, layer * H, 0, H // 8, I // 256, False)
-    gl.static_assert(RING > 1)
+        c = _produce_stage(d_qkv, ring, full, empty, c, pid, G, layer * QKV, 0, QKV // 8, H // CH, False)
+        c = _produce_stage(d_o, ring, full, empty, c, pid, G, layer * H, 0, H // 8, H // CH, False)
+        c = _produce_stage(d_gu, ring, full, empty, c, pid, G, layer * 2 * I, I, I // 8, H // CH, True)
+        c = _produce_stage(d_dn, ring, full, empty, c, pid, G, layer * H, 0, H // 8, I // CH, False)
 
 
 @gluon.jit
 def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr):
     RING: gl.constexpr = ring.type.shape[0]
+    W: gl.constexpr = ring.type.shape[2]
     for t in range(pid, tiles, G):
         for kk in range(steps):
             for half in gl.static_range(2 if SWIGLU else 1):
                 slot = c % RING
                 mbarrier.wait(empty.index(slot), ((c // RING) & 1) ^ 1)
                 mbarrier.expect(full.index(slot), desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(desc, [row0 + half * up + t * 8, kk * 256], full.index(slot),
+                tma.async_copy_global_to_shared(desc, [row0 + half * up + t * 8, kk * W], full.index(slot),
                                                 ring.index(slot))
                 c += 1
     return c
@@ -91,139 +92,227 @@ def _arrive_stage(CNT, idx):
 
 
 @gluon.jit
-def _consume_stage(ring, full, empty, xs, c, X, Y, CNT, g, G, tiles, K: gl.constexpr, SWIGLU: gl.constexpr,
-                   MODE: gl.constexpr):
-    XROWS: gl.constexpr = xs.type.shape[0]
-    """Consumers: one stage (global stage index g): wait for its input X [K], keep it in shared memory, multiply
-    this program's row tiles of the ring into Y (SWIGLU: silu(gate) * up, the rows' two tiles in turn)."""
+def _int8_values(words):
+    """The four int8 values of every int32 word, exactly, as fp32 (byte permutes under 2^23's exponent)."""
+    m0, m1, m2, m3 = gl.inline_asm_elementwise(
+        asm="""{ .reg .b32 t; xor.b32 t, $4, 0x80808080;
+        prmt.b32 $0, t, 0x4B000000, 0x7540; prmt.b32 $1, t, 0x4B000000, 0x7541;
+        prmt.b32 $2, t, 0x4B000000, 0x7542; prmt.b32 $3, t, 0x4B000000, 0x7543; }""",
+        constraints="=r,=r,=r,=r,r", args=[words], dtype=(gl.float32, gl.float32, gl.float32, gl.float32),
+        is_pure=True, pack=1)
+    return m0 - 8388736.0, m1 - 8388736.0, m2 - 8388736.0, m3 - 8388736.0
+
+
+@gluon.jit
+def _take(ring, full, empty, c):
+    """Consumers: the ring's tile c, once it has landed; its slot is released for the producer."""
     RING: gl.constexpr = ring.type.shape[0]
-    tile_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
+    W: gl.constexpr = ring.type.shape[2]
+    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [4, 1], [1, 0])
+    slot = c % RING
+    mbarrier.wait(full.index(slot), (c // RING) & 1)
+    w = ring.index(slot).load(tile_l)
+    fence_async_shared()
+    mbarrier.arrive(empty.index(slot), count=1)
+    return w
+
+
+@gluon.jit
+def _fma(acc, w, xs, kk, WQ: gl.constexpr):
+    """acc + the tile's products with x's chunk kk (int8: the words' four values against x's four columns)."""
+    W: gl.constexpr = acc.type.shape[1]
+    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [4, 1], [1, 0])
+    if WQ == 8:
+        q0, q1, q2, q3 = _int8_values(w)
+        acc += q0 * xs.index(kk).load(tile_l).to(gl.float32)
+        acc += q1 * xs.index(xs.type.shape[0] // 4 + kk).load(tile_l).to(gl.float32)
+        acc += q2 * xs.index(2 * (xs.type.shape[0] // 4) + kk).load(tile_l).to(gl.float32)
+        acc += q3 * xs.index(3 * (xs.type.shape[0] // 4) + kk).load(tile_l).to(gl.float32)
+    else:
+        acc += w.to(gl.float32) * xs.index(kk).load(tile_l).to(gl.float32)
+    return acc
+
+
+@gluon.jit
+def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.constexpr, SWIGLU: gl.constexpr,
+                   WQ: gl.constexpr, MODE: gl.constexpr):
+    """Consumers: one stage (global stage index g): wait for its input X [K], keep it in shared memory (int8: its
+    four columns 4w + j apart), multiply this program's row tiles of the ring into Y (int8: times the rows' scales
+    S; SWIGLU: silu(gate) * up, the rows' two tiles in turn)."""
+    XR: gl.constexpr = xs.type.shape[0]  # rows of W values (int8: four blocks of XR / 4, one a column)
+    W: gl.constexpr = ring.type.shape[2]
+    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [4, 1], [1, 0])
     y_l: gl.constexpr = gl.SliceLayout(1, tile_l)
-    STEPS: gl.constexpr = K // 256
-    load_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
+    CH: gl.constexpr = 512 if WQ == 8 else 256
     if g > 0:
         _wait_stage(CNT, g - 1, G, MODE)
-    rows = gl.arange(0, XROWS, layout=gl.SliceLayout(1, load_l))
-    cols = gl.arange(0, 256, layout=gl.SliceLayout(0, load_l))
-    offs = rows[:, None] * 256 + cols[None, :]
-    xs.store(gl.load(X + offs, mask=offs < K, other=0.0, cache_modifier=".cg"))
+    rows = gl.arange(0, XR, layout=gl.SliceLayout(1, tile_l))
+    cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
+    if WQ == 8:  # row r: column (r // (XR / 4)) of the words (r % (XR / 4)) * W ...
+        word = (rows[:, None] % (XR // 4)) * W + cols[None, :]
+        offs = word * 4 + rows[:, None] // (XR // 4)
+        xv = gl.load(X + offs, mask=word < K // 4, other=0.0, cache_modifier=".cg")
+    else:
+        offs = rows[:, None] * W + cols[None, :]
+        xv = gl.load(X + offs, mask=offs < K, other=0.0, cache_modifier=".cg")
+    xs.store(xv)
     gl.thread_barrier()
-    xrows = xs._reinterpret(gl.bfloat16, [XROWS, 1, 256], xs.layout)  # chunk kk as a [1, 256] row
+    xrows = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)  # row r as a [1, W] tile
     pid = gl.program_id(0)
     for t in range(pid, tiles, G):
-        acc = gl.zeros([8, 256], gl.float32, tile_l)
-        accu = gl.zeros([8, 256], gl.float32, tile_l)
-        for kk in range(STEPS):
-            x = xrows.index(kk).load(tile_l).to(gl.float32)
-            slot = c % RING
-            mbarrier.wait(full.index(slot), (c // RING) & 1)
-            w = ring.index(slot).load(tile_l)
-            fence_async_shared()
-            mbarrier.arrive(empty.index(slot), count=1)
+        acc = gl.zeros([8, W], gl.float32, tile_l)
+        accu = gl.zeros([8, W], gl.float32, tile_l)
+        for kk in range(K // CH):
+            acc = _fma(acc, _take(ring, full, empty, c), xrows, kk, WQ)
             c += 1
-            acc += w.to(gl.float32) * x
             if SWIGLU:
-                slot = c % RING
-                mbarrier.wait(full.index(slot), (c // RING) & 1)
-                wu = ring.index(slot).load(tile_l)
-                fence_async_shared()
-                mbarrier.arrive(empty.index(slot), count=1)
+                accu = _fma(accu, _take(ring, full, empty, c), xrows, kk, WQ)
                 c += 1
-                accu += wu.to(gl.float32) * x
+        rws = t * 8 + gl.arange(0, 8, layout=y_l)
         y = gl.sum(acc, axis=1)
+        if WQ == 8:
+            y = y * gl.load(S + rws)
         if SWIGLU:
+            up = gl.sum(accu, axis=1)
+            if WQ == 8:
+                up = up * gl.load(S + tiles * 8 + rws)
             gate = y.to(gl.bfloat16).to(gl.float32)
-            up = gl.sum(accu, axis=1).to(gl.bfloat16).to(gl.float32)
+            up = up.to(gl.bfloat16).to(gl.float32)
             y = (gate / (1.0 + gl.exp(-gate))).to(gl.bfloat16).to(gl.float32) * up
-        gl.store(Y + t * 8 + gl.arange(0, 8, layout=y_l), y.to(gl.bfloat16))
+        gl.store(Y + rws, y.to(gl.bfloat16))
     _arrive_stage(CNT, g)
     return c
 
 
 @gluon.jit
-def _consume(ring, full, empty, xs, A, B, C, D, CNT, L, H: gl.constexpr, QKV: gl.constexpr, I: gl.constexpr,
-             MODE: gl.constexpr):
+def _consume(ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L, H: gl.constexpr, QKV: gl.constexpr,
+             I: gl.constexpr, WQ: gl.constexpr, MODE: gl.constexpr):
     """The consumer warps: A -> qkv -> B; B[:H] -> o -> C; C -> gate_up, swiglu -> D; D -> down -> A, a layer."""
     G = gl.num_programs(0)
     c = 0
     for layer in range(L):
         g = 4 * layer
-        c = _consume_stage(ring, full, empty, xs, c, A, B, CNT, g, G, QKV // 8, H, False, MODE)
-        c = _consume_stage(ring, full, empty, xs, c, B, C, CNT, g + 1, G, H // 8, H, False, MODE)
-        c = _consume_stage(ring, full, empty, xs, c, C, D, CNT, g + 2, G, I // 8, H, True, MODE)
-        c = _consume_stage(ring, full, empty, xs, c, D, A, CNT, g + 3, G, H // 8, I, False, MODE)
+        c = _consume_stage(ring, full, empty, xs, c, A, B, S_qkv + layer * QKV, CNT, g, G, QKV // 8, H, False, WQ,
+                           MODE)
+        c = _consume_stage(ring, full, empty, xs, c, B, C, S_o + layer * H, CNT, g + 1, G, H // 8, H, False, WQ, MODE)
+        c = _consume_stage(ring, full, empty, xs, c, C, D, S_gu + layer * 2 * I, CNT, g + 2, G, I // 8, H, True, WQ,
+                           MODE)
+        c = _consume_stage(ring, full, empty, xs, c, D, A, S_dn + layer * H, CNT, g + 3, G, H // 8, I, False, WQ,
+                           MODE)
 
 
 @gluon.jit
-def _chain_ws(d_qkv, d_o, d_gu, d_dn, A, B, C, D, CNT, L, H: gl.constexpr, QKV: gl.constexpr, I: gl.constexpr,
-              RING: gl.constexpr, XROWS: gl.constexpr, MODE: gl.constexpr):
-    ring = gl.allocate_shared_memory(gl.bfloat16, [RING, 8, 256], d_qkv.layout)
+def _chain_ws(d_qkv, d_o, d_gu, d_dn, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L, H: gl.constexpr,
+              QKV: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr,
+              MODE: gl.constexpr):
+    W: gl.constexpr = 128 if WQ == 8 else 256
+    ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING, 8, W], d_qkv.layout)
     full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    xs = gl.allocate_shared_memory(gl.bfloat16, [XROWS, 256],
+    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, W],
                                    gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
     for i in gl.static_range(RING):
         mbarrier.init(full.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
     gl.warp_specialize([
-        (_consume, (ring, full, empty, xs, A, B, C, D, CNT, L, H, QKV, I, MODE)),
-        (_produce, ((d_qkv, d_o, d_gu, d_dn), ring, full, empty, L, H, QKV, I)),
+        (_consume, (ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L, H, QKV, I, WQ, MODE)),
+        (_produce, ((d_qkv, d_o, d_gu, d_dn), ring, full, empty, L, H, QKV, I, WQ)),
     ], [1], [40])
 
 
-class WarpSpecialized:
-    """The chain in one launch of _chain_ws, its buffers and descriptors made once."""
+def quantize(ws: dict) -> dict:
+    """int8 weights per output channel (as workbench's w8a16: round-to-nearest of w / (max |w| / 127)), scales."""
+    out = {}
+    for k, w in ws.items():
+        s = (w.float().abs().amax(1) / 127).clamp_min(1e-8)
+        out[k] = (torch.round(w.float() / s[:, None]).clamp(-127, 127).to(torch.int8), s)
+    return out
 
-    def __init__(self, ws: dict, shape: dict, ring: int, mode: str = "barrier"):
+
+def launches_int8(qs: dict, shape: dict, x: torch.Tensor) -> torch.Tensor:
+    """The int8 chain as the decode step runs it: the plugin's int8 GEMVs, the table's configs."""
+    from workbench.plugins import gemv as gm
+    from workbench.runtime.gemv_policy import H100_GEMV as table
+
+    L, h, qkv, i = shape["layers"], shape["h"], shape["qkv"], shape["i"]
+
+    def lin(a, k, layer, rows, swiglu=False):
+        q, s = qs[k]
+        key = (1, rows, a.shape[1], "w8a16") + (("swiglu",) if swiglu else ())
+        return gm.w8a16_gemv(a, q[layer * rows:(layer + 1) * rows], s[layer * rows:(layer + 1) * rows], None,
+                             table.get(key), swiglu)
+
+    a = x
+    for layer in range(L):
+        b = lin(a, "qkv", layer, qkv)
+        c = lin(b[:, :h], "o", layer, h)
+        d = lin(c, "gate_up", layer, 2 * i, True)
+        a = lin(d, "down", layer, h)
+    return a
+
+
+class WarpSpecialized:
+    """The chain in one launch of _chain_ws (bf16 or int8 weights), its buffers and descriptors made once."""
+
+    def __init__(self, ws: dict, shape: dict, ring: int, mode: str = "barrier", fmt: str = "bf16"):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-        self.shape, self.ring, self.mode = shape, ring, MODES[mode]
-        dev = ws["qkv"].device
+        self.shape, self.ring, self.mode, self.wq = shape, ring, MODES[mode], 8 if fmt == "int8" else 0
+        dev = next(iter(ws.values()))[0].device if fmt == "int8" else ws["qkv"].device
         h, qkv, i = shape["h"], shape["qkv"], shape["i"]
-        if qkv % BN or h % BK or i % BK:
-            raise ValueError(f"shape {shape}: rows must be whole {BN}-row tiles, K whole {BK}-wide chunks")
-        self.xrows = triton.next_power_of_2(max(h, i) // BK)  # x of the widest stage, in shared memory
+        ch = 512 if fmt == "int8" else 256
+        if qkv % BN or h % ch or i % ch:
+            raise ValueError(f"shape {shape}: rows must be whole {BN}-row tiles, K whole {ch}-wide chunks")
+        # x of the widest stage in shared memory: rows of TW values (int8: four blocks, one a column of the words)
+        self.xr = triton.next_power_of_2(max(h, i) // ch) * (4 if fmt == "int8" else 1)
         self.bufs = [torch.zeros(n, dtype=torch.bfloat16, device=dev) for n in (h, qkv, h, i)]
         self.cnt = torch.zeros(4 * shape["layers"], dtype=torch.int32, device=dev)
-        layout = gl.NVMMASharedLayout.get_default_for([BN, BK], gl.bfloat16)
-        self.desc = [TensorDescriptor.from_tensor(ws[k], [BN, BK], layout) for k in ("qkv", "o", "gate_up", "down")]
+        keys = ("qkv", "o", "gate_up", "down")
+        if fmt == "int8":
+            layout = gl.NVMMASharedLayout.get_default_for([BN, TW["int8"]], gl.int32)
+            self.desc = [TensorDescriptor.from_tensor(ws[k][0].view(torch.int32), [BN, TW["int8"]], layout)
+                         for k in keys]
+            self.scales = [ws[k][1] for k in keys]
+        else:
+            layout = gl.NVMMASharedLayout.get_default_for([BN, TW["bf16"]], gl.bfloat16)
+            self.desc = [TensorDescriptor.from_tensor(ws[k], [BN, TW["bf16"]], layout) for k in keys]
+            self.scales = [self.bufs[0]] * 4  # not read
         self.programs = torch.cuda.get_device_properties(dev).multi_processor_count
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         s = self.shape
         self.cnt.zero_()
         self.bufs[0].copy_(x.reshape(-1))
-        _chain_ws[(self.programs,)](*self.desc, *self.bufs, self.cnt, s["layers"], H=s["h"], QKV=s["qkv"], I=s["i"],
-                                    RING=self.ring, XROWS=self.xrows, MODE=self.mode, num_warps=4)
+        _chain_ws[(self.programs,)](*self.desc, *self.bufs, *self.scales, self.cnt, s["layers"], H=s["h"],
+                                    QKV=s["qkv"], I=s["i"], RING=self.ring, XR=self.xr, WQ=self.wq, MODE=self.mode,
+                                    num_warps=4)
         return self.bufs[0].view(1, -1)
 
 
-def run(name: str, rings: list[int], out: dict) -> None:
+def run(name: str, rings: list[int], fmts: list[str], out: dict) -> None:
     shape = SHAPES[name]
     ws = _weights(shape)
-    nbytes = sum(w.numel() * w.element_size() for w in ws.values())
     x = torch.randn(1, shape["h"], device="cuda").to(torch.bfloat16)
-    row = out.setdefault(name, {"weight_bytes": nbytes})
     one = dict(shape, layers=1)  # one layer's chain: its values stay small enough to compare
-    row["one_layer_rel_err"] = err = _rel_err(WarpSpecialized(ws, one, rings[0])(x), launches(ws, one, x))
-    print(f"[{name}] one layer, warp-specialised against launches: relative error {err:.2e}", flush=True)
-    t = graph_ms(lambda: launches(ws, shape, x))
-    row["launches"] = {"ms": round(t, 4), "TBps": round(nbytes / t / 1e9, 3)}
-    print(f"[{name}] launches: {t:.4f} ms, {nbytes / t / 1e9:.3f} TB/s", flush=True)
-    ref = launches(ws, shape, x)
-    for ring in rings:
-        for mode in MODES:
-            p = WarpSpecialized(ws, shape, ring, mode)
-            got = p(x)
-            torch.cuda.synchronize()
-            t2 = graph_ms(lambda: p(x))
-            key = f"ring{ring} {mode}"
-            row[key] = {"ms": round(t2, 4), "TBps": round(nbytes / t2 / 1e9, 3),
-                        "launches_over_this": round(t / t2, 3)}
-            if mode == "barrier":
-                row[key]["rel_err"] = round(_rel_err(got, ref), 5)
-            print(f"[{name}] warp-specialised {key}: {t2:.4f} ms, {nbytes / t2 / 1e9:.3f} TB/s, x{t / t2:.3f}",
-                  flush=True)
+    for fmt in fmts:
+        w = quantize(ws) if fmt == "int8" else ws
+        ref_fn = launches_int8 if fmt == "int8" else launches
+        nbytes = sum((v[0] if fmt == "int8" else v).numel() * (1 if fmt == "int8" else 2) for v in w.values())
+        row = out.setdefault(name, {}).setdefault(fmt, {"weight_bytes": nbytes})
+        row["one_layer_rel_err"] = err = _rel_err(WarpSpecialized(w, one, rings[0], fmt=fmt)(x), ref_fn(w, one, x))
+        print(f"[{name} {fmt}] one layer, warp-specialised against launches: relative error {err:.2e}", flush=True)
+        t = graph_ms(lambda: ref_fn(w, shape, x))
+        row["launches"] = {"ms": round(t, 4), "TBps": round(nbytes / t / 1e9, 3)}
+        print(f"[{name} {fmt}] launches: {t:.4f} ms, {nbytes / t / 1e9:.3f} TB/s", flush=True)
+        for ring in rings:
+            for mode in MODES:
+                p = WarpSpecialized(w, shape, ring, mode, fmt)
+                t2 = graph_ms(lambda: p(x))
+                key = f"ring{ring} {mode}"
+                row[key] = {"ms": round(t2, 4), "TBps": round(nbytes / t2 / 1e9, 3),
+                            "launches_over_this": round(t / t2, 3)}
+                print(f"[{name} {fmt}] warp-specialised {key}: {t2:.4f} ms, {nbytes / t2 / 1e9:.3f} TB/s, "
+                      f"x{t / t2:.3f}", flush=True)
     ws.clear()
     torch.cuda.empty_cache()
 
@@ -232,11 +321,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="1b,8b")
     ap.add_argument("--ring", default="24,40", help="weight tiles in the ring (4 KiB each), comma-separated")
+    ap.add_argument("--formats", default="bf16,int8", help="weights: bf16, int8 (per channel, as w8a16)")
     ap.add_argument("--name", default="ws_chain_probe_h100")
     args = ap.parse_args()
     result = {"benchmark": "ws_chain_probe", "machine": machine(), "models": {}}
     for name in args.models.split(","):
-        run(name, [int(r) for r in args.ring.split(",")], result["models"])
+        run(name, [int(r) for r in args.ring.split(",")], args.formats.split(","), result["models"])
     print(f"-> {write_result(args.name, result)}")
 
 
