@@ -16,7 +16,7 @@ bench/persistent_probe.py measured the same chain without the producer (its copi
 from the consumers, so a stage boundary drained them): 1B 0.813 ms against 0.775 ms of launches (H100).
 
     python bench/ws_chain_probe.py                 # Llama-3.2-1B and Llama-3-8B shapes
-    python bench/ws_chain_probe.py --models 1b --ring 24,40
+    python bench/ws_chain_probe.py --models 1b --ring 24,40 --warps 4,8 --formats bf16
 
 Needs an sm_90 GPU. Writes bench/results/ws_chain_probe_h100.json (and $OUT/ when set).
 """
@@ -108,7 +108,7 @@ def _take(ring, full, empty, c):
     """Consumers: the ring's tile c, once it has landed; its slot is released for the producer."""
     RING: gl.constexpr = ring.type.shape[0]
     W: gl.constexpr = ring.type.shape[2]
-    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [4, 1], [1, 0])
+    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [gl.num_warps(), 1], [1, 0])
     slot = c % RING
     mbarrier.wait(full.index(slot), (c // RING) & 1)
     w = ring.index(slot).load(tile_l)
@@ -121,7 +121,7 @@ def _take(ring, full, empty, c):
 def _fma(acc, w, xs, kk, WQ: gl.constexpr):
     """acc + the tile's products with x's chunk kk (int8: the words' four values against x's four columns)."""
     W: gl.constexpr = acc.type.shape[1]
-    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [4, 1], [1, 0])
+    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [gl.num_warps(), 1], [1, 0])
     if WQ == 8:
         q0, q1, q2, q3 = _int8_values(w)
         acc += q0 * xs.index(kk).load(tile_l).to(gl.float32)
@@ -141,7 +141,7 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
     S; SWIGLU: silu(gate) * up, the rows' two tiles in turn)."""
     XR: gl.constexpr = xs.type.shape[0]  # rows of W values (int8: four blocks of XR / 4, one a column)
     W: gl.constexpr = ring.type.shape[2]
-    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [4, 1], [1, 0])
+    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [gl.num_warps(), 1], [1, 0])
     y_l: gl.constexpr = gl.SliceLayout(1, tile_l)
     CH: gl.constexpr = 512 if WQ == 8 else 256
     if g > 0:
@@ -254,10 +254,11 @@ def launches_int8(qs: dict, shape: dict, x: torch.Tensor) -> torch.Tensor:
 class WarpSpecialized:
     """The chain in one launch of _chain_ws (bf16 or int8 weights), its buffers and descriptors made once."""
 
-    def __init__(self, ws: dict, shape: dict, ring: int, mode: str = "barrier", fmt: str = "bf16"):
+    def __init__(self, ws: dict, shape: dict, ring: int, mode: str = "barrier", fmt: str = "bf16", warps: int = 4):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         self.shape, self.ring, self.mode, self.wq = shape, ring, MODES[mode], 8 if fmt == "int8" else 0
+        self.warps = warps  # the consumers' (the producer is one more)
         dev = next(iter(ws.values()))[0].device if fmt == "int8" else ws["qkv"].device
         h, qkv, i = shape["h"], shape["qkv"], shape["i"]
         ch = 512 if fmt == "int8" else 256
@@ -285,11 +286,11 @@ class WarpSpecialized:
         self.bufs[0].copy_(x.reshape(-1))
         _chain_ws[(self.programs,)](*self.desc, *self.bufs, *self.scales, self.cnt, s["layers"], H=s["h"],
                                     QKV=s["qkv"], I=s["i"], RING=self.ring, XR=self.xr, WQ=self.wq, MODE=self.mode,
-                                    num_warps=4)
+                                    num_warps=self.warps)
         return self.bufs[0].view(1, -1)
 
 
-def run(name: str, rings: list[int], fmts: list[str], out: dict) -> None:
+def run(name: str, rings: list[int], fmts: list[str], warps: list[int], out: dict) -> None:
     shape = SHAPES[name]
     ws = _weights(shape)
     x = torch.randn(1, shape["h"], device="cuda").to(torch.bfloat16)
@@ -299,20 +300,22 @@ def run(name: str, rings: list[int], fmts: list[str], out: dict) -> None:
         ref_fn = launches_int8 if fmt == "int8" else launches
         nbytes = sum((v[0] if fmt == "int8" else v).numel() * (1 if fmt == "int8" else 2) for v in w.values())
         row = out.setdefault(name, {}).setdefault(fmt, {"weight_bytes": nbytes})
-        row["one_layer_rel_err"] = err = _rel_err(WarpSpecialized(w, one, rings[0], fmt=fmt)(x), ref_fn(w, one, x))
-        print(f"[{name} {fmt}] one layer, warp-specialised against launches: relative error {err:.2e}", flush=True)
+        ref1 = ref_fn(w, one, x)
+        for nw in warps:
+            row[f"one_layer_rel_err_warps{nw}"] = err = _rel_err(WarpSpecialized(w, one, rings[0], fmt=fmt,
+                                                                                 warps=nw)(x), ref1)
+            print(f"[{name} {fmt}] one layer, {nw} consumer warps, against launches: relative error {err:.2e}",
+                  flush=True)
         t = graph_ms(lambda: ref_fn(w, shape, x))
         row["launches"] = {"ms": round(t, 4), "TBps": round(nbytes / t / 1e9, 3)}
         print(f"[{name} {fmt}] launches: {t:.4f} ms, {nbytes / t / 1e9:.3f} TB/s", flush=True)
-        for ring in rings:
-            for mode in MODES:
-                p = WarpSpecialized(w, shape, ring, mode, fmt)
-                t2 = graph_ms(lambda: p(x))
-                key = f"ring{ring} {mode}"
-                row[key] = {"ms": round(t2, 4), "TBps": round(nbytes / t2 / 1e9, 3),
-                            "launches_over_this": round(t / t2, 3)}
-                print(f"[{name} {fmt}] warp-specialised {key}: {t2:.4f} ms, {nbytes / t2 / 1e9:.3f} TB/s, "
-                      f"x{t / t2:.3f}", flush=True)
+        for ring, nw, mode in ((r, n, m) for r in rings for n in warps for m in MODES):
+            p = WarpSpecialized(w, shape, ring, mode, fmt, nw)
+            t2 = graph_ms(lambda: p(x))
+            key = f"ring{ring} warps{nw} {mode}"
+            row[key] = {"ms": round(t2, 4), "TBps": round(nbytes / t2 / 1e9, 3), "launches_over_this": round(t / t2, 3)}
+            print(f"[{name} {fmt}] warp-specialised {key}: {t2:.4f} ms, {nbytes / t2 / 1e9:.3f} TB/s, x{t / t2:.3f}",
+                  flush=True)
     ws.clear()
     torch.cuda.empty_cache()
 
@@ -322,11 +325,13 @@ def main() -> None:
     ap.add_argument("--models", default="1b,8b")
     ap.add_argument("--ring", default="24,40", help="weight tiles in the ring (4 KiB each), comma-separated")
     ap.add_argument("--formats", default="bf16,int8", help="weights: bf16, int8 (per channel, as w8a16)")
+    ap.add_argument("--warps", default="4,8", help="consumer warps, comma-separated")
     ap.add_argument("--name", default="ws_chain_probe_h100")
     args = ap.parse_args()
     result = {"benchmark": "ws_chain_probe", "machine": machine(), "models": {}}
     for name in args.models.split(","):
-        run(name, [int(r) for r in args.ring.split(",")], args.formats.split(","), result["models"])
+        run(name, [int(r) for r in args.ring.split(",")], args.formats.split(","),
+            [int(n) for n in args.warps.split(",")], result["models"])
     print(f"-> {write_result(args.name, result)}")
 
 
