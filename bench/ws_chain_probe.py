@@ -16,7 +16,7 @@ bench/persistent_probe.py measured the same chain without the producer (its copi
 from the consumers, so a stage boundary drained them): 1B 0.813 ms against 0.775 ms of launches (H100).
 
     python bench/ws_chain_probe.py                 # Llama-3.2-1B and Llama-3-8B shapes
-    python bench/ws_chain_probe.py --models 1b --ring 24,40 --warps 4,8 --formats bf16
+    python bench/ws_chain_probe.py --models 8b --formats int8 --rows 8,16 --warps 4,8
 
 Needs an sm_90 GPU. Writes bench/results/ws_chain_probe_h100.json (and $OUT/ when set).
 """
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
 from persistent_probe import SHAPES, _rel_err, _weights, graph_ms, launches  # noqa: E402
 
-BN = 8  # a weight tile: 8 rows of 256 bf16 or of 512 int8 values (4 KiB, one TMA copy)
+# a weight tile (one TMA copy): `rows` (8 or 16) rows of 256 bf16 or of 512 int8 values, 4 or 8 KiB
 TW = {"bf16": 256, "int8": 128}  # a tile's width in the stored units (bf16 values, int32 words of four int8)
 MODES = {"none": 0, "barrier": 1}
 
@@ -48,19 +48,21 @@ def _produce(descs, ring, full, empty, L, H: gl.constexpr, QKV: gl.constexpr, I:
     """The producer warp: every weight tile of this program's schedule, in the consumers' order, into the ring."""
     d_qkv, d_o, d_gu, d_dn = descs
     CH: gl.constexpr = 512 if WQ == 8 else 256  # values of x a tile spans
+    R: gl.constexpr = ring.type.shape[1]  # rows of a tile
     pid = gl.program_id(0)
     G = gl.num_programs(0)
     c = 0
     for layer in range(L):
-        c = _produce_stage(d_qkv, ring, full, empty, c, pid, G, layer * QKV, 0, QKV // 8, H // CH, False)
-        c = _produce_stage(d_o, ring, full, empty, c, pid, G, layer * H, 0, H // 8, H // CH, False)
-        c = _produce_stage(d_gu, ring, full, empty, c, pid, G, layer * 2 * I, I, I // 8, H // CH, True)
-        c = _produce_stage(d_dn, ring, full, empty, c, pid, G, layer * H, 0, H // 8, I // CH, False)
+        c = _produce_stage(d_qkv, ring, full, empty, c, pid, G, layer * QKV, 0, QKV // R, H // CH, False)
+        c = _produce_stage(d_o, ring, full, empty, c, pid, G, layer * H, 0, H // R, H // CH, False)
+        c = _produce_stage(d_gu, ring, full, empty, c, pid, G, layer * 2 * I, I, I // R, H // CH, True)
+        c = _produce_stage(d_dn, ring, full, empty, c, pid, G, layer * H, 0, H // R, I // CH, False)
 
 
 @gluon.jit
 def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr):
     RING: gl.constexpr = ring.type.shape[0]
+    R: gl.constexpr = ring.type.shape[1]
     W: gl.constexpr = ring.type.shape[2]
     for t in range(pid, tiles, G):
         for kk in range(steps):
@@ -68,7 +70,7 @@ def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
                 slot = c % RING
                 mbarrier.wait(empty.index(slot), ((c // RING) & 1) ^ 1)
                 mbarrier.expect(full.index(slot), desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(desc, [row0 + half * up + t * 8, kk * W], full.index(slot),
+                tma.async_copy_global_to_shared(desc, [row0 + half * up + t * R, kk * W], full.index(slot),
                                                 ring.index(slot))
                 c += 1
     return c
@@ -140,6 +142,7 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
     four columns 4w + j apart), multiply this program's row tiles of the ring into Y (int8: times the rows' scales
     S; SWIGLU: silu(gate) * up, the rows' two tiles in turn)."""
     XR: gl.constexpr = xs.type.shape[0]  # rows of W values (int8: four blocks of XR / 4, one a column)
+    R: gl.constexpr = ring.type.shape[1]
     W: gl.constexpr = ring.type.shape[2]
     tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [gl.num_warps(), 1], [1, 0])
     y_l: gl.constexpr = gl.SliceLayout(1, tile_l)
@@ -160,22 +163,22 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
     xrows = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)  # row r as a [1, W] tile
     pid = gl.program_id(0)
     for t in range(pid, tiles, G):
-        acc = gl.zeros([8, W], gl.float32, tile_l)
-        accu = gl.zeros([8, W], gl.float32, tile_l)
+        acc = gl.zeros([R, W], gl.float32, tile_l)
+        accu = gl.zeros([R, W], gl.float32, tile_l)
         for kk in range(K // CH):
             acc = _fma(acc, _take(ring, full, empty, c), xrows, kk, WQ)
             c += 1
             if SWIGLU:
                 accu = _fma(accu, _take(ring, full, empty, c), xrows, kk, WQ)
                 c += 1
-        rws = t * 8 + gl.arange(0, 8, layout=y_l)
+        rws = t * R + gl.arange(0, R, layout=y_l)
         y = gl.sum(acc, axis=1)
         if WQ == 8:
             y = y * gl.load(S + rws)
         if SWIGLU:
             up = gl.sum(accu, axis=1)
             if WQ == 8:
-                up = up * gl.load(S + tiles * 8 + rws)
+                up = up * gl.load(S + tiles * R + rws)
             gate = y.to(gl.bfloat16).to(gl.float32)
             up = up.to(gl.bfloat16).to(gl.float32)
             y = (gate / (1.0 + gl.exp(-gate))).to(gl.bfloat16).to(gl.float32) * up
@@ -189,15 +192,16 @@ def _consume(ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L, 
              I: gl.constexpr, WQ: gl.constexpr, MODE: gl.constexpr):
     """The consumer warps: A -> qkv -> B; B[:H] -> o -> C; C -> gate_up, swiglu -> D; D -> down -> A, a layer."""
     G = gl.num_programs(0)
+    R: gl.constexpr = ring.type.shape[1]
     c = 0
     for layer in range(L):
         g = 4 * layer
-        c = _consume_stage(ring, full, empty, xs, c, A, B, S_qkv + layer * QKV, CNT, g, G, QKV // 8, H, False, WQ,
+        c = _consume_stage(ring, full, empty, xs, c, A, B, S_qkv + layer * QKV, CNT, g, G, QKV // R, H, False, WQ,
                            MODE)
-        c = _consume_stage(ring, full, empty, xs, c, B, C, S_o + layer * H, CNT, g + 1, G, H // 8, H, False, WQ, MODE)
-        c = _consume_stage(ring, full, empty, xs, c, C, D, S_gu + layer * 2 * I, CNT, g + 2, G, I // 8, H, True, WQ,
+        c = _consume_stage(ring, full, empty, xs, c, B, C, S_o + layer * H, CNT, g + 1, G, H // R, H, False, WQ, MODE)
+        c = _consume_stage(ring, full, empty, xs, c, C, D, S_gu + layer * 2 * I, CNT, g + 2, G, I // R, H, True, WQ,
                            MODE)
-        c = _consume_stage(ring, full, empty, xs, c, D, A, S_dn + layer * H, CNT, g + 3, G, H // 8, I, False, WQ,
+        c = _consume_stage(ring, full, empty, xs, c, D, A, S_dn + layer * H, CNT, g + 3, G, H // R, I, False, WQ,
                            MODE)
 
 
@@ -206,7 +210,8 @@ def _chain_ws(d_qkv, d_o, d_gu, d_dn, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L
               QKV: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr,
               MODE: gl.constexpr):
     W: gl.constexpr = 128 if WQ == 8 else 256
-    ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING, 8, W], d_qkv.layout)
+    ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING] + d_qkv.block_type.shape,
+                                     d_qkv.layout)
     full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
     xs = gl.allocate_shared_memory(gl.bfloat16, [XR, W],
@@ -254,29 +259,31 @@ def launches_int8(qs: dict, shape: dict, x: torch.Tensor) -> torch.Tensor:
 class WarpSpecialized:
     """The chain in one launch of _chain_ws (bf16 or int8 weights), its buffers and descriptors made once."""
 
-    def __init__(self, ws: dict, shape: dict, ring: int, mode: str = "barrier", fmt: str = "bf16", warps: int = 4):
+    def __init__(self, ws: dict, shape: dict, ring_kib: int, mode: str = "barrier", fmt: str = "bf16", warps: int = 4,
+                 rows: int = 8):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-        self.shape, self.ring, self.mode, self.wq = shape, ring, MODES[mode], 8 if fmt == "int8" else 0
+        self.shape, self.mode, self.wq = shape, MODES[mode], 8 if fmt == "int8" else 0
+        self.ring = ring_kib // (rows // 2)  # slots of rows / 2 KiB
         self.warps = warps  # the consumers' (the producer is one more)
         dev = next(iter(ws.values()))[0].device if fmt == "int8" else ws["qkv"].device
         h, qkv, i = shape["h"], shape["qkv"], shape["i"]
         ch = 512 if fmt == "int8" else 256
-        if qkv % BN or h % ch or i % ch:
-            raise ValueError(f"shape {shape}: rows must be whole {BN}-row tiles, K whole {ch}-wide chunks")
+        if qkv % rows or h % ch or i % ch:
+            raise ValueError(f"shape {shape}: rows must be whole {rows}-row tiles, K whole {ch}-wide chunks")
         # x of the widest stage in shared memory: rows of TW values (int8: four blocks, one a column of the words)
         self.xr = triton.next_power_of_2(max(h, i) // ch) * (4 if fmt == "int8" else 1)
         self.bufs = [torch.zeros(n, dtype=torch.bfloat16, device=dev) for n in (h, qkv, h, i)]
         self.cnt = torch.zeros(4 * shape["layers"], dtype=torch.int32, device=dev)
         keys = ("qkv", "o", "gate_up", "down")
         if fmt == "int8":
-            layout = gl.NVMMASharedLayout.get_default_for([BN, TW["int8"]], gl.int32)
-            self.desc = [TensorDescriptor.from_tensor(ws[k][0].view(torch.int32), [BN, TW["int8"]], layout)
+            layout = gl.NVMMASharedLayout.get_default_for([rows, TW["int8"]], gl.int32)
+            self.desc = [TensorDescriptor.from_tensor(ws[k][0].view(torch.int32), [rows, TW["int8"]], layout)
                          for k in keys]
             self.scales = [ws[k][1] for k in keys]
         else:
-            layout = gl.NVMMASharedLayout.get_default_for([BN, TW["bf16"]], gl.bfloat16)
-            self.desc = [TensorDescriptor.from_tensor(ws[k], [BN, TW["bf16"]], layout) for k in keys]
+            layout = gl.NVMMASharedLayout.get_default_for([rows, TW["bf16"]], gl.bfloat16)
+            self.desc = [TensorDescriptor.from_tensor(ws[k], [rows, TW["bf16"]], layout) for k in keys]
             self.scales = [self.bufs[0]] * 4  # not read
         self.programs = torch.cuda.get_device_properties(dev).multi_processor_count
 
@@ -290,7 +297,7 @@ class WarpSpecialized:
         return self.bufs[0].view(1, -1)
 
 
-def run(name: str, rings: list[int], fmts: list[str], warps: list[int], out: dict) -> None:
+def run(name: str, ring_kib: int, fmts: list[str], warps: list[int], rows: list[int], out: dict) -> None:
     shape = SHAPES[name]
     ws = _weights(shape)
     x = torch.randn(1, shape["h"], device="cuda").to(torch.bfloat16)
@@ -302,17 +309,17 @@ def run(name: str, rings: list[int], fmts: list[str], warps: list[int], out: dic
         row = out.setdefault(name, {}).setdefault(fmt, {"weight_bytes": nbytes})
         ref1 = ref_fn(w, one, x)
         for nw in warps:
-            row[f"one_layer_rel_err_warps{nw}"] = err = _rel_err(WarpSpecialized(w, one, rings[0], fmt=fmt,
+            row[f"one_layer_rel_err_warps{nw}"] = err = _rel_err(WarpSpecialized(w, one, ring_kib, fmt=fmt,
                                                                                  warps=nw)(x), ref1)
             print(f"[{name} {fmt}] one layer, {nw} consumer warps, against launches: relative error {err:.2e}",
                   flush=True)
         t = graph_ms(lambda: ref_fn(w, shape, x))
         row["launches"] = {"ms": round(t, 4), "TBps": round(nbytes / t / 1e9, 3)}
         print(f"[{name} {fmt}] launches: {t:.4f} ms, {nbytes / t / 1e9:.3f} TB/s", flush=True)
-        for ring, nw, mode in ((r, n, m) for r in rings for n in warps for m in MODES):
-            p = WarpSpecialized(w, shape, ring, mode, fmt, nw)
+        for nr, nw, mode in ((r, n, m) for r in rows for n in warps for m in MODES):
+            p = WarpSpecialized(w, shape, ring_kib, mode, fmt, nw, nr)
             t2 = graph_ms(lambda: p(x))
-            key = f"ring{ring} warps{nw} {mode}"
+            key = f"rows{nr} warps{nw} {mode}"
             row[key] = {"ms": round(t2, 4), "TBps": round(nbytes / t2 / 1e9, 3), "launches_over_this": round(t / t2, 3)}
             print(f"[{name} {fmt}] warp-specialised {key}: {t2:.4f} ms, {nbytes / t2 / 1e9:.3f} TB/s, x{t / t2:.3f}",
                   flush=True)
@@ -323,15 +330,16 @@ def run(name: str, rings: list[int], fmts: list[str], warps: list[int], out: dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="1b,8b")
-    ap.add_argument("--ring", default="24,40", help="weight tiles in the ring (4 KiB each), comma-separated")
+    ap.add_argument("--ring-kib", type=int, default=128, help="the ring of weight tiles, KiB")
+    ap.add_argument("--rows", default="8", help="rows of a weight tile (8 or 16), comma-separated")
     ap.add_argument("--formats", default="bf16,int8", help="weights: bf16, int8 (per channel, as w8a16)")
     ap.add_argument("--warps", default="4,8", help="consumer warps, comma-separated")
     ap.add_argument("--name", default="ws_chain_probe_h100")
     args = ap.parse_args()
     result = {"benchmark": "ws_chain_probe", "machine": machine(), "models": {}}
     for name in args.models.split(","):
-        run(name, [int(r) for r in args.ring.split(",")], args.formats.split(","),
-            [int(n) for n in args.warps.split(",")], result["models"])
+        run(name, args.ring_kib, args.formats.split(","), [int(n) for n in args.warps.split(",")],
+            [int(r) for r in args.rows.split(",")], result["models"])
     print(f"-> {write_result(args.name, result)}")
 
 
