@@ -149,16 +149,22 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
     CH: gl.constexpr = 512 if WQ == 8 else 256
     if g > 0:
         _wait_stage(CNT, g - 1, G, MODE)
-    rows = gl.arange(0, XR, layout=gl.SliceLayout(1, tile_l))
-    cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
-    if WQ == 8:  # row r: column (r // (XR / 4)) of the words (r % (XR / 4)) * W ...
-        word = (rows[:, None] % (XR // 4)) * W + cols[None, :]
-        offs = word * 4 + rows[:, None] // (XR // 4)
-        xv = gl.load(X + offs, mask=word < K // 4, other=0.0, cache_modifier=".cg")
+    if WQ == 8:  # block j of XR / 4 rows: column j of the words, row r holding words r * W ...; x read contiguously
+        l3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [gl.num_warps(), 1, 1], [2, 1, 0])
+        r3 = gl.arange(0, XR // 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))
+        w3 = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
+        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3)))
+        word = r3[:, None, None] * W + w3[None, :, None]
+        x3 = gl.load(X + word * 4 + j3[None, None, :], mask=word < K // 4, other=0.0, cache_modifier=".cg")
+        x3 = x3.to(gl.float32)
+        for j in gl.static_range(4):  # within a thread: its four columns
+            xj = gl.sum(gl.where(j3[None, None, :] == j, x3, 0.0), axis=2)
+            xs.slice(j * (XR // 4), XR // 4).store(xj.to(gl.bfloat16))
     else:
+        rows = gl.arange(0, XR, layout=gl.SliceLayout(1, tile_l))
+        cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
         offs = rows[:, None] * W + cols[None, :]
-        xv = gl.load(X + offs, mask=offs < K, other=0.0, cache_modifier=".cg")
-    xs.store(xv)
+        xs.store(gl.load(X + offs, mask=offs < K, other=0.0, cache_modifier=".cg"))
     gl.thread_barrier()
     xrows = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)  # row r as a [1, W] tile
     pid = gl.program_id(0)
