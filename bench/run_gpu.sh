@@ -375,7 +375,7 @@ elif [ "$stage" = resweep ]; then  # the one-row sweep again with the fixed GEMV
     --modes bf16,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_fixed_h100.json \
     --name decode_quant_resweep_h100
 elif [ "$stage" = ws ]; then  # the projections' chain with a warp-specialised weight stream (bench/ws_chain_probe.py)
-  step 300 python bench/ws_chain_probe.py --models 1b,8b --rows 8,16 --warps 4,8
+  step 300 python bench/ws_chain_probe.py --models 1b,8b --rows 8,16 --warps 4
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

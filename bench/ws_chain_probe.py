@@ -40,11 +40,13 @@ from persistent_probe import SHAPES, _rel_err, _weights, graph_ms, launches  # n
 
 # a weight tile (one TMA copy): `rows` (8 or 16) rows of 256 bf16 or of 512 int8 values, 4 or 8 KiB
 TW = {"bf16": 256, "int8": 128}  # a tile's width in the stored units (bf16 values, int32 words of four int8)
-MODES = {"none": 0, "barrier": 1}
+# none: no waits (the weights' streaming alone); barrier: one launch; layers: a launch a layer, in a CUDA graph with
+# programmatic dependent launch (the cost of splitting the chain where attention would sit)
+MODES = {"none": 0, "barrier": 1, "layers": 1}
 
 
 @gluon.jit
-def _produce(descs, ring, full, empty, L, H: gl.constexpr, QKV: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr):
+def _produce(descs, ring, full, empty, L0, L1, H: gl.constexpr, QKV: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr):
     """The producer warp: every weight tile of this program's schedule, in the consumers' order, into the ring."""
     d_qkv, d_o, d_gu, d_dn = descs
     CH: gl.constexpr = 512 if WQ == 8 else 256  # values of x a tile spans
@@ -52,7 +54,7 @@ def _produce(descs, ring, full, empty, L, H: gl.constexpr, QKV: gl.constexpr, I:
     pid = gl.program_id(0)
     G = gl.num_programs(0)
     c = 0
-    for layer in range(L):
+    for layer in range(L0, L1):
         c = _produce_stage(d_qkv, ring, full, empty, c, pid, G, layer * QKV, 0, QKV // R, H // CH, False)
         c = _produce_stage(d_o, ring, full, empty, c, pid, G, layer * H, 0, H // R, H // CH, False)
         c = _produce_stage(d_gu, ring, full, empty, c, pid, G, layer * 2 * I, I, I // R, H // CH, True)
@@ -194,13 +196,13 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
 
 
 @gluon.jit
-def _consume(ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L, H: gl.constexpr, QKV: gl.constexpr,
+def _consume(ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L0, L1, H: gl.constexpr, QKV: gl.constexpr,
              I: gl.constexpr, WQ: gl.constexpr, MODE: gl.constexpr):
     """The consumer warps: A -> qkv -> B; B[:H] -> o -> C; C -> gate_up, swiglu -> D; D -> down -> A, a layer."""
     G = gl.num_programs(0)
     R: gl.constexpr = ring.type.shape[1]
     c = 0
-    for layer in range(L):
+    for layer in range(L0, L1):
         g = 4 * layer
         c = _consume_stage(ring, full, empty, xs, c, A, B, S_qkv + layer * QKV, CNT, g, G, QKV // R, H, False, WQ,
                            MODE)
@@ -212,7 +214,7 @@ def _consume(ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L, 
 
 
 @gluon.jit
-def _chain_ws(d_qkv, d_o, d_gu, d_dn, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L, H: gl.constexpr,
+def _chain_ws(d_qkv, d_o, d_gu, d_dn, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L0, L1, H: gl.constexpr,
               QKV: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr,
               MODE: gl.constexpr):
     W: gl.constexpr = 128 if WQ == 8 else 256
@@ -225,9 +227,12 @@ def _chain_ws(d_qkv, d_o, d_gu, d_dn, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L
     for i in gl.static_range(RING):
         mbarrier.init(full.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
+    # launched with programmatic dependent launch (a launch a layer): the next launch may start as soon as SMs free
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                              pack=1)
     gl.warp_specialize([
-        (_consume, (ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L, H, QKV, I, WQ, MODE)),
-        (_produce, ((d_qkv, d_o, d_gu, d_dn), ring, full, empty, L, H, QKV, I, WQ)),
+        (_consume, (ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L0, L1, H, QKV, I, WQ, MODE)),
+        (_produce, ((d_qkv, d_o, d_gu, d_dn), ring, full, empty, L0, L1, H, QKV, I, WQ)),
     ], [1], [40])
 
 
@@ -270,6 +275,7 @@ class WarpSpecialized:
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         self.shape, self.mode, self.wq = shape, MODES[mode], 8 if fmt == "int8" else 0
+        self.per_layer = mode == "layers"
         self.ring = ring_kib // (rows // 2)  # slots of rows / 2 KiB
         self.warps = warps  # the consumers' (the producer is one more)
         dev = next(iter(ws.values()))[0].device if fmt == "int8" else ws["qkv"].device
@@ -297,9 +303,11 @@ class WarpSpecialized:
         s = self.shape
         self.cnt.zero_()
         self.bufs[0].copy_(x.reshape(-1))
-        _chain_ws[(self.programs,)](*self.desc, *self.bufs, *self.scales, self.cnt, s["layers"], H=s["h"],
-                                    QKV=s["qkv"], I=s["i"], RING=self.ring, XR=self.xr, WQ=self.wq, MODE=self.mode,
-                                    num_warps=self.warps)
+        spans = [(i, i + 1) for i in range(s["layers"])] if self.per_layer else [(0, s["layers"])]
+        for l0, l1 in spans:
+            _chain_ws[(self.programs,)](*self.desc, *self.bufs, *self.scales, self.cnt, l0, l1, H=s["h"],
+                                        QKV=s["qkv"], I=s["i"], RING=self.ring, XR=self.xr, WQ=self.wq,
+                                        MODE=self.mode, num_warps=self.warps, launch_pdl=self.per_layer)
         return self.bufs[0].view(1, -1)
 
 
