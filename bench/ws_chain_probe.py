@@ -18,7 +18,8 @@ from the consumers, so a stage boundary drained them): 1B 0.813 ms against 0.775
     python bench/ws_chain_probe.py                 # Llama-3.2-1B and Llama-3-8B shapes
     python bench/ws_chain_probe.py --models 8b --formats int8 --rows 8,16 --warps 4,8
 
-Needs an sm_90 GPU. Writes bench/results/ws_chain_probe_h100.json (and $OUT/ when set).
+Needs an sm_90 GPU (`--compile-only` compiles it for one on the CPU). Writes bench/results/ws_chain_probe_h100.json
+(and $OUT/ when set).
 """
 
 from __future__ import annotations
@@ -341,6 +342,30 @@ def run(name: str, ring_kib: int, fmts: list[str], warps: list[int], rows: list[
     torch.cuda.empty_cache()
 
 
+def compile_only(rows: int = 16) -> dict:
+    """Compile the kernel for sm_90 without a GPU (the Llama-3-8B shape, bf16 and int8, one consumer warpgroup): the
+    PTX of each, which the CPU test checks for the producer's TMA copies and the consumers' acquire loads."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    shape = SHAPES["8b"]
+    out = {}
+    for fmt, ty in (("bf16", "bf16"), ("int8", "i32")):
+        layout = gl.NVMMASharedLayout.get_default_for([rows, TW[fmt]], gl.int32 if fmt == "int8" else gl.bfloat16)
+        sig = {n: "constexpr" for n in _chain_ws.arg_names}
+        sig.update({n: f"tensordesc<{ty}[{rows}, {TW[fmt]}],{layout}>" for n in ("d_qkv", "d_o", "d_gu", "d_dn")})
+        sig.update({n: "*bf16" for n in "ABCD"}, S_qkv="*fp32", S_o="*fp32", S_gu="*fp32", S_dn="*fp32", CNT="*i32",
+                   L0="i32", L1="i32")
+        ch = 512 if fmt == "int8" else 256
+        xr = triton.next_power_of_2(max(shape["h"], shape["i"]) // ch) * (4 if fmt == "int8" else 1)
+        consts = dict(H=shape["h"], QKV=shape["qkv"], I=shape["i"], RING=128 // (rows // 2), XR=xr,
+                      WQ=8 if fmt == "int8" else 0, MODE=1)
+        src = GluonASTSource(_chain_ws, sig, {(_chain_ws.arg_names.index(k),): v for k, v in consts.items()})
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        out[fmt] = {"ptx": kernel.asm["ptx"], "shared": kernel.metadata.shared}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="1b,8b")
@@ -349,7 +374,13 @@ def main() -> None:
     ap.add_argument("--formats", default="bf16,int8", help="weights: bf16, int8 (per channel, as w8a16)")
     ap.add_argument("--warps", default="4,8", help="consumer warps, comma-separated")
     ap.add_argument("--name", default="ws_chain_probe_h100")
+    ap.add_argument("--compile-only", action="store_true", help="compile for sm_90 and report, no GPU needed")
     args = ap.parse_args()
+    if args.compile_only:
+        for fmt, k in compile_only().items():
+            print(f"{fmt}: {k['shared']} bytes of shared memory, {k['ptx'].count('cp.async.bulk.tensor')} TMA copies, "
+                  f"{k['ptx'].count('ld.global.gpu.acquire')} acquire loads")
+        return
     result = {"benchmark": "ws_chain_probe", "machine": machine(), "models": {}}
     for name in args.models.split(","):
         run(name, args.ring_kib, args.formats.split(","), [int(n) for n in args.warps.split(",")],
