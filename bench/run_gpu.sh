@@ -82,6 +82,8 @@
 #                                 # sweep with 3-8 programs an SM)
 #   bash bench/run_gpu.sh ws      # the layers' projections in one warp-specialised kernel whose producer warp streams
 #                                 # the weights past the stages' waits (bench/ws_chain_probe.py), against launches
+#   bash bench/run_gpu.sh block   # the layer block after attention as one persistent kernel: GPU tests, every layer
+#                                 # chained against the plugins' launches (bench/decode_block.py)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -376,6 +378,9 @@ elif [ "$stage" = resweep ]; then  # the one-row sweep again with the fixed GEMV
     --name decode_quant_resweep_h100
 elif [ "$stage" = ws ]; then  # the projections' chain with a warp-specialised weight stream (bench/ws_chain_probe.py)
   step 300 python bench/ws_chain_probe.py --models 1b,8b --rows 8,16 --warps 4
+elif [ "$stage" = block ]; then  # the layer block after attention as one persistent kernel (plugins/decode_block.py)
+  step 200 python -m pytest tests/plugins/test_decode_block.py -q -p no:cacheprovider -rA
+  step 240 python bench/decode_block.py --models 8b,1b --formats int8,bf16
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

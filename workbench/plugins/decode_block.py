@@ -1,0 +1,334 @@
+"""One decoder layer's projections after attention, and the next layer's first, as one persistent kernel for a
+decode step of one row (Hopper):
+
+    o = x @ Wo^T;  h1 = r + o;  act = swiglu(norm(h1, g2) @ Wgu^T);  d = act @ Wd^T;  h2 = h1 + d;
+    y = norm(h2, gn) @ Wn^T        (Wn: the next layer's qkv, or the logits layer after the final norm)
+
+with the roundings of the unfused plugins (gemv.py's products and activation, rms_norm.py's add + norm).
+
+Why one kernel: between two GEMV launches the memory idles about 1.6 us while one kernel ends and the next reads its
+input. Here a producer warp a program copies every weight tile of the program's four stages into a ring of shared
+memory by TMA as soon as a slot frees, and never waits for a stage's input; four consumer warps wait at each stage
+for every program's part of the stage before (a device-wide counter), take the input into shared memory (with the
+add + norm where the stage has one) and multiply the tiles as they land. While they wait, the next stage's weights
+keep coming. bench/ws_chain_probe.py measured the design on an H100 (bench/results/h100_notes.md, seventh session).
+
+Weights: bf16, or int8 per output channel (w8a16, the words' four values unpacked exactly, scaled after the sum),
+in tiles of ROWS rows: 8 for bf16, 16 for int8 (its consumers need the rows to reuse x). One program an SM, all
+resident (the counters need it): about 160 KiB of shared memory each.
+
+Not used by the engines yet (runtime/cuda_program.py does not hand it a layer); `decode_block_ref` is its torch
+reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+
+RING_KIB = 128  # the ring of weight tiles a program
+ROWS = {0: 8, 8: 16}  # a tile's rows by weight format (WQ)
+TILE_W = {0: 256, 8: 128}  # a tile's width in stored units: bf16 values, int32 words of four int8 values
+CHUNK = {0: 256, 8: 512}  # values of x a tile spans
+
+
+@gluon.jit
+def _produce(d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr):
+    """The producer warp: every weight tile of this program's four stages, in the consumers' order, into the ring."""
+    CH: gl.constexpr = 512 if WQ == 8 else 256
+    R: gl.constexpr = ring.type.shape[1]
+    pid = gl.program_id(0)
+    G = gl.num_programs(0)
+    c = _produce_stage(d_o, ring, full, empty, gl.to_tensor(0), pid, G, 0, H // R, H // CH, False)
+    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, I, I // R, H // CH, True)
+    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, H // R, I // CH, False)
+    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, N_NX // R, H // CH, False)
+
+
+@gluon.jit
+def _produce_stage(desc, ring, full, empty, c, pid, G, up, tiles, steps, SWIGLU: gl.constexpr):
+    RING: gl.constexpr = ring.type.shape[0]
+    R: gl.constexpr = ring.type.shape[1]
+    W: gl.constexpr = ring.type.shape[2]
+    for t in range(pid, tiles, G):
+        for kk in range(steps):
+            for half in gl.static_range(2 if SWIGLU else 1):  # gate rows, then the up rows I below them
+                slot = c % RING
+                mbarrier.wait(empty.index(slot), ((c // RING) & 1) ^ 1)
+                mbarrier.expect(full.index(slot), desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(desc, [half * up + t * R, kk * W], full.index(slot), ring.index(slot))
+                c += 1
+    return c
+
+
+@gluon.jit
+def _int8_values(words):
+    """The four int8 values of every int32 word, exactly, as fp32 (byte permutes under 2^23's exponent)."""
+    m0, m1, m2, m3 = gl.inline_asm_elementwise(
+        asm="""{ .reg .b32 t; xor.b32 t, $4, 0x80808080;
+        prmt.b32 $0, t, 0x4B000000, 0x7540; prmt.b32 $1, t, 0x4B000000, 0x7541;
+        prmt.b32 $2, t, 0x4B000000, 0x7542; prmt.b32 $3, t, 0x4B000000, 0x7543; }""",
+        constraints="=r,=r,=r,=r,r", args=[words], dtype=(gl.float32, gl.float32, gl.float32, gl.float32),
+        is_pure=True, pack=1)
+    return m0 - 8388736.0, m1 - 8388736.0, m2 - 8388736.0, m3 - 8388736.0
+
+
+@gluon.constexpr_function
+def _tile_layout(width, warps):
+    return gl.BlockedLayout([1, 8 if width == 256 else 4], [1, 32], [warps, 1], [1, 0])
+
+
+@gluon.jit
+def _take(ring, full, empty, c):
+    """Consumers: the ring's tile c once it has landed; its slot goes back to the producer."""
+    RING: gl.constexpr = ring.type.shape[0]
+    slot = c % RING
+    mbarrier.wait(full.index(slot), (c // RING) & 1)
+    w = ring.index(slot).load(_tile_layout(ring.type.shape[2], gl.num_warps()))
+    fence_async_shared()
+    mbarrier.arrive(empty.index(slot), count=1)
+    return w
+
+
+@gluon.jit
+def _fma(acc, w, xr, kk, WQ: gl.constexpr):
+    """acc + the tile's products with x's chunk kk (int8: the words' four values against x's four columns)."""
+    tile_l: gl.constexpr = _tile_layout(acc.type.shape[1], gl.num_warps())
+    if WQ == 8:
+        q0, q1, q2, q3 = _int8_values(w)
+        block: gl.constexpr = xr.type.shape[0] // 4
+        acc += q0 * xr.index(kk).load(tile_l).to(gl.float32)
+        acc += q1 * xr.index(block + kk).load(tile_l).to(gl.float32)
+        acc += q2 * xr.index(2 * block + kk).load(tile_l).to(gl.float32)
+        acc += q3 * xr.index(3 * block + kk).load(tile_l).to(gl.float32)
+    else:
+        acc += w.to(gl.float32) * xr.index(kk).load(tile_l).to(gl.float32)
+    return acc
+
+
+@gluon.jit
+def _arrive(CNT, idx):
+    """Consumers: this program has written its part of stage idx (release)."""
+    gl.thread_barrier()
+    gl.atomic_add(CNT + idx, 1, sem="release", scope="gpu")
+
+
+@gluon.jit
+def _wait(CNT, idx, target):
+    """Consumers: every program has written its part of stage idx (acquire)."""
+    seen = gl.atomic_add(CNT + idx, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = gl.atomic_add(CNT + idx, 0, sem="acquire", scope="gpu")
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first):
+    """h = a + x rounded to bf16 (program `first` writes it to HOUT), then rms_norm(h) * g with rms_norm.py's
+    roundings: the squares summed in fp64, h * (1 / rms) rounded, times g, rounded."""
+    h = (x + gl.load(A + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)).to(gl.bfloat16)
+    h = h.to(gl.float32)
+    gl.store(HOUT + offs, h.to(gl.bfloat16), mask=mask & first)
+    h64 = h.to(gl.float64)
+    squares = h64 * h64
+    if len(squares.shape) == 3:
+        squares = gl.sum(squares, axis=2)
+    var = (gl.sum(gl.sum(squares, axis=1), axis=0) / K).to(gl.float32)
+    inv = 1.0 / gl.sqrt(var + eps)
+    g = gl.load(G + offs, mask=mask, other=0.0).to(gl.float32)
+    return (g * (h * inv).to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16).to(gl.float32)
+
+
+@gluon.jit
+def _stage_input(xs, X, A, G, HOUT, K: gl.constexpr, eps, NORM: gl.constexpr, WQ: gl.constexpr):
+    """x [K] into shared memory: X, or (NORM) rms_norm(A + X) * G, the sum written to HOUT by program 0. int8:
+    as the words' four columns (block j of the rows holds columns j, j + 4, ...), read contiguously and split in
+    registers."""
+    XR: gl.constexpr = xs.type.shape[0]
+    W: gl.constexpr = xs.type.shape[1]
+    first = gl.program_id(0) == 0
+    if WQ == 8:
+        l3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [gl.num_warps(), 1, 1], [2, 1, 0])
+        r3 = gl.arange(0, XR // 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))
+        w3 = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
+        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3)))
+        word = r3[:, None, None] * W + w3[None, :, None]
+        offs = word * 4 + j3[None, None, :]
+        mask = word < K // 4
+        x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
+        if NORM:
+            x = _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first)
+        for j in gl.static_range(4):  # within a thread: its four columns
+            xj = gl.sum(gl.where(j3[None, None, :] == j, x, 0.0), axis=2)
+            xs.slice(j * (XR // 4), XR // 4).store(xj.to(gl.bfloat16))
+    else:
+        tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
+        rows = gl.arange(0, XR, layout=gl.SliceLayout(1, tile_l))
+        cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
+        offs = rows[:, None] * W + cols[None, :]
+        mask = offs < K
+        x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
+        if NORM:
+            x = _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first)
+        xs.store(x.to(gl.bfloat16))
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.constexpr, WQ: gl.constexpr):
+    """Consumers: this program's row tiles of the stage, x in shared memory, into Y (int8: times the rows' scales S;
+    SWIGLU: silu(gate) * up with the unfused roundings, the rows' gate and up tiles in turn)."""
+    R: gl.constexpr = ring.type.shape[1]
+    W: gl.constexpr = ring.type.shape[2]
+    XR: gl.constexpr = xs.type.shape[0]
+    CH: gl.constexpr = 512 if WQ == 8 else 256
+    tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
+    y_l: gl.constexpr = gl.SliceLayout(1, tile_l)
+    xr = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)  # row r of x's chunks as a [1, W] tile
+    for t in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        acc = gl.zeros([R, W], gl.float32, tile_l)
+        accu = gl.zeros([R, W], gl.float32, tile_l)
+        for kk in range(K // CH):
+            acc = _fma(acc, _take(ring, full, empty, c), xr, kk, WQ)
+            c += 1
+            if SWIGLU:
+                accu = _fma(accu, _take(ring, full, empty, c), xr, kk, WQ)
+                c += 1
+        rows = t * R + gl.arange(0, R, layout=y_l)
+        y = gl.sum(acc, axis=1)
+        if WQ == 8:
+            y = y * gl.load(S + rows)
+        if SWIGLU:
+            up = gl.sum(accu, axis=1)
+            if WQ == 8:
+                up = up * gl.load(S + tiles * R + rows)
+            gate = y.to(gl.bfloat16).to(gl.float32)
+            silu = (gate / (1.0 + gl.exp(-gate))).to(gl.bfloat16).to(gl.float32)
+            y = silu * up.to(gl.bfloat16).to(gl.float32)
+        gl.store(Y + rows, y.to(gl.bfloat16))
+    return c
+
+
+@gluon.jit
+def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX, eps2, eps_n,
+             H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr, USE_GDC: gl.constexpr):
+    """The consumer warps: the four stages, each after every program finished the one before."""
+    R: gl.constexpr = ring.type.shape[1]
+    G = gl.num_programs(0)
+    if USE_GDC:  # X and RES come from the kernels before (programmatic dependent launch)
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+    epoch = gl.atomic_add(CNT + 4, 0, sem="relaxed", scope="gpu")  # launches so far: counters are never reset
+    target = (epoch + 1) * G
+    _stage_input(xs, X, X, X, X, H, eps2, False, WQ)
+    c = _stage(ring, full, empty, xs, gl.to_tensor(0), O, S_o, H // R, H, False, WQ)
+    _arrive(CNT, 0)
+    _wait(CNT, 0, target)
+    if gl.program_id(0) == 0:  # every program has read the epoch: the next launch may see it advanced
+        gl.atomic_add(CNT + 4, 1, sem="relaxed", scope="gpu")
+    _stage_input(xs, O, RES, G2, H1, H, eps2, True, WQ)
+    c = _stage(ring, full, empty, xs, c, ACT, S_gu, I // R, H, True, WQ)
+    _arrive(CNT, 1)
+    _wait(CNT, 1, target)
+    _stage_input(xs, ACT, ACT, ACT, ACT, I, eps2, False, WQ)
+    c = _stage(ring, full, empty, xs, c, D, S_dn, H // R, I, False, WQ)
+    _arrive(CNT, 2)
+    _wait(CNT, 2, target)
+    _stage_input(xs, D, H1, GN, H2, H, eps_n, True, WQ)
+    _stage(ring, full, empty, xs, c, Y, S_nx, N_NX // R, H, False, WQ)
+
+
+@gluon.jit
+def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
+                  eps2, eps_n, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
+                  WQ: gl.constexpr, USE_GDC: gl.constexpr):
+    W: gl.constexpr = 128 if WQ == 8 else 256
+    ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING] + d_o.block_type.shape, d_o.layout)
+    full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
+    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, W],
+                                   gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
+    for i in gl.static_range(RING):
+        mbarrier.init(full.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    if USE_GDC:  # the next kernel may launch now: its programs fit beside these and wait for this kernel's end
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)
+    gl.warp_specialize([
+        (_consume, (ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
+                    eps2, eps_n, H, I, WQ, USE_GDC)),
+        (_produce, (d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, H, I, WQ)),
+    ], [1], [40])
+
+
+def _shared_layout(wq: int):
+    return gl.NVMMASharedLayout.get_default_for([ROWS[wq], TILE_W[wq]], gl.int32 if wq == 8 else gl.bfloat16)
+
+
+def x_rows(wq: int, h: int, i: int) -> int:
+    """Rows of the shared-memory x buffer: the widest stage input, in chunks (int8: four blocks, one a column)."""
+    return triton.next_power_of_2(max(h, i) // CHUNK[wq]) * (4 if wq == 8 else 1)
+
+
+def check(x, w_o, w_gu, w_dn, w_nx, wq: int) -> tuple[int, int, int]:
+    """(H, I, N_NX) of a block, or a ValueError naming what does not fit the kernel."""
+    if x.dim() != 2 or x.shape[0] != 1 or x.dtype != torch.bfloat16:
+        raise ValueError(f"decode_block: x must be one bf16 row, got {tuple(x.shape)} {x.dtype}")
+    h = x.shape[1]
+    i = w_gu.shape[0] // 2
+    n_nx = w_nx.shape[0]
+    per = 4 if wq == 8 else 1
+    want = {"w_o": (h, h // per), "w_gu": (2 * i, h // per), "w_dn": (h, i // per), "w_nx": (n_nx, h // per)}
+    for name, w in (("w_o", w_o), ("w_gu", w_gu), ("w_dn", w_dn), ("w_nx", w_nx)):
+        if tuple(w.shape) != want[name] or not w.is_contiguous():
+            raise ValueError(f"decode_block: {name} {tuple(w.shape)} does not fit x {tuple(x.shape)} (want "
+                             f"{want[name]}, contiguous)")
+    rows, ch = ROWS[wq], CHUNK[wq]
+    if h % ch or i % ch or h % rows or i % rows or n_nx % rows:
+        raise ValueError(f"decode_block: H={h}, I={i}, N={n_nx} must be multiples of {ch} (K) and {rows} (rows)")
+    return h, i, n_nx
+
+
+def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_nx, counters: torch.Tensor,
+                 scales: tuple | None = None, use_gdc: bool = False) -> dict[str, torch.Tensor]:
+    """The block on the GPU: x [1, H] (attention's output), res [1, H]; bf16 weights, or int8 weights viewed as int32
+    words [N, K / 4] with their per-channel scales (o, gate_up, down, next). counters: int32 [5] of zeros, kept
+    between calls (one a call site: they count launches). Returns o, h1, act, d, h2, y."""
+    wq = 8 if scales is not None else 0
+    h, i, n_nx = check(x, w_o, w_gu, w_dn, w_nx, wq)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    layout = _shared_layout(wq)
+    block = [ROWS[wq], TILE_W[wq]]
+    descs = [TensorDescriptor.from_tensor(w, block, layout) for w in (w_o, w_gu, w_dn, w_nx)]
+    new = lambda n: torch.empty(1, n, dtype=torch.bfloat16, device=x.device)  # noqa: E731
+    out = {"o": new(h), "h1": new(h), "act": new(i), "d": new(h), "h2": new(h), "y": new(n_nx)}
+    s = scales if scales is not None else (x,) * 4
+    programs = torch.cuda.get_device_properties(x.device).multi_processor_count
+    ring = RING_KIB * 1024 // (ROWS[wq] * TILE_W[wq] * (4 if wq == 8 else 2))  # slots of one tile
+    _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
+                               *s, counters, n_nx, float(eps2), float(eps_n), H=h, I=i, RING=ring,
+                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=4,
+                               **({"launch_pdl": True} if use_gdc else {}))
+    return out
+
+
+def decode_block_ref(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_nx,
+                     scales: tuple | None = None) -> dict[str, torch.Tensor]:
+    """The block by the plugins' torch references (weights as decode_block takes them)."""
+    from workbench.plugins.gemv import gemv_ref, w8a16_gemv_ref
+    from workbench.plugins.rms_norm import add_rms_norm_ref
+
+    def lin(a, w, k, swiglu=False):
+        if scales is None:
+            return gemv_ref(a, w, swiglu=swiglu)
+        return w8a16_gemv_ref(a, w.view(torch.int8), scales[k], swiglu=swiglu)
+
+    o = lin(x, w_o, 0)
+    h1, n1 = add_rms_norm_ref(o, res, g2, eps2)
+    act = lin(n1, w_gu, 1, swiglu=True)
+    d = lin(act, w_dn, 2)
+    h2, n2 = add_rms_norm_ref(d, h1, gn, eps_n)
+    return {"o": o, "h1": h1, "act": act, "d": d, "h2": h2, "y": lin(n2, w_nx, 3)}
