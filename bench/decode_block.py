@@ -71,6 +71,25 @@ def launches(layers, norms, x, res):
     return x
 
 
+def plain_launches(layers, x):
+    """bench/ws_chain_probe.py's chain on these weights (no norms: qkv, o, gate_up, down a layer, each output the
+    next input), to compare the two benchmarks' baselines."""
+    from workbench.plugins.gemv import gemv, w8a16_gemv
+    from workbench.runtime.gemv_policy import H100_GEMV as table
+
+    h = x.shape[1]
+    for ws, scales in layers:
+        def lin(a, k, swiglu=False):
+            w = ws[k] if scales is None else ws[k].view(torch.int8)
+            key = (1, w.shape[0], a.shape[1]) + (("w8a16",) if scales else ()) + (("swiglu",) if swiglu else ())
+            if scales is None:
+                return gemv(a, w, None, table.get(key), swiglu=swiglu)
+            return w8a16_gemv(a, w, scales[k], None, table.get(key), swiglu=swiglu)
+
+        x = lin(lin(lin(lin(x, 3)[:, :h], 0), 1, True), 2)
+    return x
+
+
 def run(name: str, fmt: str, out: dict) -> None:
     shape = SHAPES[name]
     layers = [layer_weights(shape, fmt, seed) for seed in range(shape["layers"])]
@@ -87,14 +106,16 @@ def run(name: str, fmt: str, out: dict) -> None:
            / ref.float().norm()).item()
     t_launch = graph_ms(lambda: launches(layers, norms, x, res))
     t_block = graph_ms(lambda: blocks(layers, norms, counters, x, res))
+    t_plain = graph_ms(lambda: plain_launches(layers, x))
     row = {"weight_bytes": nbytes, "one_layer_rel_err": err,
            "launches": {"ms": round(t_launch, 4), "TBps": round(nbytes / t_launch / 1e9, 3)},
            "blocks": {"ms": round(t_block, 4), "TBps": round(nbytes / t_block / 1e9, 3)},
-           "launches_over_blocks": round(t_launch / t_block, 3)}
+           "launches_over_blocks": round(t_launch / t_block, 3),
+           "plain_launches": {"ms": round(t_plain, 4), "TBps": round(nbytes / t_plain / 1e9, 3)}}
     out.setdefault(name, {})[fmt] = row
     print(f"[{name} {fmt}] launches {t_launch:.4f} ms ({row['launches']['TBps']} TB/s), blocks {t_block:.4f} ms "
-          f"({row['blocks']['TBps']} TB/s): x{t_launch / t_block:.3f}; one layer's relative error {err:.1e}",
-          flush=True)
+          f"({row['blocks']['TBps']} TB/s): x{t_launch / t_block:.3f}; one layer's relative error {err:.1e}; the "
+          f"probe's chain (no norms) by launches {t_plain:.4f} ms", flush=True)
     layers.clear()
     torch.cuda.empty_cache()
 
