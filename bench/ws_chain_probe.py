@@ -15,6 +15,10 @@ The kernel (Gluon, warp-specialised; one program an SM, all resident):
 bench/persistent_probe.py measured the same chain without the producer (its copies issued by Triton's pipeliner
 from the consumers, so a stage boundary drained them): 1B 0.813 ms against 0.775 ms of launches (H100).
 
+The launches here read each layer's weights out of one stacked tensor a projection; int8 GEMVs measured 14% slower
+that way than on weights allocated a layer at a time (bench/decode_block.py's `plain_launches`, H100: 8B 3.055
+against 2.688 ms), so compare int8 against that baseline, not this one (bf16 is unaffected).
+
     python bench/ws_chain_probe.py                 # Llama-3.2-1B and Llama-3-8B shapes
     python bench/ws_chain_probe.py --models 8b --formats int8 --rows 8,16 --warps 4,8
 
