@@ -49,6 +49,9 @@ PLUGINS = {p.name: p for p in [
     Plugin("w4a16_gemv", "gemv", "w4a16_gemv", "w4a16_gemv_ref", "int4 weight-only quant_linear with few rows"),
     Plugin("quant_linear", "quant_gemm", "quant_linear", "quant_linear_ref",
            "quant_linear: weight-only GEMMs (Triton), W8A8 (torch._int_mm), FP8 (torch._scaled_mm)"),
+    Plugin("decode_block", "decode_block", "decode_block", "decode_block_ref",
+           "o_proj -> add + rms_norm -> gate_up, silu(gate) * up -> down -> add + rms_norm -> the next projection, "
+           "one row (Hopper, Gluon; not used by the engines yet)"),
     Plugin("decode_prologue", "decode_step", "decode_prologue", "decode_prologue_ref",
            "the decode step's inputs from one staging tensor (ids, positions, lengths, KV slots)"),
     Plugin("decode_advance", "decode_step", "decode_advance", "decode_advance_ref",
