@@ -50,43 +50,37 @@ def blocks(layers, norms, counters, x, res, pdl=True):
     return x
 
 
-def launches(layers, norms, x, res):
+def _linear(ws, scales, a, k, swiglu=False):
+    """Projection k of a layer (o, gate_up, down, next) by the plugins' GEMV with the built-in table's config."""
     from workbench.plugins.gemv import gemv, w8a16_gemv
-    from workbench.plugins.rms_norm import add_rms_norm
     from workbench.runtime.gemv_policy import H100_GEMV as table
 
-    for (ws, scales), (g2, gn) in zip(layers, norms):
-        def lin(a, k, swiglu=False):
-            w = ws[k] if scales is None else ws[k].view(torch.int8)
-            key = (1, w.shape[0], a.shape[1]) + (("w8a16",) if scales else ()) + (("swiglu",) if swiglu else ())
-            if scales is None:
-                return gemv(a, w, None, table.get(key), swiglu=swiglu)
-            return w8a16_gemv(a, w, scales[k], None, table.get(key), swiglu=swiglu)
+    w = ws[k] if scales is None else ws[k].view(torch.int8)
+    key = (1, w.shape[0], a.shape[1]) + (("w8a16",) if scales else ()) + (("swiglu",) if swiglu else ())
+    if scales is None:
+        return gemv(a, w, None, table.get(key), swiglu=swiglu)
+    return w8a16_gemv(a, w, scales[k], None, table.get(key), swiglu=swiglu)
 
-        o = lin(x, 0)
+
+def launches(layers, norms, x, res):
+    from workbench.plugins.rms_norm import add_rms_norm
+
+    for (ws, scales), (g2, gn) in zip(layers, norms):
+        o = _linear(ws, scales, x, 0)
         h1, n1 = add_rms_norm(o, res, g2, 1e-5)
-        d = lin(lin(n1, 1, True), 2)
+        d = _linear(ws, scales, _linear(ws, scales, n1, 1, True), 2)
         res, n2 = add_rms_norm(d, h1, gn, 1e-5)
-        x = lin(n2, 3)[:, :x.shape[1]]
+        x = _linear(ws, scales, n2, 3)[:, :x.shape[1]]
     return x
 
 
 def plain_launches(layers, x):
     """bench/ws_chain_probe.py's chain on these weights (no norms: qkv, o, gate_up, down a layer, each output the
     next input), to compare the two benchmarks' baselines."""
-    from workbench.plugins.gemv import gemv, w8a16_gemv
-    from workbench.runtime.gemv_policy import H100_GEMV as table
-
     h = x.shape[1]
     for ws, scales in layers:
-        def lin(a, k, swiglu=False):
-            w = ws[k] if scales is None else ws[k].view(torch.int8)
-            key = (1, w.shape[0], a.shape[1]) + (("w8a16",) if scales else ()) + (("swiglu",) if swiglu else ())
-            if scales is None:
-                return gemv(a, w, None, table.get(key), swiglu=swiglu)
-            return w8a16_gemv(a, w, scales[k], None, table.get(key), swiglu=swiglu)
-
-        x = lin(lin(lin(lin(x, 3)[:, :h], 0), 1, True), 2)
+        qkv = _linear(ws, scales, x, 3)
+        x = _linear(ws, scales, _linear(ws, scales, _linear(ws, scales, qkv[:, :h], 0), 1, True), 2)
     return x
 
 

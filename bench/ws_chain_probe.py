@@ -36,12 +36,14 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
 from persistent_probe import SHAPES, _rel_err, _weights, graph_ms, launches  # noqa: E402
+
+from workbench.plugins.decode_block import _buffers, _stage, _stage_input  # noqa: E402  (the block's, no norms)
 
 # a weight tile (one TMA copy): `rows` (8 or 16) rows of 256 bf16 or of 512 int8 values, 4 or 8 KiB
 TW = {"bf16": 256, "int8": 128}  # a tile's width in the stored units (bf16 values, int32 words of four int8)
@@ -101,101 +103,14 @@ def _arrive_stage(CNT, idx):
 
 
 @gluon.jit
-def _int8_values(words):
-    """The four int8 values of every int32 word, exactly, as fp32 (byte permutes under 2^23's exponent)."""
-    m0, m1, m2, m3 = gl.inline_asm_elementwise(
-        asm="""{ .reg .b32 t; xor.b32 t, $4, 0x80808080;
-        prmt.b32 $0, t, 0x4B000000, 0x7540; prmt.b32 $1, t, 0x4B000000, 0x7541;
-        prmt.b32 $2, t, 0x4B000000, 0x7542; prmt.b32 $3, t, 0x4B000000, 0x7543; }""",
-        constraints="=r,=r,=r,=r,r", args=[words], dtype=(gl.float32, gl.float32, gl.float32, gl.float32),
-        is_pure=True, pack=1)
-    return m0 - 8388736.0, m1 - 8388736.0, m2 - 8388736.0, m3 - 8388736.0
-
-
-@gluon.jit
-def _take(ring, full, empty, c):
-    """Consumers: the ring's tile c, once it has landed; its slot is released for the producer."""
-    RING: gl.constexpr = ring.type.shape[0]
-    W: gl.constexpr = ring.type.shape[2]
-    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [gl.num_warps(), 1], [1, 0])
-    slot = c % RING
-    mbarrier.wait(full.index(slot), (c // RING) & 1)
-    w = ring.index(slot).load(tile_l)
-    fence_async_shared()
-    mbarrier.arrive(empty.index(slot), count=1)
-    return w
-
-
-@gluon.jit
-def _fma(acc, w, xs, kk, WQ: gl.constexpr):
-    """acc + the tile's products with x's chunk kk (int8: the words' four values against x's four columns)."""
-    W: gl.constexpr = acc.type.shape[1]
-    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [gl.num_warps(), 1], [1, 0])
-    if WQ == 8:
-        q0, q1, q2, q3 = _int8_values(w)
-        acc += q0 * xs.index(kk).load(tile_l).to(gl.float32)
-        acc += q1 * xs.index(xs.type.shape[0] // 4 + kk).load(tile_l).to(gl.float32)
-        acc += q2 * xs.index(2 * (xs.type.shape[0] // 4) + kk).load(tile_l).to(gl.float32)
-        acc += q3 * xs.index(3 * (xs.type.shape[0] // 4) + kk).load(tile_l).to(gl.float32)
-    else:
-        acc += w.to(gl.float32) * xs.index(kk).load(tile_l).to(gl.float32)
-    return acc
-
-
-@gluon.jit
 def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.constexpr, SWIGLU: gl.constexpr,
                    WQ: gl.constexpr, MODE: gl.constexpr):
-    """Consumers: one stage (global stage index g): wait for its input X [K], keep it in shared memory (int8: its
-    four columns 4w + j apart), multiply this program's row tiles of the ring into Y (int8: times the rows' scales
-    S; SWIGLU: silu(gate) * up, the rows' two tiles in turn)."""
-    XR: gl.constexpr = xs.type.shape[0]  # rows of W values (int8: four blocks of XR / 4, one a column)
-    R: gl.constexpr = ring.type.shape[1]
-    W: gl.constexpr = ring.type.shape[2]
-    tile_l: gl.constexpr = gl.BlockedLayout([1, 8 if W == 256 else 4], [1, 32], [gl.num_warps(), 1], [1, 0])
-    y_l: gl.constexpr = gl.SliceLayout(1, tile_l)
-    CH: gl.constexpr = 512 if WQ == 8 else 256
+    """Consumers: one stage (global stage index g): wait for its input X [K], keep it in shared memory, multiply
+    this program's row tiles of the ring into Y (plugins/decode_block.py's stage, without a norm)."""
     if g > 0:
         _wait_stage(CNT, g - 1, G, MODE)
-    if WQ == 8:  # block j of XR / 4 rows: column j of the words, row r holding words r * W ...; x read contiguously
-        l3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [gl.num_warps(), 1, 1], [2, 1, 0])
-        r3 = gl.arange(0, XR // 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))
-        w3 = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
-        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3)))
-        word = r3[:, None, None] * W + w3[None, :, None]
-        x3 = gl.load(X + word * 4 + j3[None, None, :], mask=word < K // 4, other=0.0, cache_modifier=".cg")
-        x3 = x3.to(gl.float32)
-        for j in gl.static_range(4):  # within a thread: its four columns
-            xj = gl.sum(gl.where(j3[None, None, :] == j, x3, 0.0), axis=2)
-            xs.slice(j * (XR // 4), XR // 4).store(xj.to(gl.bfloat16))
-    else:
-        rows = gl.arange(0, XR, layout=gl.SliceLayout(1, tile_l))
-        cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
-        offs = rows[:, None] * W + cols[None, :]
-        xs.store(gl.load(X + offs, mask=offs < K, other=0.0, cache_modifier=".cg"))
-    gl.thread_barrier()
-    xrows = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)  # row r as a [1, W] tile
-    pid = gl.program_id(0)
-    for t in range(pid, tiles, G):
-        acc = gl.zeros([R, W], gl.float32, tile_l)
-        accu = gl.zeros([R, W], gl.float32, tile_l)
-        for kk in range(K // CH):
-            acc = _fma(acc, _take(ring, full, empty, c), xrows, kk, WQ)
-            c += 1
-            if SWIGLU:
-                accu = _fma(accu, _take(ring, full, empty, c), xrows, kk, WQ)
-                c += 1
-        rws = t * R + gl.arange(0, R, layout=y_l)
-        y = gl.sum(acc, axis=1)
-        if WQ == 8:
-            y = y * gl.load(S + rws)
-        if SWIGLU:
-            up = gl.sum(accu, axis=1)
-            if WQ == 8:
-                up = up * gl.load(S + tiles * R + rws)
-            gate = y.to(gl.bfloat16).to(gl.float32)
-            up = up.to(gl.bfloat16).to(gl.float32)
-            y = (gate / (1.0 + gl.exp(-gate))).to(gl.bfloat16).to(gl.float32) * up
-        gl.store(Y + rws, y.to(gl.bfloat16))
+    _stage_input(xs, X, X, X, X, K, 0.0, False, WQ)
+    c = _stage(ring, full, empty, xs, c, Y, S, tiles, K, SWIGLU, WQ)
     _arrive_stage(CNT, g)
     return c
 
@@ -222,16 +137,7 @@ def _consume(ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L0,
 def _chain_ws(d_qkv, d_o, d_gu, d_dn, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L0, L1, H: gl.constexpr,
               QKV: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr,
               MODE: gl.constexpr):
-    W: gl.constexpr = 128 if WQ == 8 else 256
-    ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING] + d_qkv.block_type.shape,
-                                     d_qkv.layout)
-    full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, W],
-                                   gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
-    for i in gl.static_range(RING):
-        mbarrier.init(full.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
+    ring, full, empty, xs = _buffers(d_qkv, RING, XR, WQ)
     # launched with programmatic dependent launch (a launch a layer): the next launch may start as soon as SMs free
     gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
                               pack=1)

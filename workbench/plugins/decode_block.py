@@ -241,18 +241,25 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
 
 
 @gluon.jit
-def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
-                  eps2, eps_n, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
-                  WQ: gl.constexpr, USE_GDC: gl.constexpr):
-    W: gl.constexpr = 128 if WQ == 8 else 256
-    ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING] + d_o.block_type.shape, d_o.layout)
+def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
+    """Shared memory: the ring of RING weight tiles (desc's block), its full and empty barriers, and x (XR rows)."""
+    ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING] + desc.block_type.shape,
+                                     desc.layout)
     full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, W],
+    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, 128 if WQ == 8 else 256],
                                    gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
     for i in gl.static_range(RING):
         mbarrier.init(full.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
+    return ring, full, empty, xs
+
+
+@gluon.jit
+def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
+                  eps2, eps_n, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
+                  WQ: gl.constexpr, USE_GDC: gl.constexpr):
+    ring, full, empty, xs = _buffers(d_o, RING, XR, WQ)
     if USE_GDC:  # the next kernel may launch now: its programs fit beside these and wait for this kernel's end
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
                                   pack=1)
