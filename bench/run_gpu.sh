@@ -384,6 +384,9 @@ elif [ "$stage" = block ]; then  # the layer block after attention as one persis
 elif [ "$stage" = block2 ]; then  # the two benchmarks' int8 baselines side by side
   step 200 python bench/decode_block.py --models 8b --formats int8,bf16 --name decode_block2_h100
   step 200 python bench/ws_chain_probe.py --models 8b --formats int8 --rows 16 --warps 4 --name ws_chain_probe2_h100
+elif [ "$stage" = block3 ]; then  # after the block's buffers moved into one helper and the probe took its stages
+  step 200 python -m pytest tests/plugins/test_decode_block.py tests/bench/test_ws_chain_probe.py -q -p no:cacheprovider
+  step 120 python bench/ws_chain_probe.py --models 1b --rows 8,16 --warps 4 --name ws_chain_probe3_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
