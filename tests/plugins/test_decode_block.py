@@ -64,6 +64,11 @@ def test_block_refuses_what_it_cannot_take():
         check(x, w(1024, 1024), w(4096, 1024), w(1024, 1024), w(1536, 1024), 0)
     with pytest.raises(ValueError, match="multiples"):
         check(x, w(1024, 1024), w(4096, 1024), w(1024, 2048), w(1540, 1024), 0)
+    from workbench.plugins.decode_block import decode_block
+
+    with pytest.raises(ValueError, match="counters must be 5 int32"):
+        decode_block(x, x, x[0], 1e-5, w(1024, 1024), w(4096, 1024), w(1024, 2048), x[0], 1e-5, w(1536, 1024),
+                     torch.zeros(4, dtype=torch.int32))
 
 
 def _inputs(h, i, n, fmt, seed=0):

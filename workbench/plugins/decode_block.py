@@ -305,6 +305,9 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     between calls (one a call site: they count launches). Returns o, h1, act, d, h2, y."""
     wq = 8 if scales is not None else 0
     h, i, n_nx = check(x, w_o, w_gu, w_dn, w_nx, wq)
+    if counters.dtype != torch.int32 or counters.numel() != 5 or counters.device != x.device:
+        raise ValueError(f"decode_block: counters must be 5 int32 on {x.device}, got {counters.numel()} "
+                         f"{counters.dtype} on {counters.device}")
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     layout = _shared_layout(wq)
