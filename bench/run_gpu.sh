@@ -78,8 +78,8 @@
 #                                 # float register tiles reading their first tile before their wait: measured slower
 #                                 # and removed; the stage needs commit 3b7f1c3)
 #   bash bench/run_gpu.sh loop    # (one-row GEMVs whose programs loop over row tiles, kind tma_loop: no faster than the
-#                                 # table's tiles at any size, and removed; the stage needs commit 3d64626, loop2 its
-#                                 # sweep with 3-8 programs an SM)
+#                                 # table's tiles at any size, and removed; the stage needs commit 3d64626; a second
+#                                 # call swept 3-8 programs an SM from it: gemv_sweep_loop2_h100.json)
 #   bash bench/run_gpu.sh ws      # the layers' projections in one warp-specialised kernel whose producer warp streams
 #                                 # the weights past the stages' waits (bench/ws_chain_probe.py), against launches
 #   bash bench/run_gpu.sh block   # the layer block after attention as one persistent kernel: GPU tests, every layer
