@@ -34,9 +34,15 @@ async def replaced(pilot, screen: MainScreen, old, timeout: float = 60.0) -> Non
     await wait_for(pilot, lambda: screen.ws is not old and not screen.busy, timeout)
 
 
-def settle(pilot):
-    """For snap_compare's run_before: the session is loaded before the screenshot."""
-    return loaded(pilot)
+async def settle(pilot):
+    """For snap_compare's run_before: the session is loaded, and every table has sized its columns to its rows (a
+    DataTable does that when it next idles: a screenshot taken before shows the headers' widths, as one did under a
+    loaded CI machine)."""
+    from textual.widgets import DataTable
+
+    screen = await loaded(pilot)
+    await wait_for(pilot, lambda: not any(t._require_update_dimensions for t in pilot.app.screen.query(DataTable)))
+    return screen
 
 
 def plain(screen, selector: str, width: int = 160) -> str:
