@@ -36,14 +36,14 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
 from persistent_probe import SHAPES, _rel_err, _weights, graph_ms, launches  # noqa: E402
 
-from workbench.plugins.decode_block import _buffers, _stage, _stage_input  # noqa: E402  (the block's, no norms)
+from workbench.plugins.decode_block import (_arrive, _buffers, _produce_stage, _stage, _stage_input,  # noqa: E402
+                                            _wait)  # the block's pieces; its stages without their norms
 
 # a weight tile (one TMA copy): `rows` (8 or 16) rows of 256 bf16 or of 512 int8 values, 4 or 8 KiB
 TW = {"bf16": 256, "int8": 128}  # a tile's width in the stored units (bf16 values, int32 words of four int8)
@@ -69,37 +69,12 @@ def _produce(descs, ring, full, empty, L0, L1, H: gl.constexpr, QKV: gl.constexp
 
 
 @gluon.jit
-def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr):
-    RING: gl.constexpr = ring.type.shape[0]
-    R: gl.constexpr = ring.type.shape[1]
-    W: gl.constexpr = ring.type.shape[2]
-    for t in range(pid, tiles, G):
-        for kk in range(steps):
-            for half in gl.static_range(2 if SWIGLU else 1):
-                slot = c % RING
-                mbarrier.wait(empty.index(slot), ((c // RING) & 1) ^ 1)
-                mbarrier.expect(full.index(slot), desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(desc, [row0 + half * up + t * R, kk * W], full.index(slot),
-                                                ring.index(slot))
-                c += 1
-    return c
-
-
-@gluon.jit
 def _wait_stage(CNT, idx, G, MODE: gl.constexpr):
-    """Consumers: wait until every program arrived at counter idx (acquire), unless MODE is 0."""
+    """Consumers: wait until every program arrived at counter idx, unless MODE is 0."""
     if MODE == 1:
-        seen = gl.atomic_add(CNT + idx, 0, sem="acquire", scope="gpu")
-        while seen < G:
-            seen = gl.atomic_add(CNT + idx, 0, sem="acquire", scope="gpu")
-    gl.thread_barrier()
-
-
-@gluon.jit
-def _arrive_stage(CNT, idx):
-    """Consumers: this program wrote its part of the stage (release)."""
-    gl.thread_barrier()
-    gl.atomic_add(CNT + idx, 1, sem="release", scope="gpu")
+        _wait(CNT, idx, G)
+    else:
+        gl.thread_barrier()
 
 
 @gluon.jit
@@ -111,7 +86,7 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
         _wait_stage(CNT, g - 1, G, MODE)
     _stage_input(xs, X, X, X, X, K, 0.0, False, WQ)
     c = _stage(ring, full, empty, xs, c, Y, S, tiles, K, SWIGLU, WQ)
-    _arrive_stage(CNT, g)
+    _arrive(CNT, g)
     return c
 
 

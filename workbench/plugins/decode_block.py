@@ -42,14 +42,15 @@ def _produce(d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, H: gl.constexpr, I:
     R: gl.constexpr = ring.type.shape[1]
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    c = _produce_stage(d_o, ring, full, empty, gl.to_tensor(0), pid, G, 0, H // R, H // CH, False)
-    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, I, I // R, H // CH, True)
-    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, H // R, I // CH, False)
-    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, N_NX // R, H // CH, False)
+    c = _produce_stage(d_o, ring, full, empty, gl.to_tensor(0), pid, G, 0, 0, H // R, H // CH, False)
+    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, 0, I, I // R, H // CH, True)
+    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, 0, H // R, I // CH, False)
+    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, 0, N_NX // R, H // CH, False)
 
 
 @gluon.jit
-def _produce_stage(desc, ring, full, empty, c, pid, G, up, tiles, steps, SWIGLU: gl.constexpr):
+def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr):
+    """The producer: this program's tiles (from row row0; SWIGLU: each with its up rows, `up` below) in turn."""
     RING: gl.constexpr = ring.type.shape[0]
     R: gl.constexpr = ring.type.shape[1]
     W: gl.constexpr = ring.type.shape[2]
@@ -59,7 +60,8 @@ def _produce_stage(desc, ring, full, empty, c, pid, G, up, tiles, steps, SWIGLU:
                 slot = c % RING
                 mbarrier.wait(empty.index(slot), ((c // RING) & 1) ^ 1)
                 mbarrier.expect(full.index(slot), desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(desc, [half * up + t * R, kk * W], full.index(slot), ring.index(slot))
+                tma.async_copy_global_to_shared(desc, [row0 + half * up + t * R, kk * W], full.index(slot),
+                                                ring.index(slot))
                 c += 1
     return c
 
