@@ -84,7 +84,7 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
     this program's row tiles of the ring into Y (plugins/decode_block.py's stage, without a norm)."""
     if g > 0:
         _wait_stage(CNT, g - 1, G, MODE)
-    _stage_input(xs, X, X, X, X, K, 0.0, False)
+    _stage_input(xs, X, X, X, X, K, 0.0, False, WQ)
     c = _stage(ring, full, empty, xs, c, Y, S, tiles, K, SWIGLU, WQ)
     _arrive(CNT, g)
     return c
@@ -170,7 +170,7 @@ class WarpSpecialized:
         if qkv % rows or h % ch or i % ch:
             raise ValueError(f"shape {shape}: rows must be whole {rows}-row tiles, K whole {ch}-wide chunks")
         # x of the widest stage in shared memory: rows of TW values (int8: four blocks, one a column of the words)
-        self.xr = triton.next_power_of_2(max(h, i) // ch)
+        self.xr = triton.next_power_of_2(max(h, i) // ch) * (4 if fmt == "int8" else 1)
         self.bufs = [torch.zeros(n, dtype=torch.bfloat16, device=dev) for n in (h, qkv, h, i)]
         self.cnt = torch.zeros(4 * shape["layers"], dtype=torch.int32, device=dev)
         keys = ("qkv", "o", "gate_up", "down")
@@ -242,7 +242,7 @@ def compile_only(rows: int = 16) -> dict:
         sig.update({n: "*bf16" for n in "ABCD"}, S_qkv="*fp32", S_o="*fp32", S_gu="*fp32", S_dn="*fp32", CNT="*i32",
                    L0="i32", L1="i32")
         ch = 512 if fmt == "int8" else 256
-        xr = triton.next_power_of_2(max(shape["h"], shape["i"]) // ch)
+        xr = triton.next_power_of_2(max(shape["h"], shape["i"]) // ch) * (4 if fmt == "int8" else 1)
         consts = dict(H=shape["h"], QKV=shape["qkv"], I=shape["i"], RING=128 // (rows // 2), XR=xr,
                       WQ=8 if fmt == "int8" else 0, MODE=1)
         src = GluonASTSource(_chain_ws, sig, {(_chain_ws.arg_names.index(k),): v for k, v in consts.items()})

@@ -97,22 +97,15 @@ def _take(ring, full, empty, c):
 
 @gluon.jit
 def _fma(acc, w, xr, kk, WQ: gl.constexpr):
-    """acc + the tile's products with x's chunk kk (int8: the words' four values against x's four columns, split
-    from the chunk [W, 4] in registers: each thread holds its words' four values of x)."""
+    """acc + the tile's products with x's chunk kk (int8: the words' four values against x's four columns)."""
     tile_l: gl.constexpr = _tile_layout(acc.type.shape[1], gl.num_warps())
     if WQ == 8:
         q0, q1, q2, q3 = _int8_values(w)
-        W: gl.constexpr = acc.type.shape[1]
-        x4_l: gl.constexpr = gl.BlockedLayout([4, 4], [32, 1], [1, gl.num_warps()], [1, 0])
-        x4 = xr.index(kk).load(x4_l).to(gl.float32)  # [W, 4]
-        even, odd = gl.split(gl.reshape(x4, [W, 2, 2]))  # columns 0, 2 and 1, 3
-        x0, x2 = gl.split(even)
-        x1, x3 = gl.split(odd)
-        col_l: gl.constexpr = gl.SliceLayout(0, tile_l)
-        acc += q0 * gl.convert_layout(x0, col_l)[None, :]
-        acc += q1 * gl.convert_layout(x1, col_l)[None, :]
-        acc += q2 * gl.convert_layout(x2, col_l)[None, :]
-        acc += q3 * gl.convert_layout(x3, col_l)[None, :]
+        block: gl.constexpr = xr.type.shape[0] // 4
+        acc += q0 * xr.index(kk).load(tile_l).to(gl.float32)
+        acc += q1 * xr.index(block + kk).load(tile_l).to(gl.float32)
+        acc += q2 * xr.index(2 * block + kk).load(tile_l).to(gl.float32)
+        acc += q3 * xr.index(3 * block + kk).load(tile_l).to(gl.float32)
     else:
         acc += w.to(gl.float32) * xr.index(kk).load(tile_l).to(gl.float32)
     return acc
@@ -143,6 +136,8 @@ def _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first):
     gl.store(HOUT + offs, h.to(gl.bfloat16), mask=mask & first)
     h64 = h.to(gl.float64)
     squares = h64 * h64
+    if len(squares.shape) == 3:
+        squares = gl.sum(squares, axis=2)
     var = (gl.sum(gl.sum(squares, axis=1), axis=0) / K).to(gl.float32)
     inv = 1.0 / gl.sqrt(var + eps)
     g = gl.load(G + offs, mask=mask, other=0.0).to(gl.float32)
@@ -150,21 +145,37 @@ def _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first):
 
 
 @gluon.jit
-def _stage_input(xs, X, A, G, HOUT, K: gl.constexpr, eps, NORM: gl.constexpr):
-    """x [K] into shared memory, in rows of x's chunks: X, or (NORM) rms_norm(A + X) * G, the sum written to HOUT by
-    program 0."""
+def _stage_input(xs, X, A, G, HOUT, K: gl.constexpr, eps, NORM: gl.constexpr, WQ: gl.constexpr):
+    """x [K] into shared memory: X, or (NORM) rms_norm(A + X) * G, the sum written to HOUT by program 0. int8:
+    as the words' four columns (block j of the rows holds columns j, j + 4, ...), read contiguously and split in
+    registers."""
     XR: gl.constexpr = xs.type.shape[0]
     W: gl.constexpr = xs.type.shape[1]
     first = gl.program_id(0) == 0
-    in_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
-    rows = gl.arange(0, XR, layout=gl.SliceLayout(1, in_l))
-    cols = gl.arange(0, W, layout=gl.SliceLayout(0, in_l))
-    offs = rows[:, None] * W + cols[None, :]
-    mask = offs < K
-    x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
-    if NORM:
-        x = _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first)
-    xs.store(x.to(gl.bfloat16))
+    if WQ == 8:
+        l3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [gl.num_warps(), 1, 1], [2, 1, 0])
+        r3 = gl.arange(0, XR // 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))
+        w3 = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
+        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3)))
+        word = r3[:, None, None] * W + w3[None, :, None]
+        offs = word * 4 + j3[None, None, :]
+        mask = word < K // 4
+        x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
+        if NORM:
+            x = _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first)
+        for j in gl.static_range(4):  # within a thread: its four columns
+            xj = gl.sum(gl.where(j3[None, None, :] == j, x, 0.0), axis=2)
+            xs.slice(j * (XR // 4), XR // 4).store(xj.to(gl.bfloat16))
+    else:
+        tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
+        rows = gl.arange(0, XR, layout=gl.SliceLayout(1, tile_l))
+        cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
+        offs = rows[:, None] * W + cols[None, :]
+        mask = offs < K
+        x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
+        if NORM:
+            x = _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first)
+        xs.store(x.to(gl.bfloat16))
     gl.thread_barrier()
 
 
@@ -178,10 +189,7 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
     CH: gl.constexpr = 512 if WQ == 8 else 256
     tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
     y_l: gl.constexpr = gl.SliceLayout(1, tile_l)
-    if WQ == 8:  # row r of x's chunks as [W, 4]: a word's four values of x
-        xr = xs._reinterpret(gl.bfloat16, [XR, W, 4], xs.layout)
-    else:  # row r of x's chunks as a [1, W] tile
-        xr = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)
+    xr = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)  # row r of x's chunks as a [1, W] tile
     for t in range(gl.program_id(0), tiles, gl.num_programs(0)):
         acc = gl.zeros([R, W], gl.float32, tile_l)
         accu = gl.zeros([R, W], gl.float32, tile_l)
@@ -216,21 +224,21 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
         gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
     epoch = gl.atomic_add(CNT + 4, 0, sem="relaxed", scope="gpu")  # launches so far: counters are never reset
     target = (epoch + 1) * G
-    _stage_input(xs, X, X, X, X, H, eps2, False)
+    _stage_input(xs, X, X, X, X, H, eps2, False, WQ)
     c = _stage(ring, full, empty, xs, gl.to_tensor(0), O, S_o, H // R, H, False, WQ)
     _arrive(CNT, 0)
     _wait(CNT, 0, target)
     if gl.program_id(0) == 0:  # every program has read the epoch: the next launch may see it advanced
         gl.atomic_add(CNT + 4, 1, sem="relaxed", scope="gpu")
-    _stage_input(xs, O, RES, G2, H1, H, eps2, True)
+    _stage_input(xs, O, RES, G2, H1, H, eps2, True, WQ)
     c = _stage(ring, full, empty, xs, c, ACT, S_gu, I // R, H, True, WQ)
     _arrive(CNT, 1)
     _wait(CNT, 1, target)
-    _stage_input(xs, ACT, ACT, ACT, ACT, I, eps2, False)
+    _stage_input(xs, ACT, ACT, ACT, ACT, I, eps2, False, WQ)
     c = _stage(ring, full, empty, xs, c, D, S_dn, H // R, I, False, WQ)
     _arrive(CNT, 2)
     _wait(CNT, 2, target)
-    _stage_input(xs, D, H1, GN, H2, H, eps_n, True)
+    _stage_input(xs, D, H1, GN, H2, H, eps_n, True, WQ)
     _stage(ring, full, empty, xs, c, Y, S_nx, N_NX // R, H, False, WQ)
 
 
@@ -241,7 +249,7 @@ def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
                                      desc.layout)
     full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, 512 if WQ == 8 else 256],
+    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, 128 if WQ == 8 else 256],
                                    gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
     for i in gl.static_range(RING):
         mbarrier.init(full.index(i), count=1)
@@ -269,8 +277,8 @@ def _shared_layout(wq: int):
 
 
 def x_rows(wq: int, h: int, i: int) -> int:
-    """Rows of the shared-memory x buffer: the widest stage input, in chunks."""
-    return triton.next_power_of_2(max(h, i) // CHUNK[wq])
+    """Rows of the shared-memory x buffer: the widest stage input, in chunks (int8: four blocks, one a column)."""
+    return triton.next_power_of_2(max(h, i) // CHUNK[wq]) * (4 if wq == 8 else 1)
 
 
 def check(x, w_o, w_gu, w_dn, w_nx, wq: int) -> tuple[int, int, int]:
