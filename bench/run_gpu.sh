@@ -36,6 +36,8 @@
 #   bash bench/run_gpu.sh final4  # every GPU test; decode (all formats), debug engines, prefill, the step's kernels
 #                                 # with the built-in defaults
 #   bash bench/run_gpu.sh final4b # final4's GPU tests, decode and kernels with this session's last defaults
+#   bash bench/run_gpu.sh mma     # the one-row int8 GEMV on the tensor cores (bench/gemv_mma_w8.py, an experiment): its
+#                                 # tests, its configs against the table's (slower: not used by the engines)
 #   bash bench/run_gpu.sh xtma    # int8 TMA GEMVs with x by TMA too: tests, sweep, decode with the built-in table
 #                                 # and with the sweep's
 #   bash bench/run_gpu.sh final4c # final4b again after the int8 TMA tiles took x by TMA too (the last defaults)
@@ -72,8 +74,8 @@
 #                                 # the plugin's GEMV launches in a CUDA graph (bench/persistent_probe.py)
 #   bash bench/run_gpu.sh final6  # every GPU test; decode (all formats) with the sixth session's defaults, int8 also with
 #                                 # x by loads instead of TMA (WB_GEMV_XTMA=0); engine-only decode and debug engines
-#   bash bench/run_gpu.sh resweep # the one-row GEMV sweep with the fixed tiles, then decode with its table against the
-#                                 # built-in one (not run yet: the sixth session's device time was spent)
+#   bash bench/run_gpu.sh resweep # the one-row bf16 and int8 GEMV sweep with the fixed tiles, then decode with its table
+#                                 # against the built-in one
 #   bash bench/run_gpu.sh tail    # (GEMVs letting the next kernel launch WB_GEMV_TAIL iterations before their loop ends,
 #                                 # float register tiles reading their first tile before their wait: measured slower
 #                                 # and removed; the stage needs commit 3b7f1c3)
@@ -84,6 +86,8 @@
 #                                 # the weights past the stages' waits (bench/ws_chain_probe.py), against launches
 #   bash bench/run_gpu.sh block   # the layer block after attention as one persistent kernel: GPU tests, every layer
 #                                 # chained against the plugins' launches (bench/decode_block.py)
+#   bash bench/run_gpu.sh block4  # (the block with its stage input a plain copy, int8 splitting x's columns in the
+#                                 # consumers: no faster for the 8B int8 and reverted; the stage needs commit bed0007)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -371,10 +375,10 @@ elif [ "$stage" = final6 ]; then  # after the TMA tiles' x reads moved after the
   step 90 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_h100
 elif [ "$stage" = resweep ]; then  # the one-row sweep again with the fixed GEMVs (the table's winners were timed with
   # tiles that read x before their PDL wait), then decode with its table against the built-in one
-  step 280 python bench/gemv_sweep.py --formats bf16,w8a16,w4a16 --rows 1 --families fma,tma,table \
+  step 330 python bench/gemv_sweep.py --formats bf16,w8a16 --rows 1 --families fma,tma,table \
     --name gemv_sweep_fixed_h100
-  step 150 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
-    --modes bf16,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_fixed_h100.json \
+  step 180 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep builtin,$OUT/gemv_sweep_fixed_h100.json \
     --name decode_quant_resweep_h100
 elif [ "$stage" = ws ]; then  # the projections' chain with a warp-specialised weight stream (bench/ws_chain_probe.py)
   step 300 python bench/ws_chain_probe.py --models 1b,8b --rows 8,16 --warps 4
@@ -387,6 +391,13 @@ elif [ "$stage" = block2 ]; then  # the two benchmarks' int8 baselines side by s
 elif [ "$stage" = block3 ]; then  # after the block's buffers moved into one helper and the probe took its stages
   step 200 python -m pytest tests/plugins/test_decode_block.py tests/bench/test_ws_chain_probe.py -q -p no:cacheprovider
   step 120 python bench/ws_chain_probe.py --models 1b --rows 8,16 --warps 4 --name ws_chain_probe3_h100
+elif [ "$stage" = mma ]; then  # the one-row int8 GEMV on the tensor cores (bench/gemv_mma_w8.py) against the table's
+  step 150 python -m pytest tests/bench/test_gemv_mma_w8.py -q -p no:cacheprovider -rA
+  step 330 python bench/gemv_mma_probe.py --models 8b,1b --fp16
+elif [ "$stage" = block4 ]; then  # after the block's stage input became a plain copy (int8 x split in the consumers)
+  step 200 python -m pytest tests/plugins/test_decode_block.py tests/bench/test_ws_chain_probe.py -q -p no:cacheprovider
+  step 200 python bench/decode_block.py --models 8b,1b --formats int8,bf16 --name decode_block4_h100
+  step 150 python bench/ws_chain_probe.py --models 8b --formats int8 --rows 16 --warps 4 --name ws_chain_probe4_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
