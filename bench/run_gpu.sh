@@ -88,6 +88,8 @@
 #                                 # chained against the plugins' launches (bench/decode_block.py)
 #   bash bench/run_gpu.sh block4  # (the block with its stage input a plain copy, int8 splitting x's columns in the
 #                                 # consumers: no faster for the 8B int8 and reverted; the stage needs commit bed0007)
+#   bash bench/run_gpu.sh free    # the int8 chains (probe, blocks) with the consumers' unpacking skipped (wrong values),
+#                                 # against the real unpacking: what a faster consumer could gain
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -398,6 +400,13 @@ elif [ "$stage" = block4 ]; then  # after the block's stage input became a plain
   step 200 python -m pytest tests/plugins/test_decode_block.py tests/bench/test_ws_chain_probe.py -q -p no:cacheprovider
   step 200 python bench/decode_block.py --models 8b,1b --formats int8,bf16 --name decode_block4_h100
   step 150 python bench/ws_chain_probe.py --models 8b --formats int8 --rows 16 --warps 4 --name ws_chain_probe4_h100
+elif [ "$stage" = free ]; then  # what the int8 consumers' unpacking costs the chains: the same with words taken as
+  # floats (wrong values, WB_PROBE_FREE_UNPACK=1), against the real unpacking
+  step 120 python bench/ws_chain_probe.py --models 8b --formats int8 --rows 16 --warps 4,8 --name ws_chain_probe5_h100
+  WB_PROBE_FREE_UNPACK=1 step 120 python bench/ws_chain_probe.py --models 8b --formats int8 --rows 16 --warps 4,8 \
+    --name ws_chain_probe_free_h100
+  step 120 python bench/decode_block.py --models 8b --formats int8 --name decode_block5_h100
+  WB_PROBE_FREE_UNPACK=1 step 120 python bench/decode_block.py --models 8b --formats int8 --name decode_block_free_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

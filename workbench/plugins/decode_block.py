@@ -23,6 +23,8 @@ reference.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -30,6 +32,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 RING_KIB = 128  # the ring of weight tiles a program
+# A timing probe's switch, never for results (WB_PROBE_FREE_UNPACK=1, bench/run_gpu.sh free): int8 words taken as
+# floats with no unpacking, so the values are wrong, to measure what the consumers' unpacking costs a chain
+FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
 ROWS = {0: 8, 8: 16}  # a tile's rows by weight format (WQ)
 TILE_W = {0: 256, 8: 128}  # a tile's width in stored units: bf16 values, int32 words of four int8 values
 CHUNK = {0: 256, 8: 512}  # values of x a tile spans
@@ -69,6 +74,9 @@ def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
 @gluon.jit
 def _int8_values(words):
     """The four int8 values of every int32 word, exactly, as fp32 (byte permutes under 2^23's exponent)."""
+    if FREE_UNPACK:
+        f = words.to(gl.float32, bitcast=True)
+        return f, f, f, f
     m0, m1, m2, m3 = gl.inline_asm_elementwise(
         asm="""{ .reg .b32 t; xor.b32 t, $4, 0x80808080;
         prmt.b32 $0, t, 0x4B000000, 0x7540; prmt.b32 $1, t, 0x4B000000, 0x7541;
