@@ -90,6 +90,8 @@
 #                                 # consumers: no faster for the 8B int8 and reverted; the stage needs commit bed0007)
 #   bash bench/run_gpu.sh free    # the int8 chains (probe, blocks) with the consumers' unpacking skipped (wrong values),
 #                                 # against the real unpacking: what a faster consumer could gain
+#   bash bench/run_gpu.sh terms   # plugin tests; decode with the GEMVs' int8 scales loaded before their loops against
+#                                 # after (WB_GEMV_TERMS=late); the int8 blocks with theirs first too
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -407,6 +409,13 @@ elif [ "$stage" = free ]; then  # what the int8 consumers' unpacking costs the c
     --name ws_chain_probe_free_h100
   step 120 python bench/decode_block.py --models 8b --formats int8 --name decode_block5_h100
   WB_PROBE_FREE_UNPACK=1 step 120 python bench/decode_block.py --models 8b --formats int8 --name decode_block_free_h100
+elif [ "$stage" = terms ]; then  # int8 scales (and biases) loaded before the GEMVs' loops, against after (WB_GEMV_TERMS)
+  step 200 python -m pytest tests/plugins -q -p no:cacheprovider
+  WB_GEMV_TERMS=late step 120 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_terms_late_h100
+  step 120 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_terms_early_h100
+  step 100 python bench/decode_block.py --models 8b,1b --formats int8 --name decode_block_terms_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

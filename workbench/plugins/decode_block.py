@@ -199,6 +199,11 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
     y_l: gl.constexpr = gl.SliceLayout(1, tile_l)
     xr = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)  # row r of x's chunks as a [1, W] tile
     for t in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        rows = t * R + gl.arange(0, R, layout=y_l)
+        if WQ == 8:  # the scales first: loaded after the sums, their latency would add to the tile's end
+            s_gate = gl.load(S + rows)
+            if SWIGLU:
+                s_up = gl.load(S + tiles * R + rows)
         acc = gl.zeros([R, W], gl.float32, tile_l)
         accu = gl.zeros([R, W], gl.float32, tile_l)
         for kk in range(K // CH):
@@ -207,14 +212,13 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
             if SWIGLU:
                 accu = _fma(accu, _take(ring, full, empty, c), xr, kk, WQ)
                 c += 1
-        rows = t * R + gl.arange(0, R, layout=y_l)
         y = gl.sum(acc, axis=1)
         if WQ == 8:
-            y = y * gl.load(S + rows)
+            y = y * s_gate
         if SWIGLU:
             up = gl.sum(accu, axis=1)
             if WQ == 8:
-                up = up * gl.load(S + tiles * R + rows)
+                up = up * s_up
             gate = y.to(gl.bfloat16).to(gl.float32)
             silu = (gate / (1.0 + gl.exp(-gate))).to(gl.bfloat16).to(gl.float32)
             y = silu * up.to(gl.bfloat16).to(gl.float32)
