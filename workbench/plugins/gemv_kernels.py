@@ -11,18 +11,11 @@ tensor-core product per j. `_gemv_reduce` adds split-K partial sums in a fixed o
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
 from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, mma, rounded
 from workbench.plugins.rms_norm import normed, rstd
-
-# Where a GEMV loads its int8 per-channel scales and its bias (WB_GEMV_TERMS): "early" (the default), before its loop:
-# they are weights, never written by the kernel before, so also before a PDL wait; "late", after the loop, as before
-# the eighth session, where their latency (they come from device memory) adds to every program's end.
-EARLY_TERMS = tl.constexpr(os.environ.get("WB_GEMV_TERMS", "early") != "late")
 
 
 @triton.jit
@@ -93,36 +86,12 @@ def _accumulate(acc, x, w, DOT: tl.constexpr, FP32: tl.constexpr):
 
 
 @triton.jit
-def _terms(S, B, cols, cmask, WQ: tl.constexpr, HAS_BIAS: tl.constexpr, LOAD: tl.constexpr):
-    """[1, n]: the int8 per-channel scales and the bias of these output columns (1 and 0 where the format has none,
-    or where not LOAD)."""
-    s = tl.full([1, cols.shape[0]], 1.0, tl.float32)
-    b = tl.zeros([1, cols.shape[0]], tl.float32)
-    if LOAD:
-        if WQ == 8:
-            s = tl.load(S + cols, mask=cmask, other=0.0)[None, :]
-        if HAS_BIAS:
-            b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    return s, b
-
-
-@triton.jit
-def _early_terms(S, B, offs_n, nmask, N, WQ: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
-                 SPLIT_K: tl.constexpr):
-    """What a kernel calls before its loop: the gate rows' scales and bias, then the up rows', where EARLY_TERMS
-    (and one split: partial sums take theirs in _gemv_reduce)."""
-    sg, bg = _terms(S, B, offs_n, nmask, WQ, HAS_BIAS, EARLY_TERMS and SPLIT_K == 1)
-    su, bu = _terms(S, B, N + offs_n, nmask, WQ, HAS_BIAS, EARLY_TERMS and SPLIT_K == 1 and SWIGLU)
-    return sg, bg, su, bu
-
-
-@triton.jit
-def _epilogue(acc, s, b, WQ: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """acc [BLOCK_M, BLOCK_N] with the int8 per-channel scales s and the bias b ([1, BLOCK_N]) of its columns."""
+def _epilogue(acc, S, B, cols, cmask, WQ: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] with the int8 per-channel scale and the bias of those output columns."""
     if WQ == 8:
-        acc = acc * s
+        acc = acc * tl.load(S + cols, mask=cmask, other=0.0)[None, :]
     if HAS_BIAS:
-        acc += b
+        acc += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     return acc
 
 
@@ -137,19 +106,15 @@ def _swiglu(g, u, DT: tl.constexpr):
 
 
 @triton.jit
-def _finish(acc, accu, sg, bg, su, bu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k,
-            SPLIT_K: tl.constexpr, WQ: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr):
+def _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K: tl.constexpr,
+            WQ: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr):
     """Store the sums [BLOCK_M, BLOCK_N] (accu: the up rows' when SWIGLU): scaled, biased and activated into Y,
-    or as partial sums [SPLIT_K, 16, N or 2N] (the gate's, then the up's) for _gemv_reduce. sg, bg, su, bu: the
-    scales and biases from _early_terms (loaded here unless EARLY_TERMS)."""
+    or as partial sums [SPLIT_K, 16, N or 2N] (the gate's, then the up's) for _gemv_reduce."""
     omask = mmask[:, None] & nmask[None, :]
     if SPLIT_K == 1:
-        if not EARLY_TERMS:
-            sg, bg = _terms(S, B, offs_n, nmask, WQ, HAS_BIAS, True)
-            su, bu = _terms(S, B, N + offs_n, nmask, WQ, HAS_BIAS, SWIGLU)
-        acc = _epilogue(acc, sg, bg, WQ, HAS_BIAS)
+        acc = _epilogue(acc, S, B, offs_n, nmask, WQ, HAS_BIAS)
         if SWIGLU:
-            acc = _swiglu(acc, _epilogue(accu, su, bu, WQ, HAS_BIAS), Y.dtype.element_ty)
+            acc = _swiglu(acc, _epilogue(accu, S, B, N + offs_n, nmask, WQ, HAS_BIAS), Y.dtype.element_ty)
         tl.store(Y + offs_m[:, None] * sym + offs_n[None, :], acc.to(Y.dtype.element_ty), mask=omask)
     else:
         width = 2 * N if SWIGLU else N
@@ -193,7 +158,6 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H,
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
                                                                           BLOCK_K, DOT)
-    sc_g, bi_g, sc_u, bi_u = _early_terms(S, B, offs_n, nmask, N, WQ, HAS_BIAS, SWIGLU, SPLIT_K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < k_hi
@@ -208,8 +172,7 @@ def _gemv(X, W, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R, NW, H,
     if not DOT:
         acc = tl.sum(acc, axis=1)[None, :]
         accu = tl.sum(accu, axis=1)[None, :]
-    _finish(acc, accu, sc_g, bi_g, sc_u, bi_u, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k,
-            SPLIT_K, WQ, HAS_BIAS, SWIGLU)
+    _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
 
 
 @triton.jit
@@ -321,7 +284,6 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
                                                                           WORDS, DOT)
-    sc_g, bi_g, sc_u, bi_u = _early_terms(S, B, offs_n, nmask, N, WQ, HAS_BIAS, SWIGLU, SPLIT_K)
     xsum = tl.zeros([1, WORDS], tl.float32)
     gate_rows = Wd + offs_n[:, None].to(tl.int64) * swn
     up_rows = Wd + (N + offs_n[:, None]).to(tl.int64) * swn
@@ -388,8 +350,7 @@ def _gemv_words(X, Wd, S, Z, B, Y, P, M, N, K, G, sxm, swn, sym, k_per_split, R,
         offset = 1152.0 * tl.sum(xsum) if PRMT else 0.0
         acc = tl.sum(acc, axis=1)[None, :] - offset
         accu = tl.sum(accu, axis=1)[None, :] - offset
-    _finish(acc, accu, sc_g, bi_g, sc_u, bi_u, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k,
-            SPLIT_K, WQ, HAS_BIAS, SWIGLU)
+    _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)
 
 
 @triton.jit
@@ -407,9 +368,7 @@ def _gemv_reduce(P, S, B, Y, M, N, sym, BLOCK: tl.constexpr, SPLIT_K: tl.constex
         acc += tl.load(row + offs, mask=mask, other=0.0)[None, :]
         if SWIGLU:
             accu += tl.load(row + N + offs, mask=mask, other=0.0)[None, :]
-    s, b = _terms(S, B, offs, mask, WQ, HAS_BIAS, True)
-    acc = _epilogue(acc, s, b, WQ, HAS_BIAS)
+    acc = _epilogue(acc, S, B, offs, mask, WQ, HAS_BIAS)
     if SWIGLU:
-        su, bu = _terms(S, B, N + offs, mask, WQ, HAS_BIAS, True)
-        acc = _swiglu(acc, _epilogue(accu, su, bu, WQ, HAS_BIAS), Y.dtype.element_ty)
+        acc = _swiglu(acc, _epilogue(accu, S, B, N + offs, mask, WQ, HAS_BIAS), Y.dtype.element_ty)
     tl.store(Y + m * sym + offs[None, :], acc.to(Y.dtype.element_ty), mask=mask[None, :])

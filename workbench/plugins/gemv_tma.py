@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, gdc_wait_zero
-from workbench.plugins.gemv_kernels import (_early_terms, _finish, _norm_prologue, _permuted_fma, _program,
-                                            _word_values, _x_columns, _xin)
+from workbench.plugins.gemv_kernels import (_finish, _norm_prologue, _permuted_fma, _program, _word_values, _x_columns,
+                                            _xin)
 
 
 @triton.jit
@@ -88,7 +88,6 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(1, N, K, k_per_split, 1, BLOCK_N,
                                                                           WORDS, False)
-    sc_g, bi_g, sc_u, bi_u = _early_terms(S, B, offs_n, nmask, N, WQ, HAS_BIAS, SWIGLU, SPLIT_K)
     row0 = tl.program_id(0) * BLOCK_N
     xsum = tl.zeros([1, WORDS], tl.float32)
     dep = tl.full([], 0, tl.int32)  # `prefetch`: 0 from the wait, in every offset of x (gdc_wait_zero says why)
@@ -134,5 +133,4 @@ def _gemv_tma(X, Xd, Wd, S, B, Y, P, N, K, sym, k_per_split, R, NW, H, eps, BLOC
     offset = 1152.0 * tl.sum(xsum) if PRMT else 0.0
     acc = tl.sum(acc, axis=1)[None, :] - offset
     accu = tl.sum(accu, axis=1)[None, :] - offset
-    _finish(acc, accu, sc_g, bi_g, sc_u, bi_u, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k,
-            SPLIT_K, WQ, HAS_BIAS, SWIGLU)
+    _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, WQ, HAS_BIAS, SWIGLU)

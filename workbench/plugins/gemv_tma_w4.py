@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from workbench.plugins.common import gdc_begin, gdc_trigger, gdc_wait, gdc_wait_zero, mma, rounded
-from workbench.plugins.gemv_kernels import _early_terms, _finish, _program
+from workbench.plugins.gemv_kernels import _finish, _program
 
 
 @triton.jit
@@ -197,7 +197,6 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
     DT = X.dtype.element_ty
     pid_k, offs_n, offs_m, nmask, mmask, acc, accu, k_lo, k_hi = _program(M, N, K, k_per_split, BLOCK_M, BLOCK_N,
                                                                           WORDS, False)
-    sc_g, bi_g, sc_u, bi_u = _early_terms(S, B, offs_n, nmask, N, 4, HAS_BIAS, SWIGLU, SPLIT_K)
     if DOT:
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         accu = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -240,5 +239,4 @@ def _gemv_tma_w4(X, Xd, Wd, S, Z, B, Y, P, M, N, K, G, sym, k_per_split, BLOCK_M
     elif not DOT:
         acc = tl.sum(acc, axis=2)
         accu = tl.sum(accu, axis=2)
-    _finish(acc, accu, sc_g, bi_g, sc_u, bi_u, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k,
-            SPLIT_K, 4, HAS_BIAS, SWIGLU)
+    _finish(acc, accu, S, B, Y, P, offs_m, offs_n, mmask, nmask, N, sym, pid_k, SPLIT_K, 4, HAS_BIAS, SWIGLU)
