@@ -90,7 +90,7 @@
 #                                 # consumers: no faster for the 8B int8 and reverted; the stage needs commit bed0007)
 #   bash bench/run_gpu.sh free    # the int8 chains (probe, blocks) with the consumers' unpacking skipped (wrong values),
 #                                 # against the real unpacking: what a faster consumer could gain
-#   bash bench/run_gpu.sh terms   # plugin tests; decode with the GEMVs' int8 scales loaded before their loops against
+#   bash bench/run_gpu.sh terms   # (needs commit 558c2af) plugin tests; decode with the GEMVs' int8 scales loaded before their loops against
 #                                 # after (WB_GEMV_TERMS=late); the int8 blocks with theirs first too
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
