@@ -99,12 +99,15 @@ class CudaExecutor(Executor):
 
         from workbench.runtime.norm_linear import norm_helpers
 
-        return {"_torch": torch, "_embedding": TF.embedding, "_linear": linear, "_swiglu_linear": swiglu_linear, "_silu": TF.silu,
-                "_rms_norm": rms_norm, "_add_rms_norm": add_rms_norm, "_silu_and_mul": silu_and_mul,
-                "_rope_qkv": cuda_ops.rope_qkv, "_rope_attention": cuda_ops.rope_attention,
-                "_attention": cuda_ops.attention, "_op": op,
-                "_quant_linear": quant_linear, "_swiglu_quant_linear": swiglu_quant_linear,
-                **norm_helpers(policy, linear, swiglu_linear, quant_linear, swiglu_quant_linear)}
+        from workbench.runtime.layer_block import make_helper
+
+        helpers = {"_torch": torch, "_embedding": TF.embedding, "_linear": linear, "_swiglu_linear": swiglu_linear,
+                   "_silu": TF.silu, "_rms_norm": rms_norm, "_add_rms_norm": add_rms_norm,
+                   "_silu_and_mul": silu_and_mul, "_rope_qkv": cuda_ops.rope_qkv,
+                   "_rope_attention": cuda_ops.rope_attention, "_attention": cuda_ops.attention, "_op": op,
+                   "_quant_linear": quant_linear, "_swiglu_quant_linear": swiglu_quant_linear,
+                   **norm_helpers(policy, linear, swiglu_linear, quant_linear, swiglu_quant_linear)}
+        return {**helpers, "_layer_block": make_helper(helpers)}
 
     def _ensure_tables(self, length: int) -> None:
         from workbench.plugins.rotary import rope_table
