@@ -93,6 +93,8 @@
 #   bash bench/run_gpu.sh terms   # (needs commit 558c2af) plugin tests; decode with the GEMVs' int8 scales loaded before their loops against
 #                                 # after (WB_GEMV_TERMS=late); the int8 blocks with theirs first too
 #   bash bench/run_gpu.sh lblock  # the engines' GPU tests with the layer block fusion; 8B decode without and with it
+#   bash bench/run_gpu.sh lblock2 # the block's tests, chains and decode after its stage inputs shrank to their K and
+#                                 # its norm operands came before the waits; decode with every layer block fused too
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -424,6 +426,13 @@ elif [ "$stage" = lblock ]; then  # the engines with the layer block (runtime/la
     --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_noblock_h100
   step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
     --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_block_h100
+elif [ "$stage" = lblock2 ]; then  # after the block's stage inputs shrank to their K and its norm operands came early
+  step 200 python -m pytest tests/plugins/test_decode_block.py tests/runtime/test_layer_block.py -q -p no:cacheprovider
+  step 120 python bench/decode_block.py --models 8b,1b --formats int8,bf16 --name decode_block6_h100
+  step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_block2_h100
+  WB_LAYER_BLOCK=on step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_blockon_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

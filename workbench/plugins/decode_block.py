@@ -135,11 +135,45 @@ def _wait(CNT, idx, target):
     gl.thread_barrier()
 
 
+@gluon.constexpr_function
+def _input_rows(k, w):
+    """Rows of a stage input of k values in rows of w: only those that hold x (the buffer's rows fit the widest)."""
+    return triton.next_power_of_2(triton.cdiv(k, w))
+
+
 @gluon.jit
-def _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first):
+def _input_offsets(K: gl.constexpr, W: gl.constexpr, WQ: gl.constexpr):
+    """(offsets, mask) of x's K values in the stage input's layout: rows of W values (int8: [rows, W words, 4])."""
+    if WQ == 8:
+        l3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [gl.num_warps(), 1, 1], [2, 1, 0])
+        r3 = gl.arange(0, _input_rows(K, 4 * W), layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))
+        w3 = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
+        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3)))
+        word = r3[:, None, None] * W + w3[None, :, None]
+        return word * 4 + j3[None, None, :], word < K // 4
+    else:
+        tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
+        rows = gl.arange(0, _input_rows(K, W), layout=gl.SliceLayout(1, tile_l))
+        cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
+        offs = rows[:, None] * W + cols[None, :]
+        return offs, offs < K
+
+
+@gluon.jit
+def _norm_operands(A, G, K: gl.constexpr, W: gl.constexpr, WQ: gl.constexpr):
+    """The norm's residual A and weights G in the stage input's layout (bf16). Loaded before the wait for the stage
+    before, which neither depends on: their latency then overlaps the wait."""
+    offs, mask = _input_offsets(K, W, WQ)
+    a = gl.load(A + offs, mask=mask, other=0.0, cache_modifier=".cg")
+    g = gl.load(G + offs, mask=mask, other=0.0)
+    return a, g
+
+
+@gluon.jit
+def _norm_terms(x, a, g, offs, mask, K, eps, HOUT, first):
     """h = a + x rounded to bf16 (program `first` writes it to HOUT), then rms_norm(h) * g with rms_norm.py's
     roundings: the squares summed in fp64, h * (1 / rms) rounded, times g, rounded."""
-    h = (x + gl.load(A + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)).to(gl.bfloat16)
+    h = (x + a.to(gl.float32)).to(gl.bfloat16)
     h = h.to(gl.float32)
     gl.store(HOUT + offs, h.to(gl.bfloat16), mask=mask & first)
     h64 = h.to(gl.float64)
@@ -148,42 +182,29 @@ def _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first):
         squares = gl.sum(squares, axis=2)
     var = (gl.sum(gl.sum(squares, axis=1), axis=0) / K).to(gl.float32)
     inv = 1.0 / gl.sqrt(var + eps)
-    g = gl.load(G + offs, mask=mask, other=0.0).to(gl.float32)
-    return (g * (h * inv).to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16).to(gl.float32)
+    return (g.to(gl.float32) * (h * inv).to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16).to(gl.float32)
 
 
 @gluon.jit
-def _stage_input(xs, X, A, G, HOUT, K: gl.constexpr, eps, NORM: gl.constexpr, WQ: gl.constexpr):
-    """x [K] into shared memory: X, or (NORM) rms_norm(A + X) * G, the sum written to HOUT by program 0. int8:
-    as the words' four columns (block j of the rows holds columns j, j + 4, ...), read contiguously and split in
-    registers."""
+def _stage_input(xs, X, a, g, HOUT, K: gl.constexpr, eps, NORM: gl.constexpr, WQ: gl.constexpr):
+    """x [K] into shared memory: X, or (NORM) rms_norm(a + X) * g (a, g from _norm_operands), the sum written to
+    HOUT by program 0. int8: as the words' four columns (block j of the rows holds columns j, j + 4, ...), read
+    contiguously and split in registers. Only the rows that hold x are read and written."""
     XR: gl.constexpr = xs.type.shape[0]
     W: gl.constexpr = xs.type.shape[1]
     first = gl.program_id(0) == 0
+    offs, mask = _input_offsets(K, W, WQ)
+    x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
+    if NORM:
+        x = _norm_terms(x, a, g, offs, mask, K, eps, HOUT, first)
     if WQ == 8:
-        l3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [gl.num_warps(), 1, 1], [2, 1, 0])
-        r3 = gl.arange(0, XR // 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))
-        w3 = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
-        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3)))
-        word = r3[:, None, None] * W + w3[None, :, None]
-        offs = word * 4 + j3[None, None, :]
-        mask = word < K // 4
-        x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
-        if NORM:
-            x = _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first)
+        KR: gl.constexpr = _input_rows(K, 4 * W)
+        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, x.type.layout)))
         for j in gl.static_range(4):  # within a thread: its four columns
             xj = gl.sum(gl.where(j3[None, None, :] == j, x, 0.0), axis=2)
-            xs.slice(j * (XR // 4), XR // 4).store(xj.to(gl.bfloat16))
+            xs.slice(j * (XR // 4), KR).store(xj.to(gl.bfloat16))
     else:
-        tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
-        rows = gl.arange(0, XR, layout=gl.SliceLayout(1, tile_l))
-        cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
-        offs = rows[:, None] * W + cols[None, :]
-        mask = offs < K
-        x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
-        if NORM:
-            x = _norm_terms(x, A, G, offs, mask, K, eps, HOUT, first)
-        xs.store(x.to(gl.bfloat16))
+        xs.slice(0, _input_rows(K, W)).store(x.to(gl.bfloat16))
     gl.thread_barrier()
 
 
@@ -236,21 +257,24 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
         gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
     epoch = gl.atomic_add(CNT + 4, 0, sem="relaxed", scope="gpu")  # launches so far: counters are never reset
     target = (epoch + 1) * G
+    W: gl.constexpr = xs.type.shape[1]
     _stage_input(xs, X, X, X, X, H, eps2, False, WQ)
     c = _stage(ring, full, empty, xs, gl.to_tensor(0), O, S_o, H // R, H, False, WQ)
     _arrive(CNT, 0)
+    res, g2 = _norm_operands(RES, G2, H, W, WQ)
     _wait(CNT, 0, target)
     if gl.program_id(0) == 0:  # every program has read the epoch: the next launch may see it advanced
         gl.atomic_add(CNT + 4, 1, sem="relaxed", scope="gpu")
-    _stage_input(xs, O, RES, G2, H1, H, eps2, True, WQ)
+    _stage_input(xs, O, res, g2, H1, H, eps2, True, WQ)
     c = _stage(ring, full, empty, xs, c, ACT, S_gu, I // R, H, True, WQ)
     _arrive(CNT, 1)
     _wait(CNT, 1, target)
     _stage_input(xs, ACT, ACT, ACT, ACT, I, eps2, False, WQ)
     c = _stage(ring, full, empty, xs, c, D, S_dn, H // R, I, False, WQ)
     _arrive(CNT, 2)
+    h1, gn = _norm_operands(H1, GN, H, W, WQ)  # h1: program 0 wrote it before the wait for stage 1
     _wait(CNT, 2, target)
-    _stage_input(xs, D, H1, GN, H2, H, eps_n, True, WQ)
+    _stage_input(xs, D, h1, gn, H2, H, eps_n, True, WQ)
     _stage(ring, full, empty, xs, c, Y, S_nx, N_NX // R, H, False, WQ)
 
 
