@@ -95,6 +95,9 @@
 #   bash bench/run_gpu.sh lblock  # the engines' GPU tests with the layer block fusion; 8B decode without and with it
 #   bash bench/run_gpu.sh lblock2 # the block's tests, chains and decode after its stage inputs shrank to their K and
 #                                 # its norm operands came before the waits; decode with every layer block fused too
+#   bash bench/run_gpu.sh lblock3 # the block's int8 x split by every stage input (columns) against by the consumers
+#                                 # (words): tests, chains, decode (1B int8 with the block too)
+#   bash bench/run_gpu.sh free2   # the 8B int8 block chain, probe and decode with the unpacking skipped (wrong values)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -433,6 +436,23 @@ elif [ "$stage" = lblock2 ]; then  # after the block's stage inputs shrank to th
     --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_block2_h100
   WB_LAYER_BLOCK=on step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
     --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_blockon_h100
+elif [ "$stage" = lblock3 ]; then  # the block's int8 x by columns (default) against by words (WB_BLOCK_INT8_X=words)
+  WB_BLOCK_INT8_X=words step 200 python -m pytest tests/plugins/test_decode_block.py tests/runtime/test_layer_block.py \
+    -q -p no:cacheprovider
+  step 60 python bench/decode_block.py --models 8b,1b --formats int8 --name decode_block7_h100
+  WB_BLOCK_INT8_X=words step 60 python bench/decode_block.py --models 8b,1b --formats int8 --name decode_block_words_h100
+  step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_block3_h100
+  WB_BLOCK_INT8_X=words step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_block_words_h100
+elif [ "$stage" = free2 ]; then  # what the int8 unpacking costs now that the block's boundaries are cheaper
+  WB_BLOCK_INT8_X=words step 60 python bench/decode_block.py --models 8b --formats int8 --name decode_block8_h100
+  WB_BLOCK_INT8_X=words WB_PROBE_FREE_UNPACK=1 step 60 python bench/decode_block.py --models 8b --formats int8 \
+    --name decode_block_free2_h100
+  WB_BLOCK_INT8_X=words step 90 python bench/ws_chain_probe.py --models 8b --formats int8 --rows 16 --warps 4 \
+    --name ws_chain_probe6_h100
+  WB_BLOCK_INT8_X=words WB_PROBE_FREE_UNPACK=1 step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
+    --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_free_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

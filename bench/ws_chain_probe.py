@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
 from persistent_probe import SHAPES, _rel_err, _weights, graph_ms, launches  # noqa: E402
 
-from workbench.plugins.decode_block import (_arrive, _buffers, _produce_stage, _stage, _stage_input,  # noqa: E402
+from workbench.plugins.decode_block import (_arrive, _buffers, _produce_stage, _stage, _stage_input, x_rows,  # noqa: E402
                                             _wait)  # the block's pieces; its stages without their norms
 
 # a weight tile (one TMA copy): `rows` (8 or 16) rows of 256 bf16 or of 512 int8 values, 4 or 8 KiB
@@ -84,7 +84,7 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
     this program's row tiles of the ring into Y (plugins/decode_block.py's stage, without a norm)."""
     if g > 0:
         _wait_stage(CNT, g - 1, G, MODE)
-    _stage_input(xs, X, X, X, X, K, 0.0, False, WQ)
+    _stage_input(xs, X, X, X, X, K, 0.0, False)
     c = _stage(ring, full, empty, xs, c, Y, S, tiles, K, SWIGLU, WQ)
     _arrive(CNT, g)
     return c
@@ -169,8 +169,8 @@ class WarpSpecialized:
         ch = 512 if fmt == "int8" else 256
         if qkv % rows or h % ch or i % ch:
             raise ValueError(f"shape {shape}: rows must be whole {rows}-row tiles, K whole {ch}-wide chunks")
-        # x of the widest stage in shared memory: rows of TW values (int8: four blocks, one a column of the words)
-        self.xr = triton.next_power_of_2(max(h, i) // ch) * (4 if fmt == "int8" else 1)
+        # x of the widest stage in shared memory (decode_block.x_rows)
+        self.xr = x_rows(self.wq, h, i)
         self.bufs = [torch.zeros(n, dtype=torch.bfloat16, device=dev) for n in (h, qkv, h, i)]
         self.cnt = torch.zeros(4 * shape["layers"], dtype=torch.int32, device=dev)
         keys = ("qkv", "o", "gate_up", "down")
@@ -241,8 +241,7 @@ def compile_only(rows: int = 16) -> dict:
         sig.update({n: f"tensordesc<{ty}[{rows}, {TW[fmt]}],{layout}>" for n in ("d_qkv", "d_o", "d_gu", "d_dn")})
         sig.update({n: "*bf16" for n in "ABCD"}, S_qkv="*fp32", S_o="*fp32", S_gu="*fp32", S_dn="*fp32", CNT="*i32",
                    L0="i32", L1="i32")
-        ch = 512 if fmt == "int8" else 256
-        xr = triton.next_power_of_2(max(shape["h"], shape["i"]) // ch) * (4 if fmt == "int8" else 1)
+        xr = x_rows(8 if fmt == "int8" else 0, shape["h"], shape["i"])
         consts = dict(H=shape["h"], QKV=shape["qkv"], I=shape["i"], RING=128 // (rows // 2), XR=xr,
                       WQ=8 if fmt == "int8" else 0, MODE=1)
         src = GluonASTSource(_chain_ws, sig, {(_chain_ws.arg_names.index(k),): v for k, v in consts.items()})

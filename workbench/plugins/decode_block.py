@@ -12,13 +12,16 @@ memory by TMA as soon as a slot frees, and never waits for a stage's input; four
 for every program's part of the stage before (a device-wide counter), take the input into shared memory (with the
 add + norm where the stage has one) and multiply the tiles as they land. While they wait, the next stage's weights
 keep coming. bench/ws_chain_probe.py measured the design on an H100 (bench/results/h100_notes.md, seventh session).
+What a stage boundary waits for is kept short: the scales of a tile are loaded before its sums, a norm's residual and
+weights before the wait (neither depends on the stage before), and a stage input reads only the rows of x it has.
 
-Weights: bf16, or int8 per output channel (w8a16, the words' four values unpacked exactly, scaled after the sum),
-in tiles of ROWS rows: 8 for bf16, 16 for int8 (its consumers need the rows to reuse x). One program an SM, all
-resident (the counters need it): about 160 KiB of shared memory each.
+Weights: bf16, or int8 per output channel (w8a16, the words' four values unpacked exactly, scaled after the sum;
+each consumer thread splits its words' four values of x in registers), in tiles of ROWS rows: 8 for bf16, 16 for
+int8 (its consumers need the rows to reuse x). One program an SM, all resident (the counters need it): about 160 KiB
+of shared memory each.
 
-Not used by the engines yet (runtime/cuda_program.py does not hand it a layer); `decode_block_ref` is its torch
-reference.
+The engines run it through runtime/layer_block.py (cuda_program's `layer_block` fusion) where it measured faster;
+`decode_block_ref` is its torch reference.
 """
 
 from __future__ import annotations
@@ -107,13 +110,19 @@ def _take(ring, full, empty, c):
 def _fma(acc, w, xr, kk, WQ: gl.constexpr):
     """acc + the tile's products with x's chunk kk (int8: the words' four values against x's four columns)."""
     tile_l: gl.constexpr = _tile_layout(acc.type.shape[1], gl.num_warps())
-    if WQ == 8:
+    if WQ == 8:  # the chunk as [W, 4]: each thread holds its words' four values of x, split in registers
         q0, q1, q2, q3 = _int8_values(w)
-        block: gl.constexpr = xr.type.shape[0] // 4
-        acc += q0 * xr.index(kk).load(tile_l).to(gl.float32)
-        acc += q1 * xr.index(block + kk).load(tile_l).to(gl.float32)
-        acc += q2 * xr.index(2 * block + kk).load(tile_l).to(gl.float32)
-        acc += q3 * xr.index(3 * block + kk).load(tile_l).to(gl.float32)
+        W: gl.constexpr = acc.type.shape[1]
+        x4_l: gl.constexpr = gl.BlockedLayout([4, 4], [32, 1], [1, gl.num_warps()], [1, 0])
+        x4 = xr.index(kk).load(x4_l).to(gl.float32)
+        even, odd = gl.split(gl.reshape(x4, [W, 2, 2]))  # columns 0, 2 and 1, 3
+        x0, x2 = gl.split(even)
+        x1, x3 = gl.split(odd)
+        col_l: gl.constexpr = gl.SliceLayout(0, tile_l)
+        acc += q0 * gl.convert_layout(x0, col_l)[None, :]
+        acc += q1 * gl.convert_layout(x1, col_l)[None, :]
+        acc += q2 * gl.convert_layout(x2, col_l)[None, :]
+        acc += q3 * gl.convert_layout(x3, col_l)[None, :]
     else:
         acc += w.to(gl.float32) * xr.index(kk).load(tile_l).to(gl.float32)
     return acc
@@ -142,28 +151,20 @@ def _input_rows(k, w):
 
 
 @gluon.jit
-def _input_offsets(K: gl.constexpr, W: gl.constexpr, WQ: gl.constexpr):
-    """(offsets, mask) of x's K values in the stage input's layout: rows of W values (int8: [rows, W words, 4])."""
-    if WQ == 8:
-        l3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [gl.num_warps(), 1, 1], [2, 1, 0])
-        r3 = gl.arange(0, _input_rows(K, 4 * W), layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))
-        w3 = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
-        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3)))
-        word = r3[:, None, None] * W + w3[None, :, None]
-        return word * 4 + j3[None, None, :], word < K // 4
-    else:
-        tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
-        rows = gl.arange(0, _input_rows(K, W), layout=gl.SliceLayout(1, tile_l))
-        cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
-        offs = rows[:, None] * W + cols[None, :]
-        return offs, offs < K
+def _input_offsets(K: gl.constexpr, W: gl.constexpr):
+    """(offsets, mask) of x's K values in the stage input's layout: rows of W values."""
+    tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
+    rows = gl.arange(0, _input_rows(K, W), layout=gl.SliceLayout(1, tile_l))
+    cols = gl.arange(0, W, layout=gl.SliceLayout(0, tile_l))
+    offs = rows[:, None] * W + cols[None, :]
+    return offs, offs < K
 
 
 @gluon.jit
-def _norm_operands(A, G, K: gl.constexpr, W: gl.constexpr, WQ: gl.constexpr):
+def _norm_operands(A, G, K: gl.constexpr, W: gl.constexpr):
     """The norm's residual A and weights G in the stage input's layout (bf16). Loaded before the wait for the stage
     before, which neither depends on: their latency then overlaps the wait."""
-    offs, mask = _input_offsets(K, W, WQ)
+    offs, mask = _input_offsets(K, W)
     a = gl.load(A + offs, mask=mask, other=0.0, cache_modifier=".cg")
     g = gl.load(G + offs, mask=mask, other=0.0)
     return a, g
@@ -178,33 +179,23 @@ def _norm_terms(x, a, g, offs, mask, K, eps, HOUT, first):
     gl.store(HOUT + offs, h.to(gl.bfloat16), mask=mask & first)
     h64 = h.to(gl.float64)
     squares = h64 * h64
-    if len(squares.shape) == 3:
-        squares = gl.sum(squares, axis=2)
     var = (gl.sum(gl.sum(squares, axis=1), axis=0) / K).to(gl.float32)
     inv = 1.0 / gl.sqrt(var + eps)
     return (g.to(gl.float32) * (h * inv).to(gl.bfloat16).to(gl.float32)).to(gl.bfloat16).to(gl.float32)
 
 
 @gluon.jit
-def _stage_input(xs, X, a, g, HOUT, K: gl.constexpr, eps, NORM: gl.constexpr, WQ: gl.constexpr):
-    """x [K] into shared memory: X, or (NORM) rms_norm(a + X) * g (a, g from _norm_operands), the sum written to
-    HOUT by program 0. int8: as the words' four columns (block j of the rows holds columns j, j + 4, ...), read
-    contiguously and split in registers. Only the rows that hold x are read and written."""
-    XR: gl.constexpr = xs.type.shape[0]
+def _stage_input(xs, X, a, g, HOUT, K: gl.constexpr, eps, NORM: gl.constexpr):
+    """x [K] into shared memory, in rows of x's chunks: X, or (NORM) rms_norm(a + X) * g (a, g from _norm_operands),
+    the sum written to HOUT by program 0. Only the rows that hold x are read and written (the buffer fits the widest
+    stage)."""
     W: gl.constexpr = xs.type.shape[1]
     first = gl.program_id(0) == 0
-    offs, mask = _input_offsets(K, W, WQ)
+    offs, mask = _input_offsets(K, W)
     x = gl.load(X + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
     if NORM:
         x = _norm_terms(x, a, g, offs, mask, K, eps, HOUT, first)
-    if WQ == 8:
-        KR: gl.constexpr = _input_rows(K, 4 * W)
-        j3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, x.type.layout)))
-        for j in gl.static_range(4):  # within a thread: its four columns
-            xj = gl.sum(gl.where(j3[None, None, :] == j, x, 0.0), axis=2)
-            xs.slice(j * (XR // 4), KR).store(xj.to(gl.bfloat16))
-    else:
-        xs.slice(0, _input_rows(K, W)).store(x.to(gl.bfloat16))
+    xs.slice(0, _input_rows(K, W)).store(x.to(gl.bfloat16))
     gl.thread_barrier()
 
 
@@ -218,7 +209,10 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
     CH: gl.constexpr = 512 if WQ == 8 else 256
     tile_l: gl.constexpr = _tile_layout(W, gl.num_warps())
     y_l: gl.constexpr = gl.SliceLayout(1, tile_l)
-    xr = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)  # row r of x's chunks as a [1, W] tile
+    if WQ == 8:  # row r of x's chunks as [W, 4]: a word's four values of x
+        xr = xs._reinterpret(gl.bfloat16, [XR, W, 4], xs.layout)
+    else:  # row r of x's chunks as a [1, W] tile
+        xr = xs._reinterpret(gl.bfloat16, [XR, 1, W], xs.layout)
     for t in range(gl.program_id(0), tiles, gl.num_programs(0)):
         rows = t * R + gl.arange(0, R, layout=y_l)
         if WQ == 8:  # the scales first: loaded after the sums, their latency would add to the tile's end
@@ -258,23 +252,23 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
     epoch = gl.atomic_add(CNT + 4, 0, sem="relaxed", scope="gpu")  # launches so far: counters are never reset
     target = (epoch + 1) * G
     W: gl.constexpr = xs.type.shape[1]
-    _stage_input(xs, X, X, X, X, H, eps2, False, WQ)
+    _stage_input(xs, X, X, X, X, H, eps2, False)
     c = _stage(ring, full, empty, xs, gl.to_tensor(0), O, S_o, H // R, H, False, WQ)
     _arrive(CNT, 0)
-    res, g2 = _norm_operands(RES, G2, H, W, WQ)
+    res, g2 = _norm_operands(RES, G2, H, W)
     _wait(CNT, 0, target)
     if gl.program_id(0) == 0:  # every program has read the epoch: the next launch may see it advanced
         gl.atomic_add(CNT + 4, 1, sem="relaxed", scope="gpu")
-    _stage_input(xs, O, res, g2, H1, H, eps2, True, WQ)
+    _stage_input(xs, O, res, g2, H1, H, eps2, True)
     c = _stage(ring, full, empty, xs, c, ACT, S_gu, I // R, H, True, WQ)
     _arrive(CNT, 1)
     _wait(CNT, 1, target)
-    _stage_input(xs, ACT, ACT, ACT, ACT, I, eps2, False, WQ)
+    _stage_input(xs, ACT, ACT, ACT, ACT, I, eps2, False)
     c = _stage(ring, full, empty, xs, c, D, S_dn, H // R, I, False, WQ)
     _arrive(CNT, 2)
-    h1, gn = _norm_operands(H1, GN, H, W, WQ)  # h1: program 0 wrote it before the wait for stage 1
+    h1, gn = _norm_operands(H1, GN, H, W)  # h1: program 0 wrote it before the wait for stage 1
     _wait(CNT, 2, target)
-    _stage_input(xs, D, h1, gn, H2, H, eps_n, True, WQ)
+    _stage_input(xs, D, h1, gn, H2, H, eps_n, True)
     _stage(ring, full, empty, xs, c, Y, S_nx, N_NX // R, H, False, WQ)
 
 
@@ -285,7 +279,7 @@ def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
                                      desc.layout)
     full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, 128 if WQ == 8 else 256],
+    xs = gl.allocate_shared_memory(gl.bfloat16, [XR, 512 if WQ == 8 else 256],
                                    gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
     for i in gl.static_range(RING):
         mbarrier.init(full.index(i), count=1)
@@ -313,8 +307,8 @@ def _shared_layout(wq: int):
 
 
 def x_rows(wq: int, h: int, i: int) -> int:
-    """Rows of the shared-memory x buffer: the widest stage input, in chunks (int8: four blocks, one a column)."""
-    return triton.next_power_of_2(max(h, i) // CHUNK[wq]) * (4 if wq == 8 else 1)
+    """Rows of the shared-memory x buffer: the widest stage input, in chunks of x (CHUNK values)."""
+    return triton.next_power_of_2(max(h, i) // CHUNK[wq])
 
 
 def check(x, w_o, w_gu, w_dn, w_nx, wq: int) -> tuple[int, int, int]:
