@@ -98,6 +98,10 @@
 #   bash bench/run_gpu.sh lblock3 # the block's int8 x split by every stage input (columns) against by the consumers
 #                                 # (words): tests, chains, decode (1B int8 with the block too)
 #   bash bench/run_gpu.sh free2   # the 8B int8 block chain, probe and decode with the unpacking skipped (wrong values)
+#   bash bench/run_gpu.sh merge   # tests; decode with the attention's partitions merged by its last program against by
+#                                 # the merge kernel (WB_DECODE_MERGE=kernel)
+#   bash bench/run_gpu.sh merge2  # tests; decode with the merge fused where a layer block follows; 8B with partitions of
+#                                 # at least 64 and 16 tokens
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -453,6 +457,22 @@ elif [ "$stage" = free2 ]; then  # what the int8 unpacking costs now that the bl
     --name ws_chain_probe6_h100
   WB_BLOCK_INT8_X=words WB_PROBE_FREE_UNPACK=1 step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
     --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_free_h100
+elif [ "$stage" = merge ]; then  # decode attention merging its partitions in its last program against the merge kernel
+  step 200 python -m pytest tests/plugins/test_kernels.py tests/plugins/test_gemv_pdl.py tests/gpu/test_cuda_backend.py \
+    tests/runtime/test_cuda_executor.py tests/runtime/test_layer_block.py -q -n 4 -p no:cacheprovider -x
+  WB_DECODE_MERGE=kernel step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_mergekernel_h100
+  step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_mergefused_h100
+elif [ "$stage" = merge2 ]; then  # the merge fused where a layer block follows; partitions of 64 and 16 tokens
+  step 200 python -m pytest tests/plugins/test_kernels.py tests/gpu/test_cuda_backend.py tests/runtime/test_cuda_executor.py \
+    tests/runtime/test_layer_block.py -q -n 4 -p no:cacheprovider -x
+  step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_merge2_h100
+  WB_DECODE_MIN_PART=64 step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_part64_h100
+  WB_DECODE_MIN_PART=16 step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_part16_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -59,18 +59,22 @@ def _paged_cache(lengths, hkv, d, dtype, page=4, seed=1):
     (4, 4, 20, torch.float16, None, (32, 2)),
     (4, 2, 16, torch.bfloat16, 6, (16, 4)),     # sliding window across partitions
 ])
-def test_paged_decode_attention(hq, hkv, d, dtype, window, parts):
-    from workbench.plugins.paged_attention import paged_decode_attention, paged_decode_attention_ref
+@pytest.mark.parametrize("fused_merge", [True, False])  # partitions merged by the last programs, or by a kernel
+def test_paged_decode_attention(hq, hkv, d, dtype, window, parts, fused_merge):
+    from workbench.plugins.paged_attention import _COUNTERS, paged_decode_attention, paged_decode_attention_ref
 
     lengths = [1, 23, 64, 0, 9]  # 0: a padding row
     kv, tables = _paged_cache(lengths, hkv, d, dtype)
     q = torch.randn(len(lengths), hq, d).to(dtype).to(DEV)
     seq_lens = torch.tensor(lengths, dtype=torch.int32, device=DEV)
     kw = dict(part=parts[0], num_parts=parts[1]) if parts else {}
-    out = paged_decode_attention(q, kv, tables, seq_lens, d ** -0.5, window, **kw)
-    ref = paged_decode_attention_ref(q, kv, tables, seq_lens, d ** -0.5, window)
-    assert rel_err(out, ref) < TOL[dtype]
-    assert (out[3] == 0).all()
+    for _ in range(2):  # the merge's counters are zero again after a launch
+        out = paged_decode_attention(q, kv, tables, seq_lens, d ** -0.5, window, fused_merge=fused_merge, **kw)
+        ref = paged_decode_attention_ref(q, kv, tables, seq_lens, d ** -0.5, window)
+        assert rel_err(out, ref) < TOL[dtype]
+        assert (out[3] == 0).all()
+    if parts and fused_merge:
+        assert not _COUNTERS[q.device].any()
 
 
 @pytest.mark.parametrize("rope", [False, True])

@@ -103,12 +103,13 @@ def attention() -> str:
     lengths, pages and rope rows before its wait on purpose, the qkv projection's output (Q) only after it."""
     from workbench.plugins.paged_attention import _paged_decode
 
-    types = {"Q": "*bf16", "KV": "*bf16", "O": "*bf16", "PACC": "*fp32", "PML": "*fp32", "block_tables": "*i32",
+    types = {"Q": "*bf16", "KV": "*bf16", "O": "*bf16", "PACC": "*fp32", "PML": "*fp32", "CNT": "*i32",
+             "block_tables": "*i32",
              "seq_lens": "*i32", "COS": "*fp32", "SIN": "*fp32", "POS": "*i32", "SLOTS": "*i32",
              "scale_log2": "fp32", **{n: "i32" for n in ("sqb", "sqh", "s_cos", "s_blk", "s_kv", "s_pg", "s_h", "sbt",
                                                          "cap", "sob", "soh", "window")}}
     consts = dict(REP=4, REP_PAD=16, D=64, D_PAD=64, PAGE=16, BLOCK_N=16, PART=32, NUM_PARTS=8, WINDOW=False,
-                  FP32=False, ROPE=True, USE_GDC=True)
+                  FP32=False, ROPE=True, MERGE=True, USE_GDC=True)
     return _compile(_paged_decode, types, consts, stages=3)
 
 

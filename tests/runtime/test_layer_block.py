@@ -38,8 +38,10 @@ def test_program_has_one_call_a_layer(batch_engines, monkeypatch):
     assert src.count("_layer_block(") == 2  # layer 0 through layer 1's qkv; layer 1 through the logits
     assert "_add_rms_norm(" not in src and "_swiglu_linear(" not in src and "_norm_linear(" not in src
     assert src.count("_rms_norm(") == 1  # layer 0's input norm: before any block
+    assert src.count("'rope.inv_freq@1.0', True)") == 2  # attention before a block merges its own partitions
     # auto: only the shapes measured faster, on a Hopper GPU; off: never
     assert "_layer_block(" not in _cuda(engine, "auto", monkeypatch).program.source
+    assert "True)" not in _cuda(engine, "off", monkeypatch).program.source
     assert "_layer_block(" not in _cuda(engine, "off", monkeypatch).program.source
     with pytest.raises(WorkbenchError, match="WB_LAYER_BLOCK"):
         _cuda(engine, "always", monkeypatch)

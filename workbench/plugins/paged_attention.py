@@ -85,11 +85,11 @@ def _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32: tl.constexpr):
 
 
 @triton.jit
-def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SLOTS, sqb, sqh, s_cos, s_blk, s_kv,
-                  s_pg, s_h, sbt, cap, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
+def _paged_decode(Q, KV, O, PACC, PML, CNT, block_tables, seq_lens, COS, SIN, POS, SLOTS, sqb, sqh, s_cos, s_blk,
+                  s_kv, s_pg, s_h, sbt, cap, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
                   NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
-                  USE_GDC: tl.constexpr):
+                  MERGE: tl.constexpr, USE_GDC: tl.constexpr):
     """ROPE: the kernel before (the qkv projection) writes nothing this program reads but the new token's q, k and
     v, so all the rest (the sequence's length, position and slot, its pages, the first block of keys and values,
     the rope table's row) is read before waiting for that kernel; the new token's key and value, written to the
@@ -153,6 +153,34 @@ def _paged_decode(Q, KV, O, PACC, PML, block_tables, seq_lens, COS, SIN, POS, SL
         tl.store(PACC + idx[:, None] * D_PAD + offs_d[None, :], acc, mask=hmask[:, None])
         tl.store(PML + idx * 2, m_i, mask=hmask)
         tl.store(PML + idx * 2 + 1, l_i, mask=hmask)
+        if MERGE:  # the last program of (b, kv head) to store its partials merges them all (no kernel of its own)
+            tl.debug_barrier()  # every thread's partials stored, before the release below
+            cnt = CNT + b * tl.num_programs(1) + kvh
+            if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == NUM_PARTS - 1:
+                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")  # zero again for the next launch
+                first = ((b * tl.num_programs(1) * REP + heads) * NUM_PARTS).to(tl.int64)
+                out = _merge(PACC, PML, first, hmask, offs_d, REP_PAD, D_PAD, NUM_PARTS)
+                tl.store(O + b * sob + heads[:, None] * soh + offs_d[None, :], out.to(O.dtype.element_ty),
+                         mask=hmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _merge(PACC, PML, first, hmask, offs_d, REP_PAD: tl.constexpr, D_PAD: tl.constexpr, NUM_PARTS: tl.constexpr):
+    """[REP_PAD, D_PAD]: the heads' partitions merged by their softmax statistics, as _paged_reduce merges them
+    (partials from other programs: read past L1)."""
+    m_max = tl.full([REP_PAD], float("-inf"), tl.float32)
+    for p in tl.static_range(NUM_PARTS):
+        m_max = tl.maximum(m_max, tl.load(PML + (first + p) * 2, mask=hmask, other=float("-inf"),
+                                          cache_modifier=".cg"))
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    num = tl.zeros([REP_PAD, D_PAD], tl.float32)
+    den = tl.zeros([REP_PAD], tl.float32)
+    for p in tl.static_range(NUM_PARTS):
+        w = tl.exp2(tl.load(PML + (first + p) * 2, mask=hmask, other=float("-inf"), cache_modifier=".cg") - m_max)
+        num += tl.load(PACC + (first + p)[:, None] * D_PAD + offs_d[None, :], mask=hmask[:, None], other=0.0,
+                       cache_modifier=".cg") * w[:, None]
+        den += tl.load(PML + (first + p) * 2 + 1, mask=hmask, other=0.0, cache_modifier=".cg") * w
+    return num / tl.where(den == 0.0, 1.0, den)[:, None]
 
 
 @triton.jit
@@ -194,6 +222,25 @@ MIN_PARTITION = int(os.environ.get("WB_DECODE_MIN_PART", "32"))
 
 # warps of a decode attention program (bench/attn_sweep.py times others)
 DECODE_WARPS = 4
+# How the partitions are merged: by the last program of each (sequence, kv head) to store its partials, counted on a
+# device counter (`fused_merge=True`, the default), or by a second kernel (_paged_reduce). Measured on an H100 in
+# decode steps (eighth session, call 11): fused, 8B bf16 186.1 -> 188.5 tok/s and int8 329.4 -> 336.5, 1B int8 1476 ->
+# 1541 (the layer block kernel after attention), but 1B bf16 955 -> 937 (a GEMV after it), so the engines fuse it
+# where a layer block follows (runtime/cuda_program.py). WB_DECODE_MERGE=fused|kernel overrides every call.
+MERGE = os.environ.get("WB_DECODE_MERGE", "")
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _merge_counters(device: torch.device, n: int) -> torch.Tensor | None:
+    """Zeroed int32 counters for n (sequence, kv head) pairs, kept per device: every launch leaves them zero, and
+    launches on one stream run one after another. None (the merge kernel instead) while a CUDA graph is being
+    captured before any exist: they are made outside captures, by the eager steps that precede them."""
+    have = _COUNTERS.get(device)
+    if have is None or have.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        _COUNTERS[device] = have = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return have
 
 
 def _block_n(page_size: int) -> int:
@@ -202,7 +249,8 @@ def _block_n(page_size: int) -> int:
 
 def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
                            scale: float, window: int | None = None, *, part: int | None = None,
-                           num_parts: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                           num_parts: int | None = None, out: torch.Tensor | None = None,
+                           fused_merge: bool = True) -> torch.Tensor:
     """q [B, Hq, D] over the paged cache kv [blocks, 2, page, Hkv, D] -> [B, Hq, D]."""
     bsz, hq, d = q.shape
     _, two, page, hkv, dk = kv.shape
@@ -211,14 +259,14 @@ def paged_decode_attention(q: torch.Tensor, kv: torch.Tensor, block_tables: torc
     if q.stride(2) != 1 or not kv.is_contiguous() or block_tables.stride(1) != 1:
         raise ValueError("paged_decode_attention: q's head dim, the cache and block table rows must be contiguous")
     return _launch_decode(q, None, kv, block_tables, seq_lens, scale, window, part, num_parts, out,
-                          (q.stride(0), q.stride(1)))
+                          (q.stride(0), q.stride(1)), fused_merge)
 
 
 def paged_decode_attention_rope(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin: torch.Tensor,
                                 positions: torch.Tensor, slots: torch.Tensor, kv: torch.Tensor,
                                 block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                                 window: int | None = None, *, part: int | None = None, num_parts: int | None = None,
-                                out: torch.Tensor | None = None) -> torch.Tensor:
+                                out: torch.Tensor | None = None, fused_merge: bool = True) -> torch.Tensor:
     """rotary.rope_qkv (rotate q and k of qkv [B, (Hq + 2 Hkv) D], store k, v at slots [B]; -1: padding) then
     paged_decode_attention, in one kernel."""
     _, two, page, hkv, d = kv.shape
@@ -227,12 +275,13 @@ def paged_decode_attention_rope(qkv: torch.Tensor, num_heads: int, cos: torch.Te
                          f"and the cache {tuple(kv.shape)}")
     q = qkv[:, :num_heads * d].view(qkv.shape[0], num_heads, d)
     return _launch_decode(q, (qkv, cos, sin, positions, slots), kv, block_tables, seq_lens, scale, window, part,
-                          num_parts, out, (qkv.stride(0), d))
+                          num_parts, out, (qkv.stride(0), d), fused_merge)
 
 
-def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num_parts, out, q_strides):
-    """The decode kernel (and the partition merge) for q [B, Hq, D] or, with rope = (qkv, cos, sin, positions,
-    slots), for the query heads of qkv."""
+def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num_parts, out, q_strides,
+                   fused_merge: bool):
+    """The decode kernel (and the partition merge: in its last programs if fused_merge, else a kernel) for q [B, Hq,
+    D] or, with rope = (qkv, cos, sin, positions, slots), for the query heads of qkv."""
     bsz, hq, d = q.shape
     _, _, page, hkv, _ = kv.shape
     if part is None or num_parts is None:
@@ -251,15 +300,18 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
     block = min(_block_n(page), part)
     interp = interpreting()
     base, cos, sin, positions, slots = rope if rope is not None else (q, out, out, seq_lens, seq_lens)
+    fused_merge = {"fused": True, "kernel": False}.get(MERGE, fused_merge)
+    counters = _merge_counters(q.device, bsz * hkv) if num_parts > 1 and fused_merge else None
     _paged_decode[(bsz, hkv, num_parts)](
-        base, kv, out, pacc, pml, block_tables, seq_lens, cos, sin, positions, slots, q_strides[0], q_strides[1],
+        base, kv, out, pacc, pml, counters if counters is not None else seq_lens, block_tables, seq_lens, cos, sin,
+        positions, slots, q_strides[0], q_strides[1],
         cos.stride(0) if rope is not None else 0, kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3),
         block_tables.stride(0), block_tables.shape[1] * page, out.stride(0), out.stride(1), scale * LOG2E,
         int(window or 0), REP=rep,
         REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
-        WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, num_warps=DECODE_WARPS,
-        num_stages=1 if interp else 3, **gdc("attention"))
-    if num_parts > 1:
+        WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, MERGE=counters is not None,
+        num_warps=DECODE_WARPS, num_stages=1 if interp else 3, **gdc("attention"))
+    if num_parts > 1 and counters is None:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
                                  num_warps=4, **gdc("attention"))
     return out

@@ -138,9 +138,10 @@ def rope_qkv(ctx: StepContext, qkv: torch.Tensor, positions: torch.Tensor, num_h
 
 
 def rope_attention(ctx: StepContext, node: Node, qkv: torch.Tensor, positions: torch.Tensor, num_heads: int,
-                   num_kv_heads: int, head_dim: int, layer: int, table: str) -> torch.Tensor:
+                   num_kv_heads: int, head_dim: int, layer: int, table: str, fused_merge: bool = False) -> torch.Tensor:
     """rope_qkv then attention (the compiled program's rope_qkv fusion); a decode step over the paged cache does
-    both in one kernel (paged_attention.paged_decode_attention_rope)."""
+    both in one kernel (paged_attention.paged_decode_attention_rope; `fused_merge`: its partitions merged by its
+    last programs)."""
     if ctx.kind == "decode" and plain_attention(node) and ctx.kv is not None:
         from workbench.plugins import paged_attention as pa
 
@@ -149,7 +150,7 @@ def rope_attention(ctx: StepContext, node: Node, qkv: torch.Tensor, positions: t
         part, parts = _partitions(ctx, kv, qkv.shape[0])
         return pa.paged_decode_attention_rope(qkv, num_heads, cos, sin, positions, ctx.slots, kv, ctx.block_tables,
                                               ctx.seq_lens, node.attrs["scale"], node.attrs.get("sliding_window"),
-                                              part=part, num_parts=parts)
+                                              part=part, num_parts=parts, fused_merge=fused_merge)
     q, k = rope_qkv(ctx, qkv, positions, num_heads, num_kv_heads, head_dim, layer, table)
     v = qkv[:, (num_heads + num_kv_heads) * head_dim:].reshape(-1, num_kv_heads, head_dim)
     return attention(ctx, node, q, k, v, True)
