@@ -44,7 +44,7 @@ def one_shape(model: str, ctx: int, variants: list[tuple[int, int]]) -> dict:
     inv_freq = 1.0 / (500000 ** (torch.arange(0, d, 2, device="cuda").float() / d))
     cos, sin = rope_table(inv_freq, CAPACITY, 1.0, torch.bfloat16)
     out = {}
-    default = pa.decode_partitions(CAPACITY, 1, hkv, PAGE)
+    default = pa.decode_partitions(CAPACITY, 1, hkv, PAGE, head_dim=d)
     for part, warps in variants:
         parts = -(-CAPACITY // part)
         pa.DECODE_WARPS = warps

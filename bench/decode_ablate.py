@@ -60,7 +60,7 @@ def cut(kind: str):
         patch(rn, "rms_norm", lambda x, w, eps: x)
     elif kind == "attn":
         patch(cuda_ops, "rope_attention",
-              lambda ctx, node, qkv, pos, hq, hkv, d, layer, table: qkv.new_empty(qkv.shape[0], hq, d))
+              lambda ctx, node, qkv, pos, hq, hkv, d, layer, table, *_: qkv.new_empty(qkv.shape[0], hq, d))
     elif kind == "merge":
         patch(pa, "_paged_reduce", _NoLaunch())
     elif kind == "onepart":

@@ -102,6 +102,9 @@
 #                                 # the merge kernel (WB_DECODE_MERGE=kernel)
 #   bash bench/run_gpu.sh merge2  # tests; decode with the merge fused where a layer block follows; 8B with partitions of
 #                                 # at least 64 and 16 tokens
+#   bash bench/run_gpu.sh last    # 8B decode with the last layer's block too, with partitions of 64; the 1B with 64
+#   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
+#                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
 # Logs and JSON go to $OUT (the device tool brings them back) and bench/results/ there.
 set -o pipefail
@@ -473,6 +476,18 @@ elif [ "$stage" = merge2 ]; then  # the merge fused where a layer block follows;
     --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_part64_h100
   WB_DECODE_MIN_PART=16 step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
     --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_part16_h100
+elif [ "$stage" = last ]; then  # 8B with the last layer's block too (through the logits), and partitions of 64
+  WB_LAYER_BLOCK=on step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_lastblock_h100
+  WB_LAYER_BLOCK=on WB_DECODE_MIN_PART=64 step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_lastblock64_h100
+  WB_DECODE_MIN_PART=64 step 100 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_part64_h100
+elif [ "$stage" = final8 ]; then  # the eighth session's defaults: every GPU test, decode in every format, debug engines
+  step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
+  step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep "" --name decode_quant_final8_h100
+  step 110 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_final8_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

@@ -203,21 +203,29 @@ def _paged_reduce(O, PACC, PML, sob, soh, D: tl.constexpr, D_PAD: tl.constexpr, 
     tl.store(O + b * sob + h * soh + offs_d, out.to(O.dtype.element_ty), mask=offs_d < D)
 
 
-def decode_partitions(max_len: int, batch: int, kv_heads: int, page_size: int, sms: int = 132) -> tuple[int, int]:
+def decode_partitions(max_len: int, batch: int, kv_heads: int, page_size: int, sms: int = 132,
+                      head_dim: int = 64) -> tuple[int, int]:
     """(partition size, number of partitions) for sequences of up to max_len tokens: enough programs
-    to cover the GPU, partitions of at least MIN_PARTITION tokens."""
+    to cover the GPU, partitions of at least min_partition(head_dim) tokens."""
     block = _block_n(page_size)
     if interpreting():
         return max(block, pow2(max_len)), 1
-    part = max(MIN_PARTITION, pow2(triton.cdiv(max_len, max(1, (2 * sms) // max(1, batch * kv_heads)))))
+    part = max(min_partition(head_dim), pow2(triton.cdiv(max_len, max(1, (2 * sms) // max(1, batch * kv_heads)))))
     return part, triton.cdiv(max_len, part)  # a partition smaller than a key block reads blocks of its size
 
 
 # tokens; 64 measured faster than 128 at batch 1 (1B 909 -> 926 tok/s, 8B 180.3 -> 181.7; third session's call 6),
 # 32 faster than 64 (1B 945.7 -> 953.9, 8B 182.9 -> 183.6; the kernel alone 3.88 -> 3.63 us, 5.92 -> 5.12) and 16
 # (946.1, 183.3; fifth session's call 7, decode_quant_part{64,32,16}_h100.json, attn_sweep_part_h100.json), all
-# equal at batch 8; WB_DECODE_MIN_PART (16 at least) overrides it for measuring
-MIN_PARTITION = int(os.environ.get("WB_DECODE_MIN_PART", "32"))
+# equal at batch 8. Since the eighth session's merge in the attention's last programs and layer block kernels, heads
+# of 128 (the 8B) take 64 again (call 13: bf16 188.8 -> 190.3 tok/s, int8 + logits 336.8 -> 338.1), heads of 64 (the
+# 1B) keep 32 (64: bf16 955 -> 950, int8 1541 -> 1512). WB_DECODE_MIN_PART (16 at least) overrides both.
+MIN_PARTITION = int(os.environ.get("WB_DECODE_MIN_PART", "0"))
+
+
+def min_partition(head_dim: int) -> int:
+    """The fewest tokens a decode partition takes, by head size (see MIN_PARTITION)."""
+    return MIN_PARTITION or (64 if head_dim >= 128 else 32)
 
 
 # warps of a decode attention program (bench/attn_sweep.py times others)
@@ -285,7 +293,7 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
     bsz, hq, d = q.shape
     _, _, page, hkv, _ = kv.shape
     if part is None or num_parts is None:
-        part, num_parts = decode_partitions(block_tables.shape[1] * page, bsz, hkv, page)
+        part, num_parts = decode_partitions(block_tables.shape[1] * page, bsz, hkv, page, head_dim=d)
     num_parts = pow2(num_parts)
     out = torch.empty(bsz, hq, d, dtype=q.dtype, device=q.device) if out is None else out
     if bsz == 0:

@@ -252,7 +252,8 @@ class _DecodeGraph:
         self.step = torch.zeros(1, dtype=torch.int64, device=dev)
         ctx = cuda_ops.StepContext("decode", None, positions, kv=cache.layers, slots=slots,
                                    block_tables=self.staging[:, STAGING_COLUMNS:], seq_lens=seq_lens,
-                                   partitions=pa.decode_partitions(pages * page, bucket, cache.num_kv_heads, page),
+                                   partitions=pa.decode_partitions(pages * page, bucket, cache.num_kv_heads, page,
+                                                                   head_dim=cache.head_dim),
                                    tables=ex.tables)
         program, weights = ex.program, ex.weights
 

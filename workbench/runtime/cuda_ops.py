@@ -122,7 +122,8 @@ def _partitions(ctx: StepContext, kv: torch.Tensor, batch: int) -> tuple[int, in
     from workbench.plugins import paged_attention as pa
 
     if ctx.partitions is None:
-        ctx.partitions = pa.decode_partitions(ctx.block_tables.shape[1] * kv.shape[2], batch, kv.shape[3], kv.shape[2])
+        ctx.partitions = pa.decode_partitions(ctx.block_tables.shape[1] * kv.shape[2], batch, kv.shape[3], kv.shape[2],
+                                              head_dim=kv.shape[4])
     return ctx.partitions
 
 
