@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workbench.builder.network import Network, Node
+from workbench.runtime import layer_block_fusion
 
 PURE_VIEWS = ("identity", "reshape", "slice")
 # Where an add + norm goes (WB_NORM_FUSION): "prologue" into the call of the projection that reads the norm, whose
@@ -119,7 +120,7 @@ class _Compiler:
                 self._match_norm_into_projection(node)
         for node in list(self.nodes.values()):
             if self._projection(node.name):
-                self._match_layer_block(node)
+                layer_block_fusion.match(self, node)
 
     def _match_add_norm(self, norm: Node) -> None:
         add = self.nodes[norm.inputs[0]]
@@ -168,72 +169,6 @@ class _Compiler:
         if self.consumers[act.name] == [mul.name] and act.name not in self.outputs:
             self.absorbed.add(act.name)  # else computed on the side, for whoever else reads it
             self.fusions[act.name] = kind
-
-    def _through(self, name: str) -> str:
-        """name, or the identity node that is its only reader (and so on)."""
-        while len(self.consumers[name]) == 1 and self.nodes[self.consumers[name][0]].op == "identity":
-            name = self.consumers[name][0]
-        return name
-
-    def _reader(self, name: str, op: str, first: bool = True) -> Node | None:
-        """The one reader of `name` with this op (as its first input if `first`), or None."""
-        found = [self.nodes[c] for c in self.consumers[name] if self.nodes[c].op == op
-                 and (not first or self.nodes[c].inputs[0] == name)]
-        return found[0] if len(found) == 1 else None
-
-    def _block_projection(self, node: Node | None, fmt: str | None) -> str | None:
-        """The weight format of a projection the block kernel could take ("bf16"/"float" or "w8a16"), or None."""
-        if node is None or not self._projection(node.name):
-            return None
-        if node.op == "linear":
-            got = "bf16" if node.dtype == "bfloat16" else "float"
-            return got if len(node.inputs) == 2 and fmt in (None, got) else None
-        ok = node.attrs["method"] == "w8a16" and list(node.attrs["operands"]) == ["qweight", "scales"]
-        return "w8a16" if ok and fmt in (None, "w8a16") else None
-
-    def _match_layer_block(self, o_proj: Node) -> None:
-        """o_proj -> add -> norm -> gate_up (+ activation) -> down -> add -> norm -> next projection, where
-        runtime.layer_block enables it: one call at o_proj computes them (see the module docstring)."""
-        from workbench.runtime import layer_block
-
-        fmt = self._block_projection(o_proj, None)
-        add1 = self._reader(self._through(o_proj.name), "add", first=False)
-        if fmt is None or add1 is None or len(add1.inputs) != 2 or o_proj.name in self.absorbed:
-            return
-        n1 = self._reader(add1.name, "rms_norm")
-        gu = self._reader(n1.name, self.nodes[o_proj.name].op) if n1 is not None else None
-        mul = next((n for n, (kind, info) in self.emit_at.items() if kind == "swiglu_linear" and gu is not None
-                    and info[0] == gu.name), None)
-        down = self._reader(mul, o_proj.op) if mul is not None else None
-        add2 = self._reader(self._through(down.name), "add", first=False) if down is not None else None
-        n2 = self._reader(add2.name, "rms_norm") if add2 is not None and add1.name in add2.inputs else None
-        nxt = self._reader(n2.name, o_proj.op) if n2 is not None else None
-        if nxt is None or any(self._block_projection(p, fmt) is None for p in (gu, down, nxt)):
-            return
-        if any(self.nodes[n.inputs[1]].op != "param" for n in (n1, n2)):
-            return
-        h, i, n_next = o_proj.shape[-1], gu.shape[-1] // 2, nxt.shape[-1]
-        if not layer_block.enabled(h, i, n_next, fmt):
-            return
-        # undo the fusions these nodes were given: the norms and gate_up become plain nodes, dropped unless read
-        for add, norm in ((add1, n1), (add2, n2)):
-            self.emit_at.pop(add.name, None)
-            self.absorbed.discard(norm.name)
-            self.fusions.pop(norm.name, None)
-        for proj in (gu.name, nxt.name):
-            self.norm_into.pop(proj, None)
-            self.norm_at.pop(proj, None)
-        self.emit_at.pop(mul, None)
-        act = self.nodes[mul].inputs[0]
-        self.absorbed.discard(act)
-        self.fusions.pop(act, None)
-        site = sum(1 for kind, _ in self.emit_at.values() if kind == "layer_block")
-        self.emit_at[o_proj.name] = ("layer_block", (site, add1.name, n1.name, gu.name, mul, down.name, add2.name,
-                                                     n2.name, nxt.name))
-        for name in (add1.name, mul, down.name, add2.name, nxt.name):
-            self.absorbed.add(name)
-        for name in (o_proj.name, add1.name, mul, down.name, add2.name, nxt.name):
-            self.fusions[name] = "layer_block"
 
     def _projection(self, name: str) -> bool:
         """Whether `name` is a linear layer the GEMV can fuse the activation into (float or weight-only)."""
@@ -369,49 +304,11 @@ class _Compiler:
         if kind == "rope_attention":
             qkv, pos, hq, hkv, d, layer, key = info
             code = (f"{out} = _rope_attention(ctx, N[{node.name!r}], {var[qkv]}, {var[pos]}, {hq}, {hkv}, {d}, "
-                    f"{layer}, {key!r}{', True' if self._block_reads(node.name) else ''})")
+                    f"{layer}, {key!r}{', True' if layer_block_fusion.reads_attention(self, node.name) else ''})")
             return _Stmt(code, (out,), (var[qkv], var[pos]), pure=False)
         if kind == "layer_block":
-            return self._layer_block(node, info, var, taken)
+            return layer_block_fusion.emit(self, node, info, var, taken)
         raise AssertionError(kind)
-
-    def _layer_block(self, o_proj: Node, info: tuple, var: dict[str, str], taken: set[str]) -> _Stmt:
-        """`o, h1, act, d, h2, y = _layer_block(site, x, residual, ...)`: the block's values, under the names of the
-        nodes that hold them (the adds, the activation, down, the next projection)."""
-        site, add1, n1, gu, mul, down, add2, n2, nxt = info
-        for name in (add1, mul, down, add2, nxt):
-            var[name] = _ident(name, taken)
-        res = next(i for i in self.nodes[add1].inputs if i != self._through_to(add1, o_proj.name))
-        x = var[o_proj.inputs[0]]
-
-        def spec(name: str) -> str:
-            p = self.nodes[name]
-            if p.op == "linear":
-                return f"({var[p.inputs[1]]}, None)"
-            return f"(N[{name!r}], [{', '.join(var[i] for i in p.inputs[1:])}])"
-
-        norm1, norm2 = self.nodes[n1], self.nodes[n2]
-        outs = ", ".join(var[n] for n in (o_proj.name, add1, mul, down, add2, nxt))
-        code = (f"{outs} = _layer_block({site}, {x}, {var[res]}, {var[norm1.inputs[1]]}, {norm1.attrs['eps']!r}, "
-                f"{spec(o_proj.name)}, {spec(gu)}, {spec(down)}, {var[norm2.inputs[1]]}, {norm2.attrs['eps']!r}, "
-                f"{spec(nxt)})")
-        return _Stmt(code, (var[o_proj.name], var[add1], var[mul], var[down], var[add2], var[nxt]),
-                     (x, var[res]), pure=False)
-
-    def _block_reads(self, attn: str) -> bool:
-        """Whether a layer block's o_proj reads this attention (through reshapes): the attention then merges its
-        partitions in its own last programs (measured faster before the block, slower before a GEMV)."""
-        name = attn
-        while len(self.consumers[name]) == 1 and self.nodes[self.consumers[name][0]].op in ("reshape", "identity"):
-            name = self.consumers[name][0]
-        return any(self.emit_at.get(c, ("",))[0] == "layer_block" for c in self.consumers[name])
-
-    def _through_to(self, add: str, start: str) -> str:
-        """The input of `add` that `start` reaches through identity nodes."""
-        name = start
-        while name not in self.nodes[add].inputs:
-            name = self.consumers[name][0]
-        return name
 
     def _norm_projection(self, proj: Node, out: str, var: dict[str, str], swiglu: str) -> _Stmt:
         """`out, sum = _norm_[swiglu_][quant_]linear(a, b, norm weight, eps, ...)`: the add + norm the projection's
