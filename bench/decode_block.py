@@ -2,7 +2,8 @@
 norm, the next layer's qkv) as one persistent kernel a layer (plugins/decode_block.py) against the same work as
 the plugins' launches (GEMVs with the built-in table's configs and the add + norm kernels), every layer of a Llama
 shape chained in one CUDA graph with programmatic dependent launch, attention left out (its output is the block
-before's). A benchmark of the block, not of an engine: the engines do not use it yet.
+before's). A benchmark of the block, not of an engine (the engines run it through runtime/layer_block.py;
+bench/decode_quant.py measures them).
 
     python bench/decode_block.py                       # Llama-3.2-1B and Llama-3-8B shapes, bf16 and int8
     python bench/decode_block.py --models 8b --formats int8

@@ -1,8 +1,8 @@
 """A decoder layer's work from o_proj to the next layer's qkv as one kernel (plugins/decode_block.py) in a decode
 step of one row, where it was measured faster; the same work by the plugins' launches anywhere else.
 
-runtime/cuda_program.py matches the layer blocks (`layer_block` fusion) where `enabled` says so and emits one
-`_layer_block(...)` call each; this module makes that helper. The choice is by shapes and device alone, so a debug
+runtime/layer_block_fusion.py (cuda_program's `layer_block` fusion) matches the layer blocks where `enabled` says
+so and emits one `_layer_block(...)` call each; this module makes that helper. The choice is by shapes and device alone, so a debug
 engine runs the same kernels as its plain engine.
 """
 
