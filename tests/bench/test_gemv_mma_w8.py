@@ -5,14 +5,13 @@ kernel, with K in pieces, swiglu and PDL."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.compile_on_cpu import compiled_report
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -42,11 +41,7 @@ for bn, split, swiglu in [(64, 1, False), (128, 4, True)]:
                                      ptx.count('griddepcontrol.wait')]
 print(json.dumps(out))
 """
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = compiled_report(code)
     for name, (mmas, prmts, copies, waits) in got.items():
         assert mmas and prmts and copies and waits == 1, f"{name}: mma {mmas}, prmt {prmts}, TMA {copies}, wait {waits}"
 

@@ -3,24 +3,14 @@ a producer with TMA copies, consumers that wait on the device-wide counters, bot
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.compile_on_cpu import compiled_report
 
 
 def test_ws_chain_kernel_compiles_for_hopper_on_the_cpu():
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=path)
     code = ("import json, sys; sys.path.insert(0, 'bench'); import ws_chain_probe as p; "
             "print(json.dumps({f: (k['shared'], k['ptx'].count('cp.async.bulk.tensor'), "
             "k['ptx'].count('ld.global.gpu.acquire'), k['ptx'].count('setmaxnreg')) for f, k in p.compile_only().items()}))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = compiled_report(code)
     assert set(got) == {"bf16", "int8"}
     for fmt, (shared, copies, acquires, regs) in got.items():
         assert 128 * 1024 < shared <= 227 * 1024, f"{fmt}: {shared} bytes of shared memory"

@@ -5,16 +5,11 @@ launches), and chained under programmatic dependent launch in a CUDA graph."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.compile_on_cpu import compiled_report
+
 GPU = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 SHAPES = [(1024, 2048, 1536), (2048, 8192, 3072)]  # H, I, rows of the next projection
 
@@ -42,11 +37,7 @@ for wq, (h, i) in [(0, (4096, 14336)), (8, (4096, 14336)), (0, (2048, 8192))]:
                         ptx.count('griddepcontrol.wait'), ptx.count('f64')]
 print(json.dumps(out))
 """
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = compiled_report(code)
     for name, (shared, copies, acquires, waits, f64) in got.items():
         assert 128 << 10 < shared <= (227 - 51) << 10, f"{name}: {shared} bytes (attention's programs must fit beside)"
         assert copies and acquires and waits and f64, f"{name}: a TMA copy, a counter wait, the PDL wait, the fp64 sum"
