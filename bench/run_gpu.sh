@@ -103,6 +103,8 @@
 #   bash bench/run_gpu.sh merge2  # tests; decode with the merge fused where a layer block follows; 8B with partitions of
 #                                 # at least 64 and 16 tokens
 #   bash bench/run_gpu.sh last    # 8B decode with the last layer's block too, with partitions of 64; the 1B with 64
+#   bash bench/run_gpu.sh battn   # block and engine tests; decode with the attention inside the layer block kernel
+#                                 # (WB_BLOCK_ATTENTION) against its own kernel; the 1B bf16 with every layer block
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -488,6 +490,15 @@ elif [ "$stage" = final8 ]; then  # the eighth session's defaults: every GPU tes
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
     --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep "" --name decode_quant_final8_h100
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_final8_h100
+elif [ "$stage" = battn ]; then  # the decode attention inside the layer block kernel against its own kernel
+  step 200 python -m pytest tests/plugins/test_decode_block.py tests/runtime/test_layer_block.py \
+    tests/gpu/test_pdl_full_shapes.py -q -p no:cacheprovider -x
+  WB_BLOCK_ATTENTION=off step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_battn_off_h100
+  step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
+    --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_battn_on_h100
+  WB_LAYER_BLOCK=on step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+    --modes bf16 --plain-modes "" --repeats 3 --sweep "" --name decode_quant_battn_1b_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
