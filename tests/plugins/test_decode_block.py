@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 from tests.compile_on_cpu import compiled_report
 
@@ -107,7 +108,7 @@ def _attention(h, hd, hkv, length, device, seed=0, pages=24, page=16):
     one = lambda v, dt: torch.tensor([v], dtype=dt, device=device)  # noqa: E731
     return Attention(qkv, kv, table, one(length, torch.int32), one(length - 1, torch.int64),
                      one(slot, torch.int64), emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16), hd ** -0.5,
-                     part, parts)
+                     part, triton.next_power_of_2(parts))
 
 
 def _inputs(h, i, n, fmt, seed=0):
