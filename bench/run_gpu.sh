@@ -492,7 +492,7 @@ elif [ "$stage" = final8 ]; then  # the eighth session's defaults: every GPU tes
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_final8_h100
 elif [ "$stage" = battn ]; then  # the decode attention inside the layer block kernel against its own kernel
   step 200 python -m pytest tests/plugins/test_decode_block.py tests/runtime/test_layer_block.py \
-    tests/gpu/test_pdl_full_shapes.py -q -p no:cacheprovider -x
+    ${BATTN_TESTS:-tests/gpu/test_pdl_full_shapes.py} -q -p no:cacheprovider -x
   WB_BLOCK_ATTENTION=off step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \
     --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_battn_off_h100
   step 100 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1 \

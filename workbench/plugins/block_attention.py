@@ -10,9 +10,11 @@ The arithmetic is paged_attention.paged_decode_attention_rope's: the same rope r
 bits), scores and values in fp32 from bf16 operands, probabilities rounded to bf16 before they weigh the values,
 the same merge. Only the order of the sums differs (CUDA-core products here, the tensor cores there).
 
-Work: item (kv head, partition), HKV * NUM_PARTS of them dealt over the programs; a warp a query head of the group,
-keys in blocks of BN. Each item stores its partials; the last of a head's items to finish (a device counter that it
-zeroes again) merges them, writes the heads' output and counts itself on the stage counter the block waits for.
+Work: item (kv head, partition of up to 64 keys), HKV * NUM_PARTS of them dealt over the programs; a partition's
+keys spread over the threads and warps, each thread holding its keys' products for every query head of the group,
+so a key is read once, and the head dim taken 32 values at a time. Each item stores its partials; the last of a
+head's items to finish (a device counter that it zeroes again) merges them, all read at once, writes the heads'
+output and counts itself on the stage counter the block waits for.
 """
 
 from __future__ import annotations
@@ -21,18 +23,16 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-BN = gl.constexpr(16)  # keys a block of the attention loop
-
-
 @gluon.constexpr_function
 def _pow2(n):
     return triton.next_power_of_2(n)
 
 
 @gluon.constexpr_function
-def _layout(warps):
-    """[heads, keys, head dim]: a warp a query head, keys over 4 threads, the head dim over 8 threads by 4."""
-    return gl.BlockedLayout([1, 1, 4], [1, 4, 8], [warps, 1, 1], [2, 1, 0])
+def _layout(rp, warps):
+    """[heads, keys, 32 of the head dim]: a thread's heads in its registers, keys over 4 threads and the warps, the
+    head dim's 32 over 8 threads by 4 (a partition's keys and values are read once, not once a head)."""
+    return gl.BlockedLayout([rp, 1, 4], [1, 4, 8], [1, warps, 1], [2, 1, 0])
 
 
 @gluon.jit
@@ -44,123 +44,113 @@ def _bf16(x):
 
 
 @gluon.jit
-def _rotated(x, partner, c, s, first_half):
-    """Rotate-half rope as paged_attention._rotated rounds it: x*c and partner*s each to bf16, then their
-    difference (first half) or sum, to bf16."""
-    a = _bf16(x.to(gl.float32) * c.to(gl.float32))
-    b = _bf16(partner.to(gl.float32) * s.to(gl.float32))
-    return _bf16(gl.where(first_half, a - b, a + b))
-
-
-@gluon.jit
-def _new_kv(QKV, KV, COS, SIN, pos, slot, mine, kvh, s_cos, s_blk, s_kv, s_pg, s_h, HQ: gl.constexpr,
-            HKV: gl.constexpr, HD: gl.constexpr, PAGE: gl.constexpr, layout: gl.constexpr):
-    """The new token's rotated key and its value of head kvh ([HD] fp32 of bf16 values, `layout`), stored at the
-    cache slot when `mine` (the item whose partition holds the token)."""
-    d = gl.arange(0, HD, layout=layout)
-    half = d < HD // 2
-    partner = gl.where(half, d + HD // 2, d - HD // 2)
-    c = gl.load(COS + pos * s_cos + d)
-    s = gl.load(SIN + pos * s_cos + d)
-    k = _rotated(gl.load(QKV + (HQ + kvh) * HD + d), gl.load(QKV + (HQ + kvh) * HD + partner), c, s, half)
-    v = gl.load(QKV + (HQ + HKV + kvh) * HD + d).to(gl.float32)
-    dst = KV + (slot // PAGE) * s_blk + (slot % PAGE) * s_pg + kvh * s_h + d
-    keep = (d < HD) & mine
-    gl.store(dst, k.to(gl.bfloat16), mask=keep)
-    gl.store(dst + s_kv, v.to(gl.bfloat16), mask=keep)
-    return k, v
+def _rope_chunk(X, cos, sin, ci: gl.constexpr, NC: gl.constexpr, offs, mask):
+    """Chunk ci (32 values) of rows X rotated as paged_attention._rotated rounds it: x*c and partner*s each to
+    bf16, then their difference (first half) or sum, to bf16; the partner is the chunk half a head away."""
+    pc: gl.constexpr = (ci + NC // 2) % NC
+    x = gl.load(X + ci * 32 + offs, mask=mask, other=0.0).to(gl.float32)
+    partner = gl.load(X + pc * 32 + offs, mask=mask, other=0.0).to(gl.float32)
+    a = _bf16(x * cos.to(gl.float32))
+    b = _bf16(partner * sin.to(gl.float32))
+    if ci < NC // 2:
+        return _bf16(a - b)
+    else:
+        return _bf16(a + b)
 
 
 @gluon.jit
 def _item(QKV, KV, TABLE, COS, SIN, PACC, PML, length, pos, slot, kvh, part, s_cos, s_blk, s_kv, s_pg, s_h, cap,
           scale_log2, HQ: gl.constexpr, HKV: gl.constexpr, HD: gl.constexpr, PAGE: gl.constexpr,
           PART: gl.constexpr, NUM_PARTS: gl.constexpr):
-    """One (kv head, partition): its query heads' partial output and softmax statistics into PACC, PML."""
+    """One (kv head, partition of PART <= 64 keys, one block): its query heads' partial output and softmax
+    statistics into PACC, PML. The head dim goes by chunks of 32, so no thread holds more than a chunk's products."""
     REP: gl.constexpr = HQ // HKV
     RP: gl.constexpr = _pow2(REP)
-    L3: gl.constexpr = _layout(gl.num_warps())
-    q_l: gl.constexpr = gl.SliceLayout(1, L3)  # [heads, HD]
-    kv_l: gl.constexpr = gl.SliceLayout(0, L3)  # [keys, HD]
+    BN: gl.constexpr = _pow2(PART)
+    NC: gl.constexpr = HD // 32
+    L3: gl.constexpr = _layout(RP, gl.num_warps())
+    q_l: gl.constexpr = gl.SliceLayout(1, L3)  # [heads, 32]
+    kv_l: gl.constexpr = gl.SliceLayout(0, L3)  # [keys, 32]
     s_l: gl.constexpr = gl.SliceLayout(2, L3)  # [heads, keys]
-    r = gl.arange(0, RP, layout=gl.SliceLayout(1, q_l))
-    d = gl.arange(0, HD, layout=gl.SliceLayout(0, q_l))
-    hmask = (r < REP)[:, None] & (d < HD)[None, :]
-    heads = kvh * REP + r
-    half = d < HD // 2
-    partner = gl.where(half, d + HD // 2, d - HD // 2)
-    c = gl.load(COS + pos * s_cos + d)
-    s = gl.load(SIN + pos * s_cos + d)
-    qrow = QKV + heads[:, None] * HD
-    q = _rotated(gl.load(qrow + d[None, :], mask=hmask, other=0.0),
-                 gl.load(qrow + partner[None, :], mask=hmask, other=0.0), c[None, :], s[None, :], half[None, :])
     lo = part * PART
     hi = gl.minimum(lo + PART, length)
     mine = (slot >= 0) & (lo <= length - 1) & (length - 1 < hi)
-    kd_l: gl.constexpr = gl.SliceLayout(0, kv_l)
-    k_new, v_new = _new_kv(QKV, KV, COS, SIN, pos, slot, mine, kvh, s_cos, s_blk, s_kv, s_pg, s_h, HQ, HKV, HD,
-                           PAGE, kd_l)
-    kd = gl.arange(0, HD, layout=kd_l)
-    q3 = gl.expand_dims(q, 1)
-    m_i = gl.full([RP], float("-inf"), gl.float32, gl.SliceLayout(1, s_l))
-    l_i = gl.zeros([RP], gl.float32, gl.SliceLayout(1, s_l))
-    acc = gl.zeros([RP, BN, HD], gl.float32, L3)
-    for s0 in range(lo, hi, BN):
-        n = s0 + gl.arange(0, BN, layout=gl.SliceLayout(1, kv_l))
-        inside = n < cap
-        page = gl.load(TABLE + n // PAGE, mask=inside, other=0).to(gl.int64)
-        row = page * s_blk + (n % PAGE).to(gl.int64) * s_pg + kvh * s_h
-        lmask = inside[:, None] & (kd < HD)[None, :]
-        k = gl.load(KV + row[:, None] + kd[None, :], mask=lmask, other=0.0).to(gl.float32)
-        v = gl.load(KV + s_kv + row[:, None] + kd[None, :], mask=lmask, other=0.0).to(gl.float32)
-        new = (n == length - 1)[:, None]
-        k = gl.where(new, k_new[None, :], k)
-        v = gl.where(new, v_new[None, :], v)
-        v = gl.where((n < hi)[:, None], v, 0.0)  # past the sequence: the table's padding pages, weighed 0
-        qk = gl.sum(q3 * gl.expand_dims(k, 0), axis=2) * scale_log2
-        ns = s0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s_l))
-        qk = gl.where((ns < hi)[None, :], qk, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(qk, axis=1))
-        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-        p = gl.exp2(qk - m_safe[:, None])
-        alpha = gl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        alpha3 = gl.expand_dims(gl.expand_dims(alpha, 1), 2)
-        acc = acc * alpha3 + gl.expand_dims(_bf16(p), 2) * gl.expand_dims(v, 0)
-        m_i = m_new
-    out = gl.sum(acc, axis=1)  # [heads, HD] in q_l
+    kd = gl.arange(0, 32, layout=gl.SliceLayout(0, kv_l))
+    n = lo + gl.arange(0, BN, layout=gl.SliceLayout(1, kv_l))
+    inside = n < cap
+    page = gl.load(TABLE + n // PAGE, mask=inside, other=0).to(gl.int64)
+    row = KV + page * s_blk + (n % PAGE).to(gl.int64) * s_pg + kvh * s_h
+    lmask = inside[:, None] & (kd < 32)[None, :]
+    new = (n == length - 1)[:, None]
+    real = (n < hi)[:, None]
+    r = gl.arange(0, RP, layout=gl.SliceLayout(1, q_l))
+    d = gl.arange(0, 32, layout=gl.SliceLayout(0, q_l))
+    hmask = (r < REP)[:, None] & (d < 32)[None, :]
+    heads = kvh * REP + r
+    kslot = KV + (slot // PAGE) * s_blk + (slot % PAGE) * s_pg + kvh * s_h
+    qk = gl.zeros([RP, BN], gl.float32, s_l)
+    for ci in gl.static_range(NC):
+        k = gl.load(row[:, None] + ci * 32 + kd[None, :], mask=lmask, other=0.0).to(gl.float32)
+        c = gl.load(COS + pos * s_cos + ci * 32 + d)
+        sn = gl.load(SIN + pos * s_cos + ci * 32 + d)
+        q = _rope_chunk(QKV + heads[:, None] * HD, c[None, :], sn[None, :], ci, NC, d[None, :], hmask)
+        ck = gl.load(COS + pos * s_cos + ci * 32 + kd)
+        sk = gl.load(SIN + pos * s_cos + ci * 32 + kd)
+        k_new = _rope_chunk(QKV + (HQ + kvh) * HD, ck, sk, ci, NC, kd, kd < 32)
+        gl.store(kslot + ci * 32 + kd, k_new.to(gl.bfloat16), mask=(kd < 32) & mine)
+        k = gl.where(new, k_new[None, :], k)  # the new token's key from qkv: this program stored it just now
+        qk += gl.sum(gl.expand_dims(q, 1) * gl.expand_dims(k, 0), axis=2)
+    ns = lo + gl.arange(0, BN, layout=gl.SliceLayout(0, s_l))
+    qk = gl.where((ns < hi)[None, :], qk * scale_log2, float("-inf"))
+    m = gl.max(qk, axis=1)
+    m_safe = gl.where(m == float("-inf"), 0.0, m)
+    p = gl.exp2(qk - m_safe[:, None])
+    l = gl.sum(p, axis=1)
+    p3 = gl.expand_dims(_bf16(p), 2)
     idx = heads * NUM_PARTS + part
-    gl.store(PACC + idx[:, None] * HD + d[None, :], out, mask=hmask)
+    for ci in gl.static_range(NC):
+        v = gl.load(row[:, None] + s_kv + ci * 32 + kd[None, :], mask=lmask, other=0.0).to(gl.float32)
+        v_new = gl.load(QKV + (HQ + HKV + kvh) * HD + ci * 32 + kd)
+        gl.store(kslot + s_kv + ci * 32 + kd, v_new, mask=(kd < 32) & mine)
+        v = gl.where(new, v_new.to(gl.float32)[None, :], v)
+        v = gl.where(real, v, 0.0)  # past the sequence: the table's padding pages, weighed 0
+        pv = gl.sum(p3 * gl.expand_dims(v, 0), axis=1)
+        gl.store(PACC + idx[:, None] * HD + ci * 32 + d[None, :], pv, mask=hmask)
     rs = gl.arange(0, RP, layout=gl.SliceLayout(1, s_l))
     idx_s = (kvh * REP + rs) * NUM_PARTS + part
-    gl.store(PML + idx_s * 2, m_i, mask=rs < REP)
-    gl.store(PML + idx_s * 2 + 1, l_i, mask=rs < REP)
+    gl.store(PML + idx_s * 2, m, mask=rs < REP)
+    gl.store(PML + idx_s * 2 + 1, l, mask=rs < REP)
 
 
 @gluon.jit
 def _merge(OUT, PACC, PML, kvh, HQ: gl.constexpr, HKV: gl.constexpr, HD: gl.constexpr, NUM_PARTS: gl.constexpr):
-    """Head group kvh's partitions merged by their softmax statistics (paged_attention._merge), into OUT (bf16)."""
+    """Head group kvh's partitions merged by their softmax statistics (paged_attention._merge), into OUT (bf16):
+    every partial read at once."""
     REP: gl.constexpr = HQ // HKV
     RP: gl.constexpr = _pow2(REP)
-    q_l: gl.constexpr = gl.SliceLayout(1, _layout(gl.num_warps()))
-    r = gl.arange(0, RP, layout=gl.SliceLayout(1, q_l))
-    d = gl.arange(0, HD, layout=gl.SliceLayout(0, q_l))
-    rmask = r < REP
+    L3: gl.constexpr = gl.BlockedLayout([RP, 1, 4], [1, 4, 8], [1, gl.num_warps(), 1], [2, 1, 0])  # [heads, parts, HD]
+    o_l: gl.constexpr = gl.SliceLayout(1, L3)
+    ml_l: gl.constexpr = gl.SliceLayout(2, L3)
+    r = gl.arange(0, RP, layout=gl.SliceLayout(1, ml_l))
+    p = gl.arange(0, NUM_PARTS, layout=gl.SliceLayout(0, ml_l))
     first = (kvh * REP + r) * NUM_PARTS
-    m_max = gl.full([RP], float("-inf"), gl.float32, gl.SliceLayout(1, q_l))
-    for p in range(NUM_PARTS):
-        m_max = gl.maximum(m_max, gl.load(PML + (first + p) * 2, mask=rmask, other=float("-inf"),
-                                          cache_modifier=".cg"))
+    at = first[:, None] + p[None, :]
+    rmask = (r < REP)[:, None] & (p < NUM_PARTS)[None, :]
+    m = gl.load(PML + at * 2, mask=rmask, other=float("-inf"), cache_modifier=".cg")
+    l = gl.load(PML + at * 2 + 1, mask=rmask, other=0.0, cache_modifier=".cg")
+    d = gl.arange(0, HD, layout=gl.SliceLayout(0, o_l))
+    d3 = gl.expand_dims(gl.expand_dims(d, 0), 1)
+    acc = gl.load(PACC + gl.expand_dims(at, 2) * HD + d3, mask=gl.expand_dims(rmask, 2) & (d3 < HD),
+                  other=0.0, cache_modifier=".cg")
+    m_max = gl.max(m, axis=1)
     m_max = gl.where(m_max == float("-inf"), 0.0, m_max)
-    num = gl.zeros([RP, HD], gl.float32, q_l)
-    den = gl.zeros([RP], gl.float32, gl.SliceLayout(1, q_l))
-    for p in range(NUM_PARTS):
-        w = gl.exp2(gl.load(PML + (first + p) * 2, mask=rmask, other=float("-inf"), cache_modifier=".cg") - m_max)
-        num += gl.load(PACC + (first + p)[:, None] * HD + d[None, :], mask=rmask[:, None], other=0.0,
-                       cache_modifier=".cg") * w[:, None]
-        den += gl.load(PML + (first + p) * 2 + 1, mask=rmask, other=0.0, cache_modifier=".cg") * w
-    out = num / gl.where(den == 0.0, 1.0, den)[:, None]
-    heads = kvh * REP + r
-    gl.store(OUT + heads[:, None] * HD + d[None, :], out.to(gl.bfloat16), mask=rmask[:, None] & (d < HD)[None, :])
+    w = gl.exp2(m - m_max[:, None])  # empty partitions (m = -inf) weigh 0
+    den = gl.sum(l * w, axis=1)
+    num = gl.sum(acc * gl.expand_dims(w, 2), axis=1)
+    out = num / gl.convert_layout(gl.where(den == 0.0, 1.0, den), gl.SliceLayout(1, o_l))[:, None]
+    ro = gl.arange(0, RP, layout=gl.SliceLayout(1, o_l))
+    heads = kvh * REP + ro
+    gl.store(OUT + heads[:, None] * HD + d[None, :], out.to(gl.bfloat16), mask=(ro < REP)[:, None] & (d < HD)[None, :])
 
 
 @gluon.jit

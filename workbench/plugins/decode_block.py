@@ -377,10 +377,10 @@ def check_attention(a: Attention, h: int) -> tuple[int, int, int]:
     """(Hq, Hkv, D) of the attention a block of width h starts with, or a ValueError naming what does not fit."""
     _, two, page, hkv, d = a.kv.shape
     hq = h // d if d else 0
-    if two != 2 or a.kv.dtype != torch.bfloat16 or not a.kv.is_contiguous() or d not in (32, 64, 128, 256) \
+    if two != 2 or a.kv.dtype != torch.bfloat16 or not a.kv.is_contiguous() or d not in (64, 128, 256) \
             or hq * d != h or hq % hkv:
         raise ValueError(f"decode_block: the cache {tuple(a.kv.shape)} {a.kv.dtype} does not fit heads of a "
-                         f"{h}-wide block (contiguous bf16, head size 32-256, a power of two)")
+                         f"{h}-wide block (contiguous bf16, head size 64, 128 or 256)")
     if tuple(a.qkv.shape) != (1, (hq + 2 * hkv) * d) or a.qkv.dtype != torch.bfloat16 or not a.qkv.is_contiguous():
         raise ValueError(f"decode_block: qkv {tuple(a.qkv.shape)} {a.qkv.dtype} must be one contiguous bf16 row of "
                          f"{(hq + 2 * hkv) * d}")
@@ -390,8 +390,10 @@ def check_attention(a: Attention, h: int) -> tuple[int, int, int]:
                          "and slot)")
     if a.cos.shape != a.sin.shape or a.cos.shape[-1] != d or a.cos.stride(1) != 1 or a.cos.stride() != a.sin.stride():
         raise ValueError(f"decode_block: rope tables {tuple(a.cos.shape)} must be [positions, {d}] rows alike")
-    if a.num_parts & (a.num_parts - 1) or not 1 <= a.num_parts <= 64 or a.part < 1:
-        raise ValueError(f"decode_block: {a.num_parts} partitions of {a.part}: want a power of two up to 64")
+    # an item reads its partition in one block; the merge holds every partition's partials at once
+    if a.num_parts & (a.num_parts - 1) or not 1 <= a.num_parts <= 16 or not 1 <= a.part <= 64:
+        raise ValueError(f"decode_block: {a.num_parts} partitions of {a.part} tokens: want a power of two up to 16, "
+                         f"of up to 64")
     return hq, hkv, d
 
 
