@@ -93,7 +93,7 @@ def test_block_attention_refuses_what_it_cannot_take():
 def _attention(h, hd, hkv, length, device, seed=0, pages=24, page=16):
     """A decode attention of one sequence of `length` tokens (the new one last) over a paged cache of random pages."""
     from workbench.plugins.decode_block import Attention
-    from workbench.plugins.paged_attention import decode_partitions
+    from workbench.plugins.paged_attention import min_partition
 
     g = torch.Generator(device=device).manual_seed(seed)
     hq = h // hd
@@ -103,7 +103,8 @@ def _attention(h, hd, hkv, length, device, seed=0, pages=24, page=16):
     inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
     emb = torch.arange(pages * page, device=device, dtype=torch.float32)[:, None] * inv[None, :]
     emb = torch.cat((emb, emb), dim=-1)
-    part, parts = decode_partitions(pages * page, 1, hkv, page, head_dim=hd)
+    part = min_partition(hd)  # what decode_partitions gives one sequence on an H100 (not the interpreter's one)
+    parts = triton.cdiv(pages * page, part)
     qkv = (2 * torch.randn(1, (hq + 2 * hkv) * hd, generator=g, device=device)).to(torch.bfloat16)
     one = lambda v, dt: torch.tensor([v], dtype=dt, device=device)  # noqa: E731
     return Attention(qkv, kv, table, one(length, torch.int32), one(length - 1, torch.int64),
