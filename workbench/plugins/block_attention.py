@@ -28,11 +28,19 @@ def _pow2(n):
     return triton.next_power_of_2(n)
 
 
+SB = gl.constexpr(16)  # keys a step of the attention loop reads from shared memory
+
+
 @gluon.constexpr_function
-def _layout(rp, warps):
-    """[heads, keys, 32 of the head dim]: a thread's heads in its registers, keys over 4 threads and the warps, the
-    head dim's 32 over 8 threads by 4 (a partition's keys and values are read once, not once a head)."""
-    return gl.BlockedLayout([rp, 1, 4], [1, 4, 8], [1, warps, 1], [2, 1, 0])
+def _layout(warps):
+    """[heads, keys, head dim]: a warp a query head, keys over 4 threads, the head dim over 8 threads by 4."""
+    return gl.BlockedLayout([1, 1, 4], [1, 4, 8], [warps, 1, 1], [2, 1, 0])
+
+
+@gluon.constexpr_function
+def _rows_layout(hd, warps):
+    """[keys, head dim] as the cache holds it: 8 values (16 bytes) a thread, a row over hd / 8 threads."""
+    return gl.BlockedLayout([1, 8], [32 * 8 // hd, hd // 8], [warps, 1], [1, 0])
 
 
 @gluon.jit
@@ -44,82 +52,95 @@ def _bf16(x):
 
 
 @gluon.jit
-def _rope_chunk(X, cos, sin, ci: gl.constexpr, NC: gl.constexpr, offs, mask):
-    """Chunk ci (32 values) of rows X rotated as paged_attention._rotated rounds it: x*c and partner*s each to
-    bf16, then their difference (first half) or sum, to bf16; the partner is the chunk half a head away."""
-    pc: gl.constexpr = (ci + NC // 2) % NC
-    x = gl.load(X + ci * 32 + offs, mask=mask, other=0.0).to(gl.float32)
-    partner = gl.load(X + pc * 32 + offs, mask=mask, other=0.0).to(gl.float32)
-    a = _bf16(x * cos.to(gl.float32))
-    b = _bf16(partner * sin.to(gl.float32))
-    if ci < NC // 2:
-        return _bf16(a - b)
-    else:
-        return _bf16(a + b)
+def _rotated(X, COS, SIN, d, mask, HD: gl.constexpr):
+    """Rows X rotated at columns d (rope of rotate-half) as paged_attention._rotated rounds it: x*c and partner*s
+    each to bf16, then their difference (first half) or sum, to bf16."""
+    half = d < HD // 2
+    partner = gl.where(half, d + HD // 2, d - HD // 2)
+    a = _bf16(gl.load(X + d, mask=mask, other=0.0).to(gl.float32) * gl.load(COS + d).to(gl.float32))
+    b = _bf16(gl.load(X + partner, mask=mask, other=0.0).to(gl.float32) * gl.load(SIN + d).to(gl.float32))
+    return _bf16(gl.where(half, a - b, a + b))
 
 
 @gluon.jit
-def _item(QKV, KV, TABLE, COS, SIN, PACC, PML, length, pos, slot, kvh, part, s_cos, s_blk, s_kv, s_pg, s_h, cap,
-          scale_log2, HQ: gl.constexpr, HKV: gl.constexpr, HD: gl.constexpr, PAGE: gl.constexpr,
+def _stage_kv(kvs, QKV, KV, TABLE, COS, SIN, length, pos, slot, lo, hi, kvh, s_cos, s_blk, s_kv, s_pg, s_h, cap,
+              HQ: gl.constexpr, HKV: gl.constexpr, HD: gl.constexpr, PAGE: gl.constexpr, BN: gl.constexpr):
+    """The partition's keys and values (BN rows from lo) into shared memory kvs [2 BN, HD], read at once: the new
+    token's from qkv (its key rotated; both stored in the cache by the item whose partition holds it), rows past
+    the sequence zeroed (the table's padding pages)."""
+    rows_l: gl.constexpr = _rows_layout(HD, gl.num_warps())
+    n = lo + gl.arange(0, BN, layout=gl.SliceLayout(1, rows_l))
+    d = gl.arange(0, HD, layout=gl.SliceLayout(0, rows_l))
+    inside = n < cap
+    page = gl.load(TABLE + n // PAGE, mask=inside, other=0).to(gl.int64)
+    at = page * s_blk + (n % PAGE).to(gl.int64) * s_pg + kvh * s_h
+    lmask = inside[:, None] & (d < HD)[None, :]
+    k = gl.load(KV + at[:, None] + d[None, :], mask=lmask, other=0.0)
+    v = gl.load(KV + s_kv + at[:, None] + d[None, :], mask=lmask, other=0.0)
+    k_new = _rotated(QKV + (HQ + kvh) * HD, COS + pos * s_cos, SIN + pos * s_cos, d, d < HD, HD).to(gl.bfloat16)
+    v_new = gl.load(QKV + (HQ + HKV + kvh) * HD + d)
+    mine = (slot >= 0) & (lo <= length - 1) & (length - 1 < hi)
+    dst = KV + (slot // PAGE) * s_blk + (slot % PAGE) * s_pg + kvh * s_h + d
+    gl.store(dst, k_new, mask=(d < HD) & mine)
+    gl.store(dst + s_kv, v_new, mask=(d < HD) & mine)
+    new = (n == length - 1)[:, None]
+    real = (n < hi)[:, None]
+    k = gl.where(new, k_new[None, :], k)
+    v = gl.where(real, gl.where(new, v_new[None, :], v), 0.0)
+    gl.thread_barrier()  # the program's item before has read the buffer
+    kvs.slice(0, BN).store(k)
+    kvs.slice(BN, BN).store(v)
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _item(kvs, QKV, KV, TABLE, COS, SIN, PACC, PML, length, pos, slot, kvh, part, s_cos, s_blk, s_kv, s_pg, s_h,
+          cap, scale_log2, HQ: gl.constexpr, HKV: gl.constexpr, HD: gl.constexpr, PAGE: gl.constexpr,
           PART: gl.constexpr, NUM_PARTS: gl.constexpr):
-    """One (kv head, partition of PART <= 64 keys, one block): its query heads' partial output and softmax
-    statistics into PACC, PML. The head dim goes by chunks of 32, so no thread holds more than a chunk's products."""
+    """One (kv head, partition of up to 64 keys): its query heads' partial output and softmax statistics into
+    PACC, PML. The keys and values go to shared memory in one read; the loop takes them SB at a time from there."""
     REP: gl.constexpr = HQ // HKV
     RP: gl.constexpr = _pow2(REP)
     BN: gl.constexpr = _pow2(PART)
-    NC: gl.constexpr = HD // 32
-    L3: gl.constexpr = _layout(RP, gl.num_warps())
-    q_l: gl.constexpr = gl.SliceLayout(1, L3)  # [heads, 32]
-    kv_l: gl.constexpr = gl.SliceLayout(0, L3)  # [keys, 32]
+    L3: gl.constexpr = _layout(gl.num_warps())
+    q_l: gl.constexpr = gl.SliceLayout(1, L3)  # [heads, HD]
+    kv_l: gl.constexpr = gl.SliceLayout(0, L3)  # [keys, HD]
     s_l: gl.constexpr = gl.SliceLayout(2, L3)  # [heads, keys]
     lo = part * PART
     hi = gl.minimum(lo + PART, length)
-    mine = (slot >= 0) & (lo <= length - 1) & (length - 1 < hi)
-    kd = gl.arange(0, 32, layout=gl.SliceLayout(0, kv_l))
-    n = lo + gl.arange(0, BN, layout=gl.SliceLayout(1, kv_l))
-    inside = n < cap
-    page = gl.load(TABLE + n // PAGE, mask=inside, other=0).to(gl.int64)
-    row = KV + page * s_blk + (n % PAGE).to(gl.int64) * s_pg + kvh * s_h
-    lmask = inside[:, None] & (kd < 32)[None, :]
-    new = (n == length - 1)[:, None]
-    real = (n < hi)[:, None]
+    _stage_kv(kvs, QKV, KV, TABLE, COS, SIN, length, pos, slot, lo, hi, kvh, s_cos, s_blk, s_kv, s_pg, s_h, cap, HQ,
+              HKV, HD, PAGE, BN)
     r = gl.arange(0, RP, layout=gl.SliceLayout(1, q_l))
-    d = gl.arange(0, 32, layout=gl.SliceLayout(0, q_l))
-    hmask = (r < REP)[:, None] & (d < 32)[None, :]
+    d = gl.arange(0, HD, layout=gl.SliceLayout(0, q_l))
+    hmask = (r < REP)[:, None] & (d < HD)[None, :]
     heads = kvh * REP + r
-    kslot = KV + (slot // PAGE) * s_blk + (slot % PAGE) * s_pg + kvh * s_h
-    qk = gl.zeros([RP, BN], gl.float32, s_l)
-    for ci in gl.static_range(NC):
-        k = gl.load(row[:, None] + ci * 32 + kd[None, :], mask=lmask, other=0.0).to(gl.float32)
-        c = gl.load(COS + pos * s_cos + ci * 32 + d)
-        sn = gl.load(SIN + pos * s_cos + ci * 32 + d)
-        q = _rope_chunk(QKV + heads[:, None] * HD, c[None, :], sn[None, :], ci, NC, d[None, :], hmask)
-        ck = gl.load(COS + pos * s_cos + ci * 32 + kd)
-        sk = gl.load(SIN + pos * s_cos + ci * 32 + kd)
-        k_new = _rope_chunk(QKV + (HQ + kvh) * HD, ck, sk, ci, NC, kd, kd < 32)
-        gl.store(kslot + ci * 32 + kd, k_new.to(gl.bfloat16), mask=(kd < 32) & mine)
-        k = gl.where(new, k_new[None, :], k)  # the new token's key from qkv: this program stored it just now
-        qk += gl.sum(gl.expand_dims(q, 1) * gl.expand_dims(k, 0), axis=2)
-    ns = lo + gl.arange(0, BN, layout=gl.SliceLayout(0, s_l))
-    qk = gl.where((ns < hi)[None, :], qk * scale_log2, float("-inf"))
-    m = gl.max(qk, axis=1)
-    m_safe = gl.where(m == float("-inf"), 0.0, m)
-    p = gl.exp2(qk - m_safe[:, None])
-    l = gl.sum(p, axis=1)
-    p3 = gl.expand_dims(_bf16(p), 2)
+    q = _rotated(QKV + heads[:, None] * HD, COS + pos * s_cos, SIN + pos * s_cos, d[None, :], hmask, HD)
+    q3 = gl.expand_dims(q, 1)
+    keys = kvs._reinterpret(gl.bfloat16, [2 * BN // SB, SB, HD], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    m_i = gl.full([RP], float("-inf"), gl.float32, gl.SliceLayout(1, s_l))
+    l_i = gl.zeros([RP], gl.float32, gl.SliceLayout(1, s_l))
+    acc = gl.zeros([RP, SB, HD], gl.float32, L3)
+    for j in range(0, gl.cdiv(hi - lo, SB)):
+        k = keys.index(j).load(kv_l).to(gl.float32)
+        v = keys.index(BN // SB + j).load(kv_l).to(gl.float32)
+        qk = gl.sum(q3 * gl.expand_dims(k, 0), axis=2) * scale_log2
+        ns = lo + j * SB + gl.arange(0, SB, layout=gl.SliceLayout(0, s_l))
+        qk = gl.where((ns < hi)[None, :], qk, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(qk, axis=1))
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        p = gl.exp2(qk - m_safe[:, None])
+        alpha = gl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        alpha3 = gl.expand_dims(gl.expand_dims(alpha, 1), 2)
+        acc = acc * alpha3 + gl.expand_dims(_bf16(p), 2) * gl.expand_dims(v, 0)
+        m_i = m_new
+    out = gl.sum(acc, axis=1)  # [heads, HD] in q_l
     idx = heads * NUM_PARTS + part
-    for ci in gl.static_range(NC):
-        v = gl.load(row[:, None] + s_kv + ci * 32 + kd[None, :], mask=lmask, other=0.0).to(gl.float32)
-        v_new = gl.load(QKV + (HQ + HKV + kvh) * HD + ci * 32 + kd)
-        gl.store(kslot + s_kv + ci * 32 + kd, v_new, mask=(kd < 32) & mine)
-        v = gl.where(new, v_new.to(gl.float32)[None, :], v)
-        v = gl.where(real, v, 0.0)  # past the sequence: the table's padding pages, weighed 0
-        pv = gl.sum(p3 * gl.expand_dims(v, 0), axis=1)
-        gl.store(PACC + idx[:, None] * HD + ci * 32 + d[None, :], pv, mask=hmask)
+    gl.store(PACC + idx[:, None] * HD + d[None, :], out, mask=hmask)
     rs = gl.arange(0, RP, layout=gl.SliceLayout(1, s_l))
     idx_s = (kvh * REP + rs) * NUM_PARTS + part
-    gl.store(PML + idx_s * 2, m, mask=rs < REP)
-    gl.store(PML + idx_s * 2 + 1, l, mask=rs < REP)
+    gl.store(PML + idx_s * 2, m_i, mask=rs < REP)
+    gl.store(PML + idx_s * 2 + 1, l_i, mask=rs < REP)
 
 
 @gluon.jit
@@ -154,16 +175,18 @@ def _merge(OUT, PACC, PML, kvh, HQ: gl.constexpr, HKV: gl.constexpr, HD: gl.cons
 
 
 @gluon.jit
-def attention_stage(OUT, QKV, KV, TABLE, SEQ_LENS, POS, SLOTS, COS, SIN, PACC, PML, MCNT, CNT_A, s_cos, s_blk, s_kv,
+def attention_stage(xs, OUT, QKV, KV, TABLE, SEQ_LENS, POS, SLOTS, COS, SIN, PACC, PML, MCNT, CNT_A, s_cos, s_blk, s_kv,
                     s_pg, s_h, cap, scale_log2, HQ: gl.constexpr, HKV: gl.constexpr, HD: gl.constexpr,
                     PAGE: gl.constexpr, PART: gl.constexpr, NUM_PARTS: gl.constexpr):
-    """Consumers: this program's items; the last item of a head group merges it and counts it on CNT_A (release)."""
+    """Consumers: this program's items, a partition's keys and values in the block's x buffer xs (unused until the
+    stage after); the last item of a head group merges it and counts it on CNT_A (release)."""
+    kvs = xs._reinterpret(gl.bfloat16, [2 * _pow2(PART), HD], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
     length = gl.load(SEQ_LENS).to(gl.int32)
     pos = gl.load(POS).to(gl.int64)
     slot = gl.load(SLOTS).to(gl.int64)
     for it in range(gl.program_id(0), HKV * NUM_PARTS, gl.num_programs(0)):
         kvh = it // NUM_PARTS
-        _item(QKV, KV, TABLE, COS, SIN, PACC, PML, length, pos, slot, kvh, it % NUM_PARTS, s_cos, s_blk, s_kv,
+        _item(kvs, QKV, KV, TABLE, COS, SIN, PACC, PML, length, pos, slot, kvh, it % NUM_PARTS, s_cos, s_blk, s_kv,
               s_pg, s_h, cap, scale_log2, HQ, HKV, HD, PAGE, PART, NUM_PARTS)
         gl.thread_barrier()  # every thread's partials stored, before the release below
         if gl.atomic_add(MCNT + kvh, 1, sem="acq_rel", scope="gpu") == NUM_PARTS - 1:

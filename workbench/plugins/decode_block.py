@@ -263,7 +263,7 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
     if ATTN:  # every head group merged and written to X (counted on CNT[5]; CNT[8:] count a group's partitions)
         # launches with attention so far (CNT[6]): a call site may run without it too (a one-row prefill)
         epoch_a = gl.atomic_add(CNT + 6, 0, sem="relaxed", scope="gpu")
-        attention_stage(X, QKV, KV, TABLE, SEQ_LENS, POS, SLOTS, COS, SIN, PACC, PML, CNT + 8, CNT + 5, s_cos, s_blk,
+        attention_stage(xs, X, QKV, KV, TABLE, SEQ_LENS, POS, SLOTS, COS, SIN, PACC, PML, CNT + 8, CNT + 5, s_cos, s_blk,
                         s_kv, s_pg, s_h, cap, scale_log2, HQ, HKV, HD, PAGE, PART, NUM_PARTS)
         _wait(CNT, 5, (epoch_a + 1) * HKV)
     _stage_input(xs, X, X, X, X, H, eps2, False)
@@ -419,7 +419,7 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     s = scales if scales is not None else (x,) * 4
     programs = torch.cuda.get_device_properties(x.device).multi_processor_count
     ring = RING_KIB * 1024 // (ROWS[wq] * TILE_W[wq] * (4 if wq == 8 else 2))  # slots of one tile
-    attn_args, attn_consts = _attention_args(attention, x, h)
+    attn_args, attn_consts = _attention_args(attention, x, h, i, wq)
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
                                *s, counters, n_nx, float(eps2), float(eps_n), *attn_args, H=h, I=i, RING=ring,
                                XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, **attn_consts, num_warps=4,
@@ -427,11 +427,13 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     return out
 
 
-def _attention_args(a: Attention | None, x: torch.Tensor, h: int) -> tuple[list, dict]:
+def _attention_args(a: Attention | None, x: torch.Tensor, h: int, i: int, wq: int) -> tuple[list, dict]:
     """The kernel's attention arguments and constants (placeholders without attention)."""
     if a is None:
         return [x] * 10 + [0, 0, 0, 0, 0, 0, 1.0], dict(ATTN=False, HQ=1, HKV=1, HD=32, PAGE=1, PART=1, NUM_PARTS=1)
     hq, hkv, d = check_attention(a, h)
+    if 2 * triton.next_power_of_2(a.part) * d > x_rows(wq, h, i) * CHUNK[wq]:
+        raise ValueError(f"decode_block: a partition's keys and values ({a.part} of {d}) do not fit the x buffer")
     if hkv > COUNTERS - 8:
         raise ValueError(f"decode_block: {hkv} kv heads, at most {COUNTERS - 8}")
     pacc = torch.empty(hq * a.num_parts * d, dtype=torch.float32, device=x.device)
