@@ -103,8 +103,9 @@
 #   bash bench/run_gpu.sh merge2  # tests; decode with the merge fused where a layer block follows; 8B with partitions of
 #                                 # at least 64 and 16 tokens
 #   bash bench/run_gpu.sh last    # 8B decode with the last layer's block too, with partitions of 64; the 1B with 64
-#   bash bench/run_gpu.sh battn   # block and engine tests; decode with the attention inside the layer block kernel
-#                                 # (WB_BLOCK_ATTENTION) against its own kernel; the 1B bf16 with every layer block
+#   bash bench/run_gpu.sh battn   # (the decode attention inside the layer block kernel, WB_BLOCK_ATTENTION: slower in
+#                                 # every version and removed; the stage needs commit 027ea13, or 53cd78c, fa69cc6
+#                                 # for calls 1-3's versions)
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode

@@ -1,14 +1,12 @@
-"""plugins/decode_block.py: the layer block after attention as one persistent warp-specialised kernel, optionally
-starting with the decode attention (plugins/block_attention.py). On the CPU: it compiles for sm_90 (a subprocess with
-the interpreter off) and refuses shapes it cannot take. On a GPU: against its torch reference and the unfused plugins
-(GEMV, add + norm, paged attention), launched again and again (its counters count launches), and chained under
-programmatic dependent launch in a CUDA graph."""
+"""plugins/decode_block.py: the layer block after attention as one persistent warp-specialised kernel. On the CPU:
+it compiles for sm_90 (a subprocess with the interpreter off) and refuses shapes it cannot take. On a GPU: against
+its torch reference and the unfused plugins (GEMV, add + norm), launched again and again (its counters count
+launches), and chained under programmatic dependent launch in a CUDA graph."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import triton
 
 from tests.compile_on_cpu import compiled_report
 
@@ -24,31 +22,25 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from workbench.plugins import decode_block as db
 fn, out = db._decode_block, {}
-for wq, (h, i), attn in [(0, (4096, 14336), None), (8, (4096, 14336), (32, 8, 128)), (0, (2048, 8192), (32, 8, 64))]:
+for wq, (h, i) in [(0, (4096, 14336)), (8, (4096, 14336)), (0, (2048, 8192))]:
     desc = f"tensordesc<{'i32' if wq else 'bf16'}[{db.ROWS[wq]}, {db.TILE_W[wq]}],{db._shared_layout(wq)}>"
     sig = {n: 'constexpr' for n in fn.arg_names}
     sig.update({n: desc for n in ('d_o', 'd_gu', 'd_dn', 'd_nx')})
-    sig.update({n: '*bf16' for n in ('X', 'RES', 'G2', 'GN', 'O', 'H1', 'ACT', 'D', 'H2', 'Y', 'QKV', 'KV', 'COS', 'SIN')})
-    sig.update({n: '*fp32' for n in ('S_o', 'S_gu', 'S_dn', 'S_nx', 'PACC', 'PML')}, CNT='*i32', N_NX='i32',
-               eps2='fp32', eps_n='fp32', TABLE='*i32', SEQ_LENS='*i32', POS='*i64', SLOTS='*i64', scale_log2='fp32')
-    sig.update({n: 'i32' for n in ('s_cos', 's_blk', 's_kv', 's_pg', 's_h', 'cap')})
+    sig.update({n: '*bf16' for n in ('X', 'RES', 'G2', 'GN', 'O', 'H1', 'ACT', 'D', 'H2', 'Y')})
+    sig.update({n: '*fp32' for n in ('S_o', 'S_gu', 'S_dn', 'S_nx')}, CNT='*i32', N_NX='i32', eps2='fp32', eps_n='fp32')
     ring = db.RING_KIB * 1024 // (db.ROWS[wq] * db.TILE_W[wq] * (4 if wq else 2))
-    hq, hkv, hd = attn or (1, 1, 32)
-    consts = dict(H=h, I=i, RING=ring, XR=db.x_rows(wq, h, i), WQ=wq, USE_GDC=True, ATTN=attn is not None, HQ=hq,
-                  HKV=hkv, HD=hd, PAGE=16, PART=64, NUM_PARTS=8)
+    consts = dict(H=h, I=i, RING=ring, XR=db.x_rows(wq, h, i), WQ=wq, USE_GDC=True)
     k = triton.compile(GluonASTSource(fn, sig, {(fn.arg_names.index(n),): v for n, v in consts.items()}),
                        target=GPUTarget('cuda', 90, 32), options={'num_warps': 4})
     ptx = k.asm['ptx']
-    out[f'{wq}/{h}/{attn}'] = [k.metadata.shared, ptx.count('cp.async.bulk.tensor'),
-                               ptx.count('ld.global.gpu.acquire'), ptx.count('griddepcontrol.wait'), ptx.count('f64'),
-                               ptx.count('atom.global.gpu.acq_rel'), attn is not None]
+    out[f'{wq}/{h}'] = [k.metadata.shared, ptx.count('cp.async.bulk.tensor'), ptx.count('ld.global.gpu.acquire'),
+                        ptx.count('griddepcontrol.wait'), ptx.count('f64')]
 print(json.dumps(out))
 """
     got = compiled_report(code)
-    for name, (shared, copies, acquires, waits, f64, merges, attn) in got.items():
+    for name, (shared, copies, acquires, waits, f64) in got.items():
         assert 128 << 10 < shared <= (227 - 51) << 10, f"{name}: {shared} bytes (attention's programs must fit beside)"
         assert copies and acquires and waits and f64, f"{name}: a TMA copy, a counter wait, the PDL wait, the fp64 sum"
-        assert bool(merges) == attn, f"{name}: the attention's partition counter only where it has attention"
 
 
 def test_block_refuses_what_it_cannot_take():
@@ -65,51 +57,9 @@ def test_block_refuses_what_it_cannot_take():
         check(x, w(1024, 1024), w(4096, 1024), w(1024, 2048), w(1540, 1024), 0)
     from workbench.plugins.decode_block import decode_block
 
-    with pytest.raises(ValueError, match="counters must be 72 int32"):
+    with pytest.raises(ValueError, match="counters must be 5 int32"):
         decode_block(x, x, x[0], 1e-5, w(1024, 1024), w(4096, 1024), w(1024, 2048), x[0], 1e-5, w(1536, 1024),
                      torch.zeros(4, dtype=torch.int32))
-
-
-def test_block_attention_refuses_what_it_cannot_take():
-    from workbench.plugins.decode_block import check_attention
-
-    a = _attention(1024, 128, 2, 200, "cpu")
-    assert check_attention(a, 1024) == (8, 2, 128)
-    with pytest.raises(ValueError, match="heads of a 1000-wide block"):
-        check_attention(a, 1000)
-    a.qkv = torch.zeros(2, 1536, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="qkv"):
-        check_attention(a, 1024)
-    b = _attention(1024, 128, 2, 200, "cpu")
-    b.num_parts = 3
-    with pytest.raises(ValueError, match="power of two"):
-        check_attention(b, 1024)
-    c = _attention(1024, 128, 2, 200, "cpu")
-    c.kv = c.kv.float()
-    with pytest.raises(ValueError, match="cache"):
-        check_attention(c, 1024)
-
-
-def _attention(h, hd, hkv, length, device, seed=0, pages=24, page=16):
-    """A decode attention of one sequence of `length` tokens (the new one last) over a paged cache of random pages."""
-    from workbench.plugins.decode_block import Attention
-    from workbench.plugins.paged_attention import min_partition
-
-    g = torch.Generator(device=device).manual_seed(seed)
-    hq = h // hd
-    kv = torch.randn(pages + 4, 2, page, hkv, hd, generator=g, device=device).to(torch.bfloat16)
-    table = (torch.randperm(pages + 4, generator=g, device=device)[:pages]).to(torch.int32)[None, :]
-    slot = int(table[0, (length - 1) // page]) * page + (length - 1) % page
-    inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
-    emb = torch.arange(pages * page, device=device, dtype=torch.float32)[:, None] * inv[None, :]
-    emb = torch.cat((emb, emb), dim=-1)
-    part = min_partition(hd)  # what decode_partitions gives one sequence on an H100 (not the interpreter's one)
-    parts = triton.cdiv(pages * page, part)
-    qkv = (2 * torch.randn(1, (hq + 2 * hkv) * hd, generator=g, device=device)).to(torch.bfloat16)
-    one = lambda v, dt: torch.tensor([v], dtype=dt, device=device)  # noqa: E731
-    return Attention(qkv, kv, table, one(length, torch.int32), one(length - 1, torch.int64),
-                     one(slot, torch.int64), emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16), hd ** -0.5,
-                     part, triton.next_power_of_2(parts))
 
 
 def _inputs(h, i, n, fmt, seed=0):
@@ -167,10 +117,10 @@ def _rel(a, b):
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_block_matches_its_reference_and_the_unfused_plugins(fmt, shape):
-    from workbench.plugins.decode_block import COUNTERS, decode_block, decode_block_ref
+    from workbench.plugins.decode_block import decode_block, decode_block_ref
 
     args, scales = _inputs(*shape, fmt)
-    counters = torch.zeros(COUNTERS, dtype=torch.int32, device="cuda")
+    counters = torch.zeros(5, dtype=torch.int32, device="cuda")
     runs = [decode_block(*args, counters, scales) for _ in range(3)]  # its counters count the launches
     torch.cuda.synchronize()
     assert int(counters[4]) == 3
@@ -188,12 +138,12 @@ def test_block_matches_its_reference_and_the_unfused_plugins(fmt, shape):
 @pytest.mark.skipif(not GPU, reason="a Hopper GPU")
 def test_blocks_chained_under_pdl_in_a_graph_give_the_eager_bits():
     from workbench.plugins.common import use_pdl
-    from workbench.plugins.decode_block import COUNTERS, decode_block
+    from workbench.plugins.decode_block import decode_block
 
     if not use_pdl():
         pytest.skip("no programmatic dependent launch")
     layers = [_inputs(1024, 2048, 1024, "bf16", seed=s)[0] for s in range(3)]
-    counters = [torch.zeros(COUNTERS, dtype=torch.int32, device="cuda") for _ in layers]
+    counters = [torch.zeros(5, dtype=torch.int32, device="cuda") for _ in layers]
     x0 = layers[0][0].clone()
 
     def chain(pdl):
@@ -216,42 +166,3 @@ def test_blocks_chained_under_pdl_in_a_graph_give_the_eager_bits():
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(y, eager)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not GPU, reason="a Hopper GPU")
-@pytest.mark.parametrize("fmt", ["bf16", "int8"])
-@pytest.mark.parametrize("shape", [(1024, 2048, 1536, 128, 2), (2048, 8192, 3072, 64, 8)])  # H, I, N, head, kv heads
-@pytest.mark.parametrize("length", [1, 37, 200])
-def test_block_with_attention_matches_the_reference_and_the_attention_kernel(fmt, shape, length):
-    from workbench.plugins.decode_block import COUNTERS, decode_block, decode_block_ref
-    from workbench.plugins.paged_attention import paged_decode_attention_rope
-
-    h, i, n, hd, hkv = shape
-    args, scales = _inputs(h, i, n, fmt)
-    a = _attention(h, hd, hkv, length, "cuda")
-    kv0 = a.kv.clone()
-    counters = torch.zeros(COUNTERS, dtype=torch.int32, device="cuda")
-    runs = []
-    for _ in range(3):  # its counters count launches; the cache gets the same key and value again
-        x = torch.empty(1, h, dtype=torch.bfloat16, device="cuda")
-        runs.append({"x": x, **decode_block(x, *args[1:], counters, scales, attention=a)})
-    torch.cuda.synchronize()
-    assert int(counters[4]) == 3 and int(counters[6]) == 3 and int(counters[5]) == 3 * hkv
-    assert not counters[8:].any(), "the merging programs zero their group's partition counter"
-    got_kv, a.kv = a.kv, kv0.clone()
-    ref = decode_block_ref(torch.empty(1, h), *args[1:], scales, attention=a)
-    assert torch.equal(got_kv, a.kv), "the new token's key and value: rope_qkv's bits at its slot, nothing else"
-    a.kv = kv0.clone()
-    plugin = paged_decode_attention_rope(a.qkv, h // hd, a.cos, a.sin, a.positions, a.slots, a.kv, a.block_tables,
-                                         a.seq_lens, a.scale, part=a.part, num_parts=a.num_parts).reshape(1, h)
-    assert _rel(runs[0]["x"], plugin) < 1e-2, f"attention {_rel(runs[0]['x'], plugin):.2e} from its own kernel"
-    for name, got in runs[0].items():
-        assert all(torch.equal(got, r[name]) for r in runs[1:]), f"{name}: another launch gave other bits"
-        assert _rel(got, ref[name]) < 2e-2, f"{name}: {_rel(got, ref[name]):.2e} from the reference"
-    # a launch without attention at the same site (a one-row prefill) does not upset the attention's count
-    decode_block(runs[0]["x"], *args[1:], counters, scales)
-    x = torch.empty(1, h, dtype=torch.bfloat16, device="cuda")
-    again = decode_block(x, *args[1:], counters, scales, attention=a)
-    torch.cuda.synchronize()
-    assert torch.equal(x, runs[0]["x"]) and torch.equal(again["y"], runs[0]["y"])

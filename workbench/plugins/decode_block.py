@@ -27,16 +27,12 @@ The engines run it through runtime/layer_block.py (cuda_program's `layer_block` 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
-
-from workbench.plugins.block_attention import attention_stage
-from workbench.plugins.flash_attention import LOG2E
 
 RING_KIB = 128  # the ring of weight tiles a program
 # A timing probe's switch, never for results (WB_PROBE_FREE_UNPACK=1, bench/run_gpu.sh free): int8 words taken as
@@ -247,12 +243,8 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
 
 @gluon.jit
 def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX, eps2, eps_n,
-             QKV, KV, TABLE, SEQ_LENS, POS, SLOTS, COS, SIN, PACC, PML, s_cos, s_blk, s_kv, s_pg, s_h, cap, scale_log2,
-             H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr, USE_GDC: gl.constexpr, ATTN: gl.constexpr,
-             HQ: gl.constexpr, HKV: gl.constexpr, HD: gl.constexpr, PAGE: gl.constexpr, PART: gl.constexpr,
-             NUM_PARTS: gl.constexpr):
-    """The consumer warps: (ATTN: the attention that writes X, see block_attention.py, then) the four stages, each
-    after every program finished the one before."""
+             H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr, USE_GDC: gl.constexpr):
+    """The consumer warps: the four stages, each after every program finished the one before."""
     R: gl.constexpr = ring.type.shape[1]
     G = gl.num_programs(0)
     if USE_GDC:  # X and RES come from the kernels before (programmatic dependent launch)
@@ -260,12 +252,6 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
     epoch = gl.atomic_add(CNT + 4, 0, sem="relaxed", scope="gpu")  # launches so far: counters are never reset
     target = (epoch + 1) * G
     W: gl.constexpr = xs.type.shape[1]
-    if ATTN:  # every head group merged and written to X (counted on CNT[5]; CNT[8:] count a group's partitions)
-        # launches with attention so far (CNT[6]): a call site may run without it too (a one-row prefill)
-        epoch_a = gl.atomic_add(CNT + 6, 0, sem="relaxed", scope="gpu")
-        attention_stage(xs, X, QKV, KV, TABLE, SEQ_LENS, POS, SLOTS, COS, SIN, PACC, PML, CNT + 8, CNT + 5, s_cos, s_blk,
-                        s_kv, s_pg, s_h, cap, scale_log2, HQ, HKV, HD, PAGE, PART, NUM_PARTS)
-        _wait(CNT, 5, (epoch_a + 1) * HKV)
     _stage_input(xs, X, X, X, X, H, eps2, False)
     c = _stage(ring, full, empty, xs, gl.to_tensor(0), O, S_o, H // R, H, False, WQ)
     _arrive(CNT, 0)
@@ -273,8 +259,6 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
     _wait(CNT, 0, target)
     if gl.program_id(0) == 0:  # every program has read the epoch: the next launch may see it advanced
         gl.atomic_add(CNT + 4, 1, sem="relaxed", scope="gpu")
-        if ATTN:
-            gl.atomic_add(CNT + 6, 1, sem="relaxed", scope="gpu")
     _stage_input(xs, O, res, g2, H1, H, eps2, True)
     c = _stage(ring, full, empty, xs, c, ACT, S_gu, I // R, H, True, WQ)
     _arrive(CNT, 1)
@@ -305,18 +289,15 @@ def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
 
 @gluon.jit
 def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
-                  eps2, eps_n, QKV, KV, TABLE, SEQ_LENS, POS, SLOTS, COS, SIN, PACC, PML, s_cos, s_blk, s_kv, s_pg, s_h,
-                  cap, scale_log2, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
-                  WQ: gl.constexpr, USE_GDC: gl.constexpr, ATTN: gl.constexpr, HQ: gl.constexpr, HKV: gl.constexpr,
-                  HD: gl.constexpr, PAGE: gl.constexpr, PART: gl.constexpr, NUM_PARTS: gl.constexpr):
+                  eps2, eps_n, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
+                  WQ: gl.constexpr, USE_GDC: gl.constexpr):
     ring, full, empty, xs = _buffers(d_o, RING, XR, WQ)
     if USE_GDC:  # the next kernel may launch now: its programs fit beside these and wait for this kernel's end
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
                                   pack=1)
     gl.warp_specialize([
         (_consume, (ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
-                    eps2, eps_n, QKV, KV, TABLE, SEQ_LENS, POS, SLOTS, COS, SIN, PACC, PML, s_cos, s_blk, s_kv, s_pg,
-                    s_h, cap, scale_log2, H, I, WQ, USE_GDC, ATTN, HQ, HKV, HD, PAGE, PART, NUM_PARTS)),
+                    eps2, eps_n, H, I, WQ, USE_GDC)),
         (_produce, (d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, H, I, WQ)),
     ], [1], [40])
 
@@ -349,65 +330,15 @@ def check(x, w_o, w_gu, w_dn, w_nx, wq: int) -> tuple[int, int, int]:
     return h, i, n_nx
 
 
-# a call site's counters: stages 0-3, launches (4), merged head groups (5), launches with attention (6), a head
-# group's partitions done (8 + kv head)
-COUNTERS = 8 + 64
-
-
-@dataclass
-class Attention:
-    """The decode attention the block starts with (block_attention.py), for one sequence: the fused qkv projection
-    [1, (Hq + 2 Hkv) D] of the new token, the paged cache [blocks, 2, page, Hkv, D] (k, v written at `slots`), the
-    rope table's cos and sin [positions, D], and paged_attention's partitioning (part tokens, num_parts)."""
-
-    qkv: torch.Tensor
-    kv: torch.Tensor
-    block_tables: torch.Tensor
-    seq_lens: torch.Tensor
-    positions: torch.Tensor
-    slots: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-    scale: float
-    part: int
-    num_parts: int
-
-
-def check_attention(a: Attention, h: int) -> tuple[int, int, int]:
-    """(Hq, Hkv, D) of the attention a block of width h starts with, or a ValueError naming what does not fit."""
-    _, two, page, hkv, d = a.kv.shape
-    hq = h // d if d else 0
-    if two != 2 or a.kv.dtype != torch.bfloat16 or not a.kv.is_contiguous() or d not in (64, 128, 256) \
-            or hq * d != h or hq % hkv:
-        raise ValueError(f"decode_block: the cache {tuple(a.kv.shape)} {a.kv.dtype} does not fit heads of a "
-                         f"{h}-wide block (contiguous bf16, head size 64, 128 or 256)")
-    if tuple(a.qkv.shape) != (1, (hq + 2 * hkv) * d) or a.qkv.dtype != torch.bfloat16 or not a.qkv.is_contiguous():
-        raise ValueError(f"decode_block: qkv {tuple(a.qkv.shape)} {a.qkv.dtype} must be one contiguous bf16 row of "
-                         f"{(hq + 2 * hkv) * d}")
-    if a.block_tables.dim() != 2 or a.block_tables.shape[0] != 1 or a.block_tables.stride(1) != 1 \
-            or any(t.numel() != 1 for t in (a.seq_lens, a.positions, a.slots)):
-        raise ValueError("decode_block: the attention takes one sequence (a block table row, one length, position "
-                         "and slot)")
-    if a.cos.shape != a.sin.shape or a.cos.shape[-1] != d or a.cos.stride(1) != 1 or a.cos.stride() != a.sin.stride():
-        raise ValueError(f"decode_block: rope tables {tuple(a.cos.shape)} must be [positions, {d}] rows alike")
-    # an item reads its partition in one block; the merge holds every partition's partials at once
-    if a.num_parts & (a.num_parts - 1) or not 1 <= a.num_parts <= 16 or not 1 <= a.part <= 64:
-        raise ValueError(f"decode_block: {a.num_parts} partitions of {a.part} tokens: want a power of two up to 16, "
-                         f"of up to 64")
-    return hq, hkv, d
-
-
 def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_nx, counters: torch.Tensor,
-                 scales: tuple | None = None, use_gdc: bool = False,
-                 attention: Attention | None = None) -> dict[str, torch.Tensor]:
-    """The block on the GPU: x [1, H] (attention's output; with `attention`, the buffer the block's attention
-    writes it to), res [1, H]; bf16 weights, or int8 weights viewed as int32 words [N, K / 4] with their per-channel
-    scales (o, gate_up, down, next). counters: COUNTERS int32 zeros, kept between calls (one a call site: they count
-    launches). Returns o, h1, act, d, h2, y."""
+                 scales: tuple | None = None, use_gdc: bool = False) -> dict[str, torch.Tensor]:
+    """The block on the GPU: x [1, H] (attention's output), res [1, H]; bf16 weights, or int8 weights viewed as int32
+    words [N, K / 4] with their per-channel scales (o, gate_up, down, next). counters: int32 [5] of zeros, kept
+    between calls (one a call site: they count launches). Returns o, h1, act, d, h2, y."""
     wq = 8 if scales is not None else 0
     h, i, n_nx = check(x, w_o, w_gu, w_dn, w_nx, wq)
-    if counters.dtype != torch.int32 or counters.numel() != COUNTERS or counters.device != x.device:
-        raise ValueError(f"decode_block: counters must be {COUNTERS} int32 on {x.device}, got {counters.numel()} "
+    if counters.dtype != torch.int32 or counters.numel() != 5 or counters.device != x.device:
+        raise ValueError(f"decode_block: counters must be 5 int32 on {x.device}, got {counters.numel()} "
                          f"{counters.dtype} on {counters.device}")
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -419,45 +350,18 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     s = scales if scales is not None else (x,) * 4
     programs = torch.cuda.get_device_properties(x.device).multi_processor_count
     ring = RING_KIB * 1024 // (ROWS[wq] * TILE_W[wq] * (4 if wq == 8 else 2))  # slots of one tile
-    attn_args, attn_consts = _attention_args(attention, x, h, i, wq)
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
-                               *s, counters, n_nx, float(eps2), float(eps_n), *attn_args, H=h, I=i, RING=ring,
-                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, **attn_consts, num_warps=4,
+                               *s, counters, n_nx, float(eps2), float(eps_n), H=h, I=i, RING=ring,
+                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=4,
                                **({"launch_pdl": True} if use_gdc else {}))
     return out
 
 
-def _attention_args(a: Attention | None, x: torch.Tensor, h: int, i: int, wq: int) -> tuple[list, dict]:
-    """The kernel's attention arguments and constants (placeholders without attention)."""
-    if a is None:
-        return [x] * 10 + [0, 0, 0, 0, 0, 0, 1.0], dict(ATTN=False, HQ=1, HKV=1, HD=32, PAGE=1, PART=1, NUM_PARTS=1)
-    hq, hkv, d = check_attention(a, h)
-    if 2 * triton.next_power_of_2(a.part) * d > x_rows(wq, h, i) * CHUNK[wq]:
-        raise ValueError(f"decode_block: a partition's keys and values ({a.part} of {d}) do not fit the x buffer")
-    if hkv > COUNTERS - 8:
-        raise ValueError(f"decode_block: {hkv} kv heads, at most {COUNTERS - 8}")
-    pacc = torch.empty(hq * a.num_parts * d, dtype=torch.float32, device=x.device)
-    pml = torch.empty(hq * a.num_parts * 2, dtype=torch.float32, device=x.device)
-    kv = a.kv
-    args = [a.qkv, kv, a.block_tables, a.seq_lens, a.positions, a.slots, a.cos, a.sin, pacc, pml, a.cos.stride(0),
-            kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3), a.block_tables.shape[1] * kv.shape[2],
-            a.scale * LOG2E]
-    return args, dict(ATTN=True, HQ=hq, HKV=hkv, HD=d, PAGE=kv.shape[2], PART=a.part, NUM_PARTS=a.num_parts)
-
-
 def decode_block_ref(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_nx,
-                     scales: tuple | None = None, attention: Attention | None = None) -> dict[str, torch.Tensor]:
-    """The block by the plugins' torch references (weights as decode_block takes them; with `attention`, x is
-    paged_attention's reference over it, which writes the cache too)."""
+                     scales: tuple | None = None) -> dict[str, torch.Tensor]:
+    """The block by the plugins' torch references (weights as decode_block takes them)."""
     from workbench.plugins.gemv import gemv_ref, w8a16_gemv_ref
-    from workbench.plugins.paged_attention import paged_decode_attention_rope_ref
     from workbench.plugins.rms_norm import add_rms_norm_ref
-
-    if attention is not None:
-        a = attention
-        hq = x.shape[1] // a.kv.shape[4]
-        x = paged_decode_attention_rope_ref(a.qkv, hq, a.cos, a.sin, a.positions, a.slots, a.kv, a.block_tables,
-                                            a.seq_lens, a.scale).reshape(1, -1)
 
     def lin(a, w, k, swiglu=False):
         if scales is None:
@@ -469,5 +373,4 @@ def decode_block_ref(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float,
     act = lin(n1, w_gu, 1, swiglu=True)
     d = lin(act, w_dn, 2)
     h2, n2 = add_rms_norm_ref(d, h1, gn, eps_n)
-    out = {"o": o, "h1": h1, "act": act, "d": d, "h2": h2, "y": lin(n2, w_nx, 3)}
-    return out if attention is None else {"x": x, **out}
+    return {"o": o, "h1": h1, "act": act, "d": d, "h2": h2, "y": lin(n2, w_nx, 3)}

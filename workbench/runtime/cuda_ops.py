@@ -41,33 +41,6 @@ class StepContext:
     seq_lens: torch.Tensor | None = None  # [B] int32, 0: padding (decode)
     partitions: tuple[int, int] | None = None  # (size, count) of the decode split
     tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # rope cos/sin by key
-    pending: PendingAttention | None = None  # a decode attention left to the layer block that reads it
-
-
-@dataclass
-class PendingAttention:
-    """A decode step's rope + paged attention, not launched yet: the layer block that alone reads it takes it into
-    its kernel (runtime/layer_block.py), or calls `run` first. `out` is its output, allocated already."""
-
-    out: torch.Tensor  # [B, Hq, D]
-    qkv: torch.Tensor
-    positions: torch.Tensor
-    kv: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-    window: int | None
-    ctx: StepContext
-    num_heads: int
-    scale: float
-
-    def run(self) -> None:
-        """The attention by its own kernel (its partitions merged in its last programs), into `out`."""
-        from workbench.plugins import paged_attention as pa
-
-        part, parts = _partitions(self.ctx, self.kv, self.qkv.shape[0])
-        pa.paged_decode_attention_rope(self.qkv, self.num_heads, self.cos, self.sin, self.positions, self.ctx.slots,
-                                       self.kv, self.ctx.block_tables, self.ctx.seq_lens, self.scale, self.window,
-                                       part=part, num_parts=parts, out=self.out, fused_merge=True)
 
 
 def step_kind(meta: AttentionMeta) -> str:
@@ -166,27 +139,19 @@ def rope_qkv(ctx: StepContext, qkv: torch.Tensor, positions: torch.Tensor, num_h
 
 
 def rope_attention(ctx: StepContext, node: Node, qkv: torch.Tensor, positions: torch.Tensor, num_heads: int,
-                   num_kv_heads: int, head_dim: int, layer: int, table: str, block: bool = False) -> torch.Tensor:
+                   num_kv_heads: int, head_dim: int, layer: int, table: str, fused_merge: bool = False) -> torch.Tensor:
     """rope_qkv then attention (the compiled program's rope_qkv fusion); a decode step over the paged cache does
-    both in one kernel (paged_attention.paged_decode_attention_rope). `block`: a layer block alone reads the
-    output, and a decode step leaves the attention to it (ctx.pending; the block's kernel may take it in, else it
-    runs this kernel with its partitions merged by its last programs)."""
+    both in one kernel (paged_attention.paged_decode_attention_rope; `fused_merge`: its partitions merged by its
+    last programs)."""
     if ctx.kind == "decode" and plain_attention(node) and ctx.kv is not None:
         from workbench.plugins import paged_attention as pa
 
         kv = ctx.kv[layer]
         cos, sin = ctx.tables[table]
-        if block:
-            if ctx.pending is not None:
-                raise AssertionError("a pending attention was never run: its layer block did not follow it")
-            out = torch.empty(qkv.shape[0], num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
-            ctx.pending = PendingAttention(out, qkv, positions, kv, cos, sin, node.attrs.get("sliding_window"), ctx,
-                                           num_heads, node.attrs["scale"])
-            return out
         part, parts = _partitions(ctx, kv, qkv.shape[0])
         return pa.paged_decode_attention_rope(qkv, num_heads, cos, sin, positions, ctx.slots, kv, ctx.block_tables,
                                               ctx.seq_lens, node.attrs["scale"], node.attrs.get("sliding_window"),
-                                              part=part, num_parts=parts, fused_merge=False)
+                                              part=part, num_parts=parts, fused_merge=fused_merge)
     q, k = rope_qkv(ctx, qkv, positions, num_heads, num_kv_heads, head_dim, layer, table)
     v = qkv[:, (num_heads + num_kv_heads) * head_dim:].reshape(-1, num_kv_heads, head_dim)
     return attention(ctx, node, q, k, v, True)

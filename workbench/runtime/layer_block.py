@@ -26,9 +26,6 @@ H100_BLOCK = {(4096, 14336, 6144, "bf16"), (4096, 14336, 6144, "w8a16"), (4096, 
 # whose shapes the kernel takes run it, the others the launches; what the CPU tests use), "off"
 MODES = ("auto", "on", "off")
 MODE = os.environ.get("WB_LAYER_BLOCK", "auto")
-# WB_BLOCK_ATTENTION: "on" (the block's kernel takes in the decode attention before it, plugins/block_attention.py,
-# where the step left it pending: one sequence, no sliding window) or "off" (the attention's own kernel first)
-ATTENTION = os.environ.get("WB_BLOCK_ATTENTION", "on")
 
 
 def enabled(h: int, i: int, n_next: int, fmt: str, mode: str | None = None) -> bool:
@@ -45,9 +42,8 @@ def enabled(h: int, i: int, n_next: int, fmt: str, mode: str | None = None) -> b
 
 
 def make_helper(helpers: dict[str, Callable]) -> Callable:
-    """`_layer_block(ctx, site, x, res, g2, eps2, o, gate_up, down, gn, eps_n, nxt)` -> (o, h1, act, d, h2, y);
-    each projection is (weight, None) for float weights or (node, [operands]) for a weight-only int8 one. Where the
-    step left the attention that wrote x pending (ctx.pending), the kernel takes it in, or it runs first."""
+    """`_layer_block(site, x, res, g2, eps2, o, gate_up, down, gn, eps_n, nxt)` -> (o, h1, act, d, h2, y); each
+    projection is (weight, None) for float weights or (node, [operands]) for a weight-only int8 one."""
     counters: dict[int, torch.Tensor] = {}  # one a call site, kept: the kernel counts its launches in them
 
     def project(a, spec, swiglu=False):
@@ -74,28 +70,7 @@ def make_helper(helpers: dict[str, Callable]) -> Callable:
             return None
         return [q.view(torch.int32) for _, (q, _) in specs], tuple(s for _, (_, s) in specs)
 
-    def kernel_attention(pending, x):
-        """The pending attention as the kernel's first stage (decode_block.Attention), or None where it cannot."""
-        from workbench.plugins import decode_block as db
-
-        p, ctx = pending, pending.ctx
-        if ATTENTION != "on" or p.window or p.qkv.shape[0] != 1 or x.data_ptr() != p.out.data_ptr() \
-                or ctx.block_tables.shape[0] != 1:
-            return None
-        from workbench.plugins.common import pow2
-        from workbench.runtime.cuda_ops import _partitions
-
-        part, parts = _partitions(ctx, p.kv, 1)
-        a = db.Attention(p.qkv, p.kv, ctx.block_tables, ctx.seq_lens, p.positions, ctx.slots, p.cos, p.sin,
-                         p.scale, part, pow2(parts))  # as paged_attention rounds it: empty partitions weigh 0
-        try:
-            db.check_attention(a, x.shape[1])
-        except ValueError:
-            return None
-        return a
-
-    def layer_block(ctx, site, x, res, g2, eps2, o_spec, gu_spec, d_spec, gn, eps_n, nx_spec):
-        pending, ctx.pending = ctx.pending, None
+    def layer_block(site, x, res, g2, eps2, o_spec, gu_spec, d_spec, gn, eps_n, nx_spec):
         ops = None
         if x.is_cuda and x.dim() == 2 and x.shape[0] == 1 and x.dtype == torch.bfloat16 \
                 and torch.cuda.get_device_capability(x.device)[0] == 9:
@@ -109,15 +84,12 @@ def make_helper(helpers: dict[str, Callable]) -> Callable:
                 db.check(x, w_o, w_gu, w_dn, w_nx, 8 if scales else 0)
             except ValueError:
                 ops = None
-        attention = kernel_attention(pending, x) if pending is not None and ops is not None else None
-        if pending is not None and attention is None:
-            pending.run()
         if ops is None:
             return launches(x, res, g2, eps2, o_spec, gu_spec, d_spec, gn, eps_n, nx_spec)
         if site not in counters:
-            counters[site] = torch.zeros(db.COUNTERS, dtype=torch.int32, device=x.device)
+            counters[site] = torch.zeros(5, dtype=torch.int32, device=x.device)
         out = db.decode_block(x, res, g2, eps2, w_o, w_gu, w_dn, gn, eps_n, w_nx, counters[site], scales,
-                              use_gdc=gdc("gemv")["USE_GDC"], attention=attention)
+                              use_gdc=gdc("gemv")["USE_GDC"])
         return out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"]
 
     return layer_block

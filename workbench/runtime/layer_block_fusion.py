@@ -109,7 +109,7 @@ def emit(c, o_proj: Node, info: tuple, var: dict[str, str], taken: set[str]):
 
     norm1, norm2 = c.nodes[n1], c.nodes[n2]
     outs = ", ".join(var[n] for n in (o_proj.name, add1, mul, down, add2, nxt))
-    code = (f"{outs} = _layer_block(ctx, {site}, {x}, {var[res]}, {var[norm1.inputs[1]]}, {norm1.attrs['eps']!r}, "
+    code = (f"{outs} = _layer_block({site}, {x}, {var[res]}, {var[norm1.inputs[1]]}, {norm1.attrs['eps']!r}, "
             f"{spec(o_proj.name)}, {spec(gu)}, {spec(down)}, {var[norm2.inputs[1]]}, {norm2.attrs['eps']!r}, "
             f"{spec(nxt)})")
     return _Stmt(code, (var[o_proj.name], var[add1], var[mul], var[down], var[add2], var[nxt]), (x, var[res]),
@@ -117,11 +117,9 @@ def emit(c, o_proj: Node, info: tuple, var: dict[str, str], taken: set[str]):
 
 
 def reads_attention(c, attn: str) -> bool:
-    """Whether a layer block's o_proj alone reads this attention (through reshapes): a decode step then leaves the
-    attention to the block (runtime/layer_block.py), whose kernel takes it in, or which runs it first with its
-    partitions merged in its own last programs (measured faster before the block, slower before a GEMV)."""
+    """Whether a layer block's o_proj reads this attention (through reshapes): the attention then merges its
+    partitions in its own last programs (measured faster before the block, slower before a GEMV)."""
     name = attn
     while len(c.consumers[name]) == 1 and c.nodes[c.consumers[name][0]].op in ("reshape", "identity"):
         name = c.consumers[name][0]
-    readers = c.consumers[name]
-    return bool(readers) and all(c.emit_at.get(r, ("",))[0] == "layer_block" for r in readers)
+    return any(c.emit_at.get(r, ("",))[0] == "layer_block" for r in c.consumers[name])
