@@ -34,11 +34,12 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-RING_KIB = 128  # the ring of weight tiles a program
+# the ring of weight tiles a program; WB_BLOCK_RING_KIB and WB_BLOCK_ROWS_INT8 are probes' switches (bench/run_gpu.sh)
+RING_KIB = int(os.environ.get("WB_BLOCK_RING_KIB", "128"))
 # A timing probe's switch, never for results (WB_PROBE_FREE_UNPACK=1, bench/run_gpu.sh free): int8 words taken as
 # floats with no unpacking, so the values are wrong, to measure what the consumers' unpacking costs a chain
 FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
-ROWS = {0: 8, 8: 16}  # a tile's rows by weight format (WQ)
+ROWS = {0: 8, 8: int(os.environ.get("WB_BLOCK_ROWS_INT8", "16"))}  # a tile's rows by weight format (WQ)
 TILE_W = {0: 256, 8: 128}  # a tile's width in stored units: bf16 values, int32 words of four int8 values
 CHUNK = {0: 256, 8: 512}  # values of x a tile spans
 
