@@ -108,6 +108,8 @@
 #                                 # for calls 1-3's versions)
 #   bash bench/run_gpu.sh tune9   # 1B bf16 by launches against layer blocks, alternated, and their partitions; the
 #                                 # block's ring (WB_BLOCK_RING_KIB) and int8 tile rows (WB_BLOCK_ROWS_INT8) on the 8B
+#   bash bench/run_gpu.sh ring    # the block's ring of 128, 96, 64 and 112 KiB on the 8B, alternated; the 1B bf16
+#                                 # by launches against layer blocks; the 1B int8 at rings of 128 and 96 KiB
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -522,6 +524,22 @@ elif [ "$stage" = tune9 ]; then  # 1B bf16 by launches against layer blocks (alt
   done
   WB_BLOCK_ROWS_INT8=8 step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
     --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_rows8_h100
+elif [ "$stage" = ring ]; then  # the block's ring of 128, 96, 64, 112 KiB on the 8B (alternated); 1B launches against
+  # blocks in bf16; the 1B int8 at 128 and 96
+  for k in 128 96 64 112 96 128; do
+    WB_BLOCK_RING_KIB=$k step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
+      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_ring${k}_h100
+  done
+  for r in a b; do
+    step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" --repeats 3 \
+      --sweep "" --name decode_quant_1b_launch_${r}_h100
+    WB_LAYER_BLOCK=on step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 \
+      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_${r}_h100
+  done
+  for k in 128 96; do
+    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+      --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring${k}_h100
+  done
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
