@@ -110,6 +110,7 @@
 #                                 # block's ring (WB_BLOCK_RING_KIB) and int8 tile rows (WB_BLOCK_ROWS_INT8) on the 8B
 #   bash bench/run_gpu.sh ring    # the block's ring of 128, 96, 64 and 112 KiB on the 8B, alternated; the 1B bf16
 #                                 # by launches against layer blocks; the 1B int8 at rings of 128 and 96 KiB
+#   bash bench/run_gpu.sh ring2   # rings of 64 KiB and less: the 8B int8, the 1B bf16 with layer blocks, the 1B int8
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -537,6 +538,21 @@ elif [ "$stage" = ring ]; then  # the block's ring of 128, 96, 64, 112 KiB on th
       --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_${r}_h100
   done
   for k in 128 96; do
+    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+      --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring${k}_h100
+  done
+elif [ "$stage" = ring2 ]; then  # smaller rings: the 8B int8, the 1B bf16 blocks and the 1B int8
+  for k in 64 48 32 64; do
+    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
+      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_int8_ring${k}_h100
+  done
+  step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" --repeats 3 \
+    --sweep "" --name decode_quant_1b_launch_c_h100
+  for k in 96 64 48 32; do
+    WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+      --modes bf16 --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_ring${k}_h100
+  done
+  for k in 64 48 32; do
     WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
       --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring${k}_h100
   done
