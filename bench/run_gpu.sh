@@ -111,6 +111,7 @@
 #   bash bench/run_gpu.sh ring    # the block's ring of 128, 96, 64 and 112 KiB on the 8B, alternated; the 1B bf16
 #                                 # by launches against layer blocks; the 1B int8 at rings of 128 and 96 KiB
 #   bash bench/run_gpu.sh ring2   # rings of 64 KiB and less: the 8B int8, the 1B bf16 with layer blocks, the 1B int8
+#   bash bench/run_gpu.sh ring3   # rings around 64 KiB (two block programs fit an SM up to about 76 KiB)
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -556,6 +557,24 @@ elif [ "$stage" = ring2 ]; then  # smaller rings: the 8B int8, the 1B bf16 block
     WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
       --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring${k}_h100
   done
+elif [ "$stage" = ring3 ]; then  # rings around 64 KiB: two block programs fit an SM up to about 76 KiB
+  for k in 72 80 56 64; do
+    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
+      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_int8_ring${k}_h100
+  done
+  for k in 72 128; do
+    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes bf16 \
+      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_bf16_ring${k}_h100
+  done
+  for k in 72 64; do
+    WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+      --modes bf16 --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_ring${k}_h100
+  done
+  WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=64 WB_DECODE_MIN_PART=16 step 60 python bench/decode_quant.py \
+    --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" --repeats 3 --sweep "" \
+    --name decode_quant_1b_block_ring64_part16_h100
+  WB_BLOCK_RING_KIB=72 step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+    --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring72_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
