@@ -112,6 +112,8 @@
 #                                 # by launches against layer blocks; the 1B int8 at rings of 128 and 96 KiB
 #   bash bench/run_gpu.sh ring2   # rings of 64 KiB and less: the 8B int8, the 1B bf16 with layer blocks, the 1B int8
 #   bash bench/run_gpu.sh ring3   # rings around 64 KiB (two block programs fit an SM up to about 76 KiB)
+#   bash bench/run_gpu.sh ahead   # a ring of 128 KiB that lets a stage's tiles past WB_BLOCK_AHEAD_KIB wait for the
+#                                 # stage before to end everywhere, against a ring of 64
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -575,6 +577,24 @@ elif [ "$stage" = ring3 ]; then  # rings around 64 KiB: two block programs fit a
     --name decode_quant_1b_block_ring64_part16_h100
   WB_BLOCK_RING_KIB=72 step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
     --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring72_h100
+elif [ "$stage" = ahead ]; then  # a ring of 128 KiB whose next stage waits for the stage before after AHEAD KiB
+  WB_BLOCK_AHEAD_KIB=32 step 120 python -m pytest tests/plugins/test_decode_block.py -q -p no:cacheprovider -x
+  for a in 64 32 16; do
+    WB_BLOCK_AHEAD_KIB=$a step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
+      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_int8_ahead${a}_h100
+  done
+  WB_BLOCK_RING_KIB=64 step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
+    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_int8_ring64b_h100
+  for a in 64 32 0; do
+    WB_BLOCK_AHEAD_KIB=$a step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes bf16 \
+      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_bf16_ahead${a}_h100
+  done
+  for a in 64 32; do
+    WB_LAYER_BLOCK=on WB_BLOCK_AHEAD_KIB=$a step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+      --modes bf16 --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_ahead${a}_h100
+  done
+  WB_BLOCK_AHEAD_KIB=64 step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
+    --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ahead64_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
