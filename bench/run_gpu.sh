@@ -112,8 +112,9 @@
 #                                 # by launches against layer blocks; the 1B int8 at rings of 128 and 96 KiB
 #   bash bench/run_gpu.sh ring2   # rings of 64 KiB and less: the 8B int8, the 1B bf16 with layer blocks, the 1B int8
 #   bash bench/run_gpu.sh ring3   # rings around 64 KiB (two block programs fit an SM up to about 76 KiB)
-#   bash bench/run_gpu.sh ahead   # a ring of 128 KiB that lets a stage's tiles past WB_BLOCK_AHEAD_KIB wait for the
-#                                 # stage before to end everywhere, against a ring of 64
+#   bash bench/run_gpu.sh ahead   # (a ring of 128 KiB that lets a stage's tiles past WB_BLOCK_AHEAD_KIB wait for the
+#                                 # stage before to end everywhere: slower in every case and removed; the stage needs
+#                                 # commit 362f9c0)
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode

@@ -34,9 +34,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-# the ring of weight tiles a program; WB_BLOCK_RING_KIB, WB_BLOCK_AHEAD_KIB and WB_BLOCK_ROWS_INT8 are probes' switches
+# the ring of weight tiles a program; WB_BLOCK_RING_KIB and WB_BLOCK_ROWS_INT8 are probes' switches (bench/run_gpu.sh)
 RING_KIB = int(os.environ.get("WB_BLOCK_RING_KIB", "128"))
-AHEAD_KIB = int(os.environ.get("WB_BLOCK_AHEAD_KIB", "0"))  # see _produce; 0: the ring alone limits it
 # A timing probe's switch, never for results (WB_PROBE_FREE_UNPACK=1, bench/run_gpu.sh free): int8 words taken as
 # floats with no unpacking, so the values are wrong, to measure what the consumers' unpacking costs a chain
 FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
@@ -46,41 +45,27 @@ CHUNK = {0: 256, 8: 512}  # values of x a tile spans
 
 
 @gluon.jit
-def _produce(d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, CNT, H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr,
-             AHEAD: gl.constexpr):
-    """The producer warp: every weight tile of this program's four stages, in the consumers' order, into the ring
-    (AHEAD > 0: at most AHEAD tiles of a stage before every program finished the stage before)."""
+def _produce(d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr):
+    """The producer warp: every weight tile of this program's four stages, in the consumers' order, into the ring."""
     CH: gl.constexpr = 512 if WQ == 8 else 256
     R: gl.constexpr = ring.type.shape[1]
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    target = G
-    if AHEAD > 0:  # read before this program's first tile: no stage of this launch can have ended yet
-        target = (gl.atomic_add(CNT + 4, 0, sem="relaxed", scope="gpu") + 1) * G
     c = _produce_stage(d_o, ring, full, empty, gl.to_tensor(0), pid, G, 0, 0, H // R, H // CH, False)
-    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, 0, I, I // R, H // CH, True, CNT, target, AHEAD)
-    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, 0, H // R, I // CH, False, CNT + 1, target, AHEAD)
-    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, 0, N_NX // R, H // CH, False, CNT + 2, target, AHEAD)
+    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, 0, I, I // R, H // CH, True)
+    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, 0, H // R, I // CH, False)
+    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, 0, N_NX // R, H // CH, False)
 
 
 @gluon.jit
-def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr, DONE=None,
-                   target=0, AHEAD: gl.constexpr = 0):
-    """The producer: this program's tiles (from row row0; SWIGLU: each with its up rows, `up` below) in turn;
-    AHEAD > 0: the tile AHEAD waits until the stage before is done everywhere (its counter DONE reaches target), so
-    programs that finished it early do not take bandwidth from those that have not."""
+def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr):
+    """The producer: this program's tiles (from row row0; SWIGLU: each with its up rows, `up` below) in turn."""
     RING: gl.constexpr = ring.type.shape[0]
     R: gl.constexpr = ring.type.shape[1]
     W: gl.constexpr = ring.type.shape[2]
-    c0 = c
     for t in range(pid, tiles, G):
         for kk in range(steps):
             for half in gl.static_range(2 if SWIGLU else 1):  # gate rows, then the up rows I below them
-                if AHEAD > 0:
-                    if c - c0 == AHEAD:
-                        seen = gl.atomic_add(DONE, 0, sem="relaxed", scope="gpu")
-                        while seen < target:
-                            seen = gl.atomic_add(DONE, 0, sem="relaxed", scope="gpu")
                 slot = c % RING
                 mbarrier.wait(empty.index(slot), ((c // RING) & 1) ^ 1)
                 mbarrier.expect(full.index(slot), desc.block_type.nbytes)
@@ -306,7 +291,7 @@ def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
 @gluon.jit
 def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
                   eps2, eps_n, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
-                  WQ: gl.constexpr, USE_GDC: gl.constexpr, AHEAD: gl.constexpr = 0):
+                  WQ: gl.constexpr, USE_GDC: gl.constexpr):
     ring, full, empty, xs = _buffers(d_o, RING, XR, WQ)
     if USE_GDC:  # the next kernel may launch now: its programs fit beside these and wait for this kernel's end
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
@@ -314,7 +299,7 @@ def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S
     gl.warp_specialize([
         (_consume, (ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
                     eps2, eps_n, H, I, WQ, USE_GDC)),
-        (_produce, (d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, CNT, H, I, WQ, AHEAD)),
+        (_produce, (d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, H, I, WQ)),
     ], [1], [40])
 
 
@@ -368,8 +353,7 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     ring = RING_KIB * 1024 // (ROWS[wq] * TILE_W[wq] * (4 if wq == 8 else 2))  # slots of one tile
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
                                *s, counters, n_nx, float(eps2), float(eps_n), H=h, I=i, RING=ring,
-                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc,
-                               AHEAD=AHEAD_KIB * 1024 // (ROWS[wq] * TILE_W[wq] * (4 if wq == 8 else 2)), num_warps=4,
+                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=4,
                                **({"launch_pdl": True} if use_gdc else {}))
     return out
 
