@@ -115,6 +115,7 @@
 #   bash bench/run_gpu.sh ahead   # (a ring of 128 KiB that lets a stage's tiles past WB_BLOCK_AHEAD_KIB wait for the
 #                                 # stage before to end everywhere: slower in every case and removed; the stage needs
 #                                 # commit 362f9c0)
+#   bash bench/run_gpu.sh attn9   # the table's rings; the decode attention's warps, stages and partitions around them
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -596,6 +597,18 @@ elif [ "$stage" = ahead ]; then  # a ring of 128 KiB whose next stage waits for 
   done
   WB_BLOCK_AHEAD_KIB=64 step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
     --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ahead64_h100
+elif [ "$stage" = attn9 ]; then  # the table's rings; the decode attention's warps, stages and partitions around them
+  q8() { step 70 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes bf16,int8_wo_logits \
+    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_attn_$1_h100; }
+  q1() { step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" \
+    --repeats 3 --sweep "" --name decode_quant_1b_attn_$1_h100; }
+  q8 base
+  WB_DECODE_WARPS=2 q8 warps2
+  WB_DECODE_STAGES=2 q8 stages2
+  WB_DECODE_MIN_PART=32 q8 part32
+  q1 base
+  WB_DECODE_MIN_PART=16 q1 part16
+  WB_DECODE_WARPS=2 q1 warps2
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100

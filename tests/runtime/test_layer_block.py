@@ -47,6 +47,17 @@ def test_program_has_one_call_a_layer(batch_engines, monkeypatch):
         _cuda(engine, "always", monkeypatch)
 
 
+def test_the_tables_rings_fit_the_kernel():
+    from workbench.plugins.decode_block import ring_slots
+
+    for (_, _, _, fmt), kib in layer_block.H100_BLOCK.items():
+        assert ring_slots(kib, 8 if fmt == "w8a16" else 0) >= 4
+    with pytest.raises(ValueError, match="a ring of 200 KiB"):
+        ring_slots(200, 0)
+    with pytest.raises(ValueError, match="a ring of 16 KiB"):
+        ring_slots(16, 8)
+
+
 def test_same_tokens_as_without_it_and_marks_change_nothing(batch_engines, monkeypatch):
     engine = batch_engines("llama_gqa", "bfloat16" if DEV == "cuda" else "float16")
     cfg = GenerationConfig(max_new_tokens=4, eos_token_ids=[])

@@ -34,12 +34,13 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-# the ring of weight tiles a program; WB_BLOCK_RING_KIB and WB_BLOCK_ROWS_INT8 are probes' switches (bench/run_gpu.sh)
-RING_KIB = int(os.environ.get("WB_BLOCK_RING_KIB", "128"))
+RING_KIB = 128  # the ring of weight tiles a program, unless the caller gives its own (runtime/layer_block.py's table)
+# a probe's switch (bench/run_gpu.sh ring): WB_BLOCK_RING_KIB sets every block's ring, over the caller's
+RING_OVERRIDE = int(os.environ.get("WB_BLOCK_RING_KIB", "0"))
 # A timing probe's switch, never for results (WB_PROBE_FREE_UNPACK=1, bench/run_gpu.sh free): int8 words taken as
 # floats with no unpacking, so the values are wrong, to measure what the consumers' unpacking costs a chain
 FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
-ROWS = {0: 8, 8: int(os.environ.get("WB_BLOCK_ROWS_INT8", "16"))}  # a tile's rows by weight format (WQ)
+ROWS = {0: 8, 8: 16}  # a tile's rows by weight format (WQ); 8 for int8 measured slower (bench/run_gpu.sh tune9)
 TILE_W = {0: 256, 8: 128}  # a tile's width in stored units: bf16 values, int32 words of four int8 values
 CHUNK = {0: 256, 8: 512}  # values of x a tile spans
 
@@ -331,13 +332,25 @@ def check(x, w_o, w_gu, w_dn, w_nx, wq: int) -> tuple[int, int, int]:
     return h, i, n_nx
 
 
+def ring_slots(kib: int, wq: int) -> int:
+    """Tiles a ring of `kib` KiB holds (weight format wq), or a ValueError: at least 4, and at most 160 KiB (the
+    block's program must fit an SM's shared memory with its x buffer)."""
+    tile = ROWS[wq] * TILE_W[wq] * (4 if wq == 8 else 2)
+    if not 4 * tile <= kib * 1024 <= 160 * 1024:
+        raise ValueError(f"decode_block: a ring of {kib} KiB: want 4 tiles of {tile // 1024} KiB to 160 KiB")
+    return kib * 1024 // tile
+
+
 def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_nx, counters: torch.Tensor,
-                 scales: tuple | None = None, use_gdc: bool = False) -> dict[str, torch.Tensor]:
+                 scales: tuple | None = None, use_gdc: bool = False,
+                 ring_kib: int | None = None) -> dict[str, torch.Tensor]:
     """The block on the GPU: x [1, H] (attention's output), res [1, H]; bf16 weights, or int8 weights viewed as int32
     words [N, K / 4] with their per-channel scales (o, gate_up, down, next). counters: int32 [5] of zeros, kept
-    between calls (one a call site: they count launches). Returns o, h1, act, d, h2, y."""
+    between calls (one a call site: they count launches). ring_kib: the weight ring's size (RING_KIB if None).
+    Returns o, h1, act, d, h2, y."""
     wq = 8 if scales is not None else 0
     h, i, n_nx = check(x, w_o, w_gu, w_dn, w_nx, wq)
+    ring = ring_slots(RING_OVERRIDE or ring_kib or RING_KIB, wq)
     if counters.dtype != torch.int32 or counters.numel() != 5 or counters.device != x.device:
         raise ValueError(f"decode_block: counters must be 5 int32 on {x.device}, got {counters.numel()} "
                          f"{counters.dtype} on {counters.device}")
@@ -350,7 +363,6 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     out = {"o": new(h), "h1": new(h), "act": new(i), "d": new(h), "h2": new(h), "y": new(n_nx)}
     s = scales if scales is not None else (x,) * 4
     programs = torch.cuda.get_device_properties(x.device).multi_processor_count
-    ring = RING_KIB * 1024 // (ROWS[wq] * TILE_W[wq] * (4 if wq == 8 else 2))  # slots of one tile
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
                                *s, counters, n_nx, float(eps2), float(eps_n), H=h, I=i, RING=ring,
                                XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=4,

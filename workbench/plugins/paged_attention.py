@@ -228,8 +228,10 @@ def min_partition(head_dim: int) -> int:
     return MIN_PARTITION or (64 if head_dim >= 128 else 32)
 
 
-# warps of a decode attention program (bench/attn_sweep.py times others)
-DECODE_WARPS = 4
+# warps of a decode attention program (bench/attn_sweep.py times others; WB_DECODE_WARPS, a probe's switch)
+DECODE_WARPS = int(os.environ.get("WB_DECODE_WARPS", "4"))
+# software-pipeline stages of its loads (WB_DECODE_STAGES: a probe's switch, bench/run_gpu.sh attn9)
+DECODE_STAGES = int(os.environ.get("WB_DECODE_STAGES", "3"))
 # How the partitions are merged: by the last program of each (sequence, kv head) to store its partials, counted on a
 # device counter (`fused_merge=True`, the default), or by a second kernel (_paged_reduce). Measured on an H100 in
 # decode steps (eighth session, call 11): fused, 8B bf16 186.1 -> 188.5 tok/s and int8 329.4 -> 336.5, 1B int8 1476 ->
@@ -318,7 +320,7 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
         int(window or 0), REP=rep,
         REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
         WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, MERGE=counters is not None,
-        num_warps=DECODE_WARPS, num_stages=1 if interp else 3, **gdc("attention"))
+        num_warps=DECODE_WARPS, num_stages=1 if interp else DECODE_STAGES, **gdc("attention"))
     if num_parts > 1 and counters is None:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
                                  num_warps=4, **gdc("attention"))
