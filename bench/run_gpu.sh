@@ -116,6 +116,8 @@
 #                                 # stage before to end everywhere: slower in every case and removed; the stage needs
 #                                 # commit 362f9c0)
 #   bash bench/run_gpu.sh attn9   # the table's rings; the decode attention's warps, stages and partitions around them
+#   bash bench/run_gpu.sh final9  # final8 with the ninth session's defaults (the block's ring by shape, the 1B bf16
+#                                 # by layer blocks)
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -609,6 +611,11 @@ elif [ "$stage" = attn9 ]; then  # the table's rings; the decode attention's war
   q1 base
   WB_DECODE_MIN_PART=16 q1 part16
   WB_DECODE_WARPS=2 q1 warps2
+elif [ "$stage" = final9 ]; then  # the ninth session's defaults: every GPU test, decode in every format, debug engines
+  step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
+  step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep "" --name decode_quant_final9_h100
+  step 110 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_final9_h100
 elif [ "$stage" = final ]; then  # after the full run: the GPU tests again and decode's GEMV policies
   step 70 python -m pytest tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider -rA
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table,cublas --name decode_engine_h100
