@@ -17,8 +17,8 @@ weights before the wait (neither depends on the stage before), and a stage input
 
 Weights: bf16, or int8 per output channel (w8a16, the words' four values unpacked exactly, scaled after the sum;
 each consumer thread splits its words' four values of x in registers), in tiles of ROWS rows: 8 for bf16, 16 for
-int8 (its consumers need the rows to reuse x). One program an SM, all resident (the counters need it): about 160 KiB
-of shared memory each.
+int8 (its consumers need the rows to reuse x). One program an SM, all resident (the counters need it), each with
+a ring of 64-128 KiB (by shape: runtime/layer_block.py's table) and x's buffer (up to 32 KiB) in shared memory.
 
 The engines run it through runtime/layer_block.py (cuda_program's `layer_block` fusion) where it measured faster;
 `decode_block_ref` is its torch reference.
