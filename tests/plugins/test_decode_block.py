@@ -116,12 +116,13 @@ def _rel(a, b):
 @pytest.mark.skipif(not GPU, reason="a Hopper GPU")
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_block_matches_its_reference_and_the_unfused_plugins(fmt, shape):
+@pytest.mark.parametrize("ring_kib", [None, 64])  # the default ring and the engines' table's smaller one
+def test_block_matches_its_reference_and_the_unfused_plugins(fmt, shape, ring_kib):
     from workbench.plugins.decode_block import decode_block, decode_block_ref
 
     args, scales = _inputs(*shape, fmt)
     counters = torch.zeros(5, dtype=torch.int32, device="cuda")
-    runs = [decode_block(*args, counters, scales) for _ in range(3)]  # its counters count the launches
+    runs = [decode_block(*args, counters, scales, ring_kib=ring_kib) for _ in range(3)]  # the counters count launches
     torch.cuda.synchronize()
     assert int(counters[4]) == 3
     ref, plugins = decode_block_ref(*args, scales), _unfused(args, scales)
