@@ -107,7 +107,8 @@
 #                                 # every version and removed; the stage needs commit 027ea13, or 53cd78c, fa69cc6
 #                                 # for calls 1-3's versions)
 #   bash bench/run_gpu.sh tune9   # 1B bf16 by launches against layer blocks, alternated, and their partitions; the
-#                                 # block's ring (WB_BLOCK_RING_KIB) and int8 tile rows (WB_BLOCK_ROWS_INT8) on the 8B
+#                                 # block's ring (WB_BLOCK_RING_KIB) and int8 tile rows (WB_BLOCK_ROWS_INT8, which
+#                                 # needs commit 77cc814) on the 8B
 #   bash bench/run_gpu.sh ring    # the block's ring of 128, 96, 64 and 112 KiB on the 8B, alternated; the 1B bf16
 #                                 # by launches against layer blocks; the 1B int8 at rings of 128 and 96 KiB
 #   bash bench/run_gpu.sh ring2   # rings of 64 KiB and less: the 8B int8, the 1B bf16 with layer blocks, the 1B int8
@@ -136,6 +137,10 @@ step() {  # step <seconds> <command...>: run with a time limit, keep going on fa
   local t0=$SECONDS
   timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
   echo "=== rc=$? after $((SECONDS - t0))s" | tee -a "$LOG"
+}
+dq1() {  # dq1 <seconds> <models> <modes> <name>: decode_quant at batch 1, the built-in table, 3 repeats
+  step "$1" python bench/decode_quant.py --models "$2" --batches 1 --modes "$3" --plain-modes "" --repeats 3 \
+    --sweep "" --name "$4"
 }
 if [ "$stage" = check ]; then
   step 150 python -m pytest tests/gpu/test_cuda_backend.py -q -x -n 4 -p no:cacheprovider
@@ -515,95 +520,70 @@ elif [ "$stage" = battn ]; then  # the decode attention inside the layer block k
 elif [ "$stage" = tune9 ]; then  # 1B bf16 by launches against layer blocks (alternated), partitions; the block's ring
   # and int8 tile rows on the 8B
   for r in a b; do
-    step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" --repeats 3 \
-      --sweep "" --name decode_quant_1b_launch_${r}_h100
-    WB_LAYER_BLOCK=on step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 \
-      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_${r}_h100
+    dq1 60 llama-3.2-1b bf16 decode_quant_1b_launch_${r}_h100
+    WB_LAYER_BLOCK=on dq1 60 llama-3.2-1b bf16 decode_quant_1b_block_${r}_h100
   done
   for p in 64 16; do
-    WB_LAYER_BLOCK=on WB_DECODE_MIN_PART=$p step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
-      --modes bf16 --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_part${p}_h100
+    WB_LAYER_BLOCK=on WB_DECODE_MIN_PART=$p dq1 60 llama-3.2-1b bf16 decode_quant_1b_block_part${p}_h100
   done
-  step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes bf16,int8_wo_logits --plain-modes "" \
-    --repeats 3 --sweep "" --name decode_quant_8b_ring128_h100
+  dq1 100 llama-3-8b bf16,int8_wo_logits decode_quant_8b_ring128_h100
   for k in 160 96; do
-    WB_BLOCK_RING_KIB=$k step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
-      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_ring${k}_h100
+    WB_BLOCK_RING_KIB=$k dq1 100 llama-3-8b bf16,int8_wo_logits decode_quant_8b_ring${k}_h100
   done
-  WB_BLOCK_ROWS_INT8=8 step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
-    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_rows8_h100
+  # int8 tiles of 8 rows: slower (call 5) and gone; this line needs commit 77cc814
+  WB_BLOCK_ROWS_INT8=8 dq1 100 llama-3-8b int8_wo_logits decode_quant_8b_rows8_h100
 elif [ "$stage" = ring ]; then  # the block's ring of 128, 96, 64, 112 KiB on the 8B (alternated); 1B launches against
   # blocks in bf16; the 1B int8 at 128 and 96
   for k in 128 96 64 112 96 128; do
-    WB_BLOCK_RING_KIB=$k step 100 python bench/decode_quant.py --models llama-3-8b --batches 1 \
-      --modes bf16,int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_ring${k}_h100
+    WB_BLOCK_RING_KIB=$k dq1 100 llama-3-8b bf16,int8_wo_logits decode_quant_8b_ring${k}_h100
   done
   for r in a b; do
-    step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" --repeats 3 \
-      --sweep "" --name decode_quant_1b_launch_${r}_h100
-    WB_LAYER_BLOCK=on step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 \
-      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_${r}_h100
+    dq1 60 llama-3.2-1b bf16 decode_quant_1b_launch_${r}_h100
+    WB_LAYER_BLOCK=on dq1 60 llama-3.2-1b bf16 decode_quant_1b_block_${r}_h100
   done
   for k in 128 96; do
-    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
-      --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring${k}_h100
+    WB_BLOCK_RING_KIB=$k dq1 60 llama-3.2-1b int8_wo_logits decode_quant_1b_int8_ring${k}_h100
   done
 elif [ "$stage" = ring2 ]; then  # smaller rings: the 8B int8, the 1B bf16 blocks and the 1B int8
   for k in 64 48 32 64; do
-    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
-      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_int8_ring${k}_h100
+    WB_BLOCK_RING_KIB=$k dq1 60 llama-3-8b int8_wo_logits decode_quant_8b_int8_ring${k}_h100
   done
-  step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" --repeats 3 \
-    --sweep "" --name decode_quant_1b_launch_c_h100
+  dq1 60 llama-3.2-1b bf16 decode_quant_1b_launch_c_h100
   for k in 96 64 48 32; do
-    WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
-      --modes bf16 --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_ring${k}_h100
+    WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=$k dq1 60 llama-3.2-1b bf16 decode_quant_1b_block_ring${k}_h100
   done
   for k in 64 48 32; do
-    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
-      --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring${k}_h100
+    WB_BLOCK_RING_KIB=$k dq1 60 llama-3.2-1b int8_wo_logits decode_quant_1b_int8_ring${k}_h100
   done
 elif [ "$stage" = ring3 ]; then  # rings around 64 KiB: two block programs fit an SM up to about 76 KiB
   for k in 72 80 56 64; do
-    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
-      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_int8_ring${k}_h100
+    WB_BLOCK_RING_KIB=$k dq1 60 llama-3-8b int8_wo_logits decode_quant_8b_int8_ring${k}_h100
   done
   for k in 72 128; do
-    WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes bf16 \
-      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_bf16_ring${k}_h100
+    WB_BLOCK_RING_KIB=$k dq1 60 llama-3-8b bf16 decode_quant_8b_bf16_ring${k}_h100
   done
   for k in 72 64; do
-    WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=$k step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
-      --modes bf16 --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_ring${k}_h100
+    WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=$k dq1 60 llama-3.2-1b bf16 decode_quant_1b_block_ring${k}_h100
   done
-  WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=64 WB_DECODE_MIN_PART=16 step 60 python bench/decode_quant.py \
-    --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" --repeats 3 --sweep "" \
-    --name decode_quant_1b_block_ring64_part16_h100
-  WB_BLOCK_RING_KIB=72 step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
-    --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ring72_h100
+  WB_LAYER_BLOCK=on WB_BLOCK_RING_KIB=64 WB_DECODE_MIN_PART=16 dq1 60 llama-3.2-1b bf16 \
+    decode_quant_1b_block_ring64_part16_h100
+  WB_BLOCK_RING_KIB=72 dq1 60 llama-3.2-1b int8_wo_logits decode_quant_1b_int8_ring72_h100
 elif [ "$stage" = ahead ]; then  # a ring of 128 KiB whose next stage waits for the stage before after AHEAD KiB
   WB_BLOCK_AHEAD_KIB=32 step 120 python -m pytest tests/plugins/test_decode_block.py -q -p no:cacheprovider -x
   for a in 64 32 16; do
-    WB_BLOCK_AHEAD_KIB=$a step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
-      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_int8_ahead${a}_h100
+    WB_BLOCK_AHEAD_KIB=$a dq1 60 llama-3-8b int8_wo_logits decode_quant_8b_int8_ahead${a}_h100
   done
-  WB_BLOCK_RING_KIB=64 step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes int8_wo_logits \
-    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_int8_ring64b_h100
+  WB_BLOCK_RING_KIB=64 dq1 60 llama-3-8b int8_wo_logits decode_quant_8b_int8_ring64b_h100
   for a in 64 32 0; do
-    WB_BLOCK_AHEAD_KIB=$a step 60 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes bf16 \
-      --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_bf16_ahead${a}_h100
+    WB_BLOCK_AHEAD_KIB=$a dq1 60 llama-3-8b bf16 decode_quant_8b_bf16_ahead${a}_h100
   done
   for a in 64 32; do
-    WB_LAYER_BLOCK=on WB_BLOCK_AHEAD_KIB=$a step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
-      --modes bf16 --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_block_ahead${a}_h100
+    WB_LAYER_BLOCK=on WB_BLOCK_AHEAD_KIB=$a dq1 60 llama-3.2-1b bf16 decode_quant_1b_block_ahead${a}_h100
   done
-  WB_BLOCK_AHEAD_KIB=64 step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 \
-    --modes int8_wo_logits --plain-modes "" --repeats 3 --sweep "" --name decode_quant_1b_int8_ahead64_h100
+  WB_BLOCK_AHEAD_KIB=64 dq1 60 llama-3.2-1b int8_wo_logits decode_quant_1b_int8_ahead64_h100
 elif [ "$stage" = attn9 ]; then  # the table's rings; the decode attention's warps, stages and partitions around them
-  q8() { step 70 python bench/decode_quant.py --models llama-3-8b --batches 1 --modes bf16,int8_wo_logits \
-    --plain-modes "" --repeats 3 --sweep "" --name decode_quant_8b_attn_$1_h100; }
-  q1() { step 60 python bench/decode_quant.py --models llama-3.2-1b --batches 1 --modes bf16 --plain-modes "" \
-    --repeats 3 --sweep "" --name decode_quant_1b_attn_$1_h100; }
+  q8() { dq1 70 llama-3-8b bf16,int8_wo_logits decode_quant_8b_attn_$1_h100; }
+  q1() { dq1 60 llama-3.2-1b bf16 decode_quant_1b_attn_$1_h100; }
   q8 base
   WB_DECODE_WARPS=2 q8 warps2
   WB_DECODE_STAGES=2 q8 stages2
