@@ -119,6 +119,8 @@
 #   bash bench/run_gpu.sh attn9   # the table's rings; the decode attention's warps, stages and partitions around them
 #   bash bench/run_gpu.sh final9  # final8 with the ninth session's defaults (the block's ring by shape, the 1B bf16
 #                                 # by layer blocks)
+#   bash bench/run_gpu.sh nreg    # the block's registers at launch (WB_BLOCK_MAXNREG) and attention letting the next
+#                                 # kernel launch before its wait (WB_DECODE_TRIGGER=first): tests, decode, rings
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -591,6 +593,22 @@ elif [ "$stage" = attn9 ]; then  # the table's rings; the decode attention's war
   q1 base
   WB_DECODE_MIN_PART=16 q1 part16
   WB_DECODE_WARPS=2 q1 warps2
+elif [ "$stage" = nreg ]; then  # a block program that leaves room beside it, and attention that triggers first
+  WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first step 240 python -m pytest tests/plugins/test_decode_block.py \
+    tests/runtime/test_layer_block.py tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider
+  q1() { dq1 60 llama-3.2-1b bf16 decode_quant_1b_$1_h100; }
+  q8() { dq1 80 llama-3-8b bf16,int8_wo_logits decode_quant_8b_$1_h100; }
+  q1 base
+  WB_BLOCK_MAXNREG=168 q1 nreg168
+  WB_DECODE_TRIGGER=first q1 first
+  WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first q1 both
+  WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first WB_BLOCK_RING_KIB=96 q1 both_ring96
+  WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first WB_BLOCK_RING_KIB=128 q1 both_ring128
+  q8 base
+  WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first q8 both
+  WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first WB_BLOCK_RING_KIB=128 q8 both_ring128
+  q1 base_b
+  WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first q1 both_b
 elif [ "$stage" = final9 ]; then  # the ninth session's defaults: every GPU test, decode in every format, debug engines
   step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \

@@ -37,6 +37,10 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 RING_KIB = 128  # the ring of weight tiles a program, unless the caller gives its own (runtime/layer_block.py's table)
 # a probe's switch (bench/run_gpu.sh ring): WB_BLOCK_RING_KIB sets every block's ring, over the caller's
 RING_OVERRIDE = int(os.environ.get("WB_BLOCK_RING_KIB", "0"))
+# Registers a thread at launch (ptx .maxnreg; the warp-specialised partitions share them by setmaxnreg). Triton's
+# default is 256 for the 8 warps, the whole register file of an SM: nothing else fits beside a program, not the next
+# kernel's under PDL either. WB_BLOCK_MAXNREG (a probe's switch) sets it.
+MAXNREG = int(os.environ.get("WB_BLOCK_MAXNREG", "0")) or None
 # A timing probe's switch, never for results (WB_PROBE_FREE_UNPACK=1, bench/run_gpu.sh free): int8 words taken as
 # floats with no unpacking, so the values are wrong, to measure what the consumers' unpacking costs a chain
 FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
@@ -366,6 +370,7 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
                                *s, counters, n_nx, float(eps2), float(eps_n), H=h, I=i, RING=ring,
                                XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=4,
+                               **({"maxnreg": MAXNREG} if MAXNREG else {}),
                                **({"launch_pdl": True} if use_gdc else {}))
     return out
 

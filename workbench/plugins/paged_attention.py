@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, interpreting, mma, pow2, rounded
+from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, gdc_trigger, gdc_wait, interpreting, mma, pow2, rounded
 from workbench.plugins.flash_attention import LOG2E, softmax_step
 
 
@@ -89,16 +89,19 @@ def _paged_decode(Q, KV, O, PACC, PML, CNT, block_tables, seq_lens, COS, SIN, PO
                   s_kv, s_pg, s_h, sbt, cap, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
                   NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
-                  MERGE: tl.constexpr, USE_GDC: tl.constexpr):
+                  MERGE: tl.constexpr, FIRST: tl.constexpr, USE_GDC: tl.constexpr):
     """ROPE: the kernel before (the qkv projection) writes nothing this program reads but the new token's q, k and
     v, so all the rest (the sequence's length, position and slot, its pages, the first block of keys and values,
     the rope table's row) is read before waiting for that kernel; the new token's key and value, written to the
     cache after the wait, replace what the block read at that token (measured neither faster nor slower than
     reading all of it after the wait on an H100: the kernel launches when the projection's last programs finish
     their loops, too late for the early reads to hide much). Without ROPE the new token is already in the cache
-    (written by the kernel before): everything waits."""
+    (written by the kernel before): everything waits. FIRST: the next kernel may launch before this one waits (see
+    TRIGGER), else after."""
+    if FIRST:
+        gdc_trigger(USE_GDC)
     if not ROPE:
-        gdc_begin(USE_GDC)
+        _wait(USE_GDC, FIRST)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -120,7 +123,7 @@ def _paged_decode(Q, KV, O, PACC, PML, CNT, block_tables, seq_lens, COS, SIN, PO
         c = tl.load(COS + pos * s_cos + offs_d, mask=dmask, other=0.0)
         sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)
         slot = tl.load(SLOTS + b)
-        gdc_begin(USE_GDC)
+        _wait(USE_GDC, FIRST)
         half = offs_d < D // 2
         partner = tl.where(half, offs_d + D // 2, offs_d - D // 2)
         q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=qmask, other=0.0)
@@ -162,6 +165,15 @@ def _paged_decode(Q, KV, O, PACC, PML, CNT, block_tables, seq_lens, COS, SIN, PO
                 out = _merge(PACC, PML, first, hmask, offs_d, REP_PAD, D_PAD, NUM_PARTS)
                 tl.store(O + b * sob + heads[:, None] * soh + offs_d[None, :], out.to(O.dtype.element_ty),
                          mask=hmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _wait(USE_GDC: tl.constexpr, FIRST: tl.constexpr):
+    """The PDL wait for the kernel before; the trigger of the next after it unless FIRST triggered it already."""
+    if FIRST:
+        gdc_wait(USE_GDC)
+    else:
+        gdc_begin(USE_GDC)
 
 
 @triton.jit
@@ -238,6 +250,10 @@ DECODE_STAGES = int(os.environ.get("WB_DECODE_STAGES", "3"))
 # 1541 (the layer block kernel after attention), but 1B bf16 955 -> 937 (a GEMV after it), so the engines fuse it
 # where a layer block follows (runtime/cuda_program.py). WB_DECODE_MERGE=fused|kernel overrides every call.
 MERGE = os.environ.get("WB_DECODE_MERGE", "")
+# When the next kernel may launch under PDL: after this kernel's wait for the one before ("wait"), or first thing
+# ("first"), so that a layer block after it, whose program fits an SM beside attention's, starts streaming its
+# weights while attention waits and runs. WB_DECODE_TRIGGER=first|wait overrides every call.
+TRIGGER = os.environ.get("WB_DECODE_TRIGGER", "")
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -320,7 +336,8 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
         int(window or 0), REP=rep,
         REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
         WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, MERGE=counters is not None,
-        num_warps=DECODE_WARPS, num_stages=1 if interp else DECODE_STAGES, **gdc("attention"))
+        FIRST={"first": True, "wait": False}.get(TRIGGER, False), num_warps=DECODE_WARPS,
+        num_stages=1 if interp else DECODE_STAGES, **gdc("attention"))
     if num_parts > 1 and counters is None:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
                                  num_warps=4, **gdc("attention"))
