@@ -121,6 +121,8 @@
 #                                 # by layer blocks)
 #   bash bench/run_gpu.sh nreg    # the block's registers at launch (WB_BLOCK_MAXNREG) and attention letting the next
 #                                 # kernel launch before its wait (WB_DECODE_TRIGGER=first): tests, decode, rings
+#   bash bench/run_gpu.sh warps   # tests at the new defaults (MAXNREG, trigger first); 8 consumer warps a block
+#                                 # (WB_BLOCK_WARPS=8); the 8B int8's ring of 128 again; what attention costs the 1B
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -609,6 +611,23 @@ elif [ "$stage" = nreg ]; then  # a block program that leaves room beside it, an
   WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first WB_BLOCK_RING_KIB=128 q8 both_ring128
   q1 base_b
   WB_BLOCK_MAXNREG=168 WB_DECODE_TRIGGER=first q1 both_b
+elif [ "$stage" = warps ]; then  # 8 consumer warps a block program; the int8 ring; attention's cost in the 1B step
+  step 240 python -m pytest tests/plugins/test_decode_block.py tests/plugins/test_kernels.py \
+    tests/runtime/test_layer_block.py tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider
+  WB_BLOCK_WARPS=8 step 120 python -m pytest tests/plugins/test_decode_block.py -q -n 4 -p no:cacheprovider
+  q1() { dq1 60 llama-3.2-1b bf16 decode_quant_1b_$1_h100; }
+  q8() { dq1 80 llama-3-8b bf16,int8_wo_logits decode_quant_8b_$1_h100; }
+  q1 base
+  WB_BLOCK_WARPS=8 q1 warps8
+  q8 base
+  WB_BLOCK_WARPS=8 q8 warps8
+  WB_BLOCK_RING_KIB=128 q8 ring128
+  q1 base_b
+  WB_BLOCK_WARPS=8 q1 warps8_b
+  WB_BLOCK_WARPS=8 WB_BLOCK_RING_KIB=128 q1 warps8_ring128
+  q8 base_b
+  WB_BLOCK_RING_KIB=128 q8 ring128_b
+  step 120 python bench/decode_ablate.py --models llama-3.2-1b --modes bf16 --cuts none,attn --name decode_ablate_1b_h100
 elif [ "$stage" = final9 ]; then  # the ninth session's defaults: every GPU test, decode in every format, debug engines
   step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \

@@ -16,7 +16,7 @@ SHAPES = [(1024, 2048, 1536), (2048, 8192, 3072)]  # H, I, rows of the next proj
 
 def test_block_compiles_for_hopper_on_the_cpu():
     code = """
-import json, sys
+import json, re, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -31,16 +31,19 @@ for wq, (h, i) in [(0, (4096, 14336)), (8, (4096, 14336)), (0, (2048, 8192))]:
     ring = db.RING_KIB * 1024 // (db.ROWS[wq] * db.TILE_W[wq] * (4 if wq else 2))
     consts = dict(H=h, I=i, RING=ring, XR=db.x_rows(wq, h, i), WQ=wq, USE_GDC=True)
     k = triton.compile(GluonASTSource(fn, sig, {(fn.arg_names.index(n),): v for n, v in consts.items()}),
-                       target=GPUTarget('cuda', 90, 32), options={'num_warps': 4})
+                       target=GPUTarget('cuda', 90, 32), options={'num_warps': db.WARPS, 'maxnreg': db.MAXNREG})
     ptx = k.asm['ptx']
+    regs, threads = (int(re.search(rf'\\.{d} (\\d+)', ptx).group(1)) for d in ('maxnreg', 'reqntid'))
     out[f'{wq}/{h}'] = [k.metadata.shared, ptx.count('cp.async.bulk.tensor'), ptx.count('ld.global.gpu.acquire'),
-                        ptx.count('griddepcontrol.wait'), ptx.count('f64')]
+                        ptx.count('griddepcontrol.wait'), ptx.count('f64'), regs * threads]
 print(json.dumps(out))
 """
     got = compiled_report(code)
-    for name, (shared, copies, acquires, waits, f64) in got.items():
+    for name, (shared, copies, acquires, waits, f64, registers) in got.items():
         assert 128 << 10 < shared <= (227 - 51) << 10, f"{name}: {shared} bytes (attention's programs must fit beside)"
         assert copies and acquires and waits and f64, f"{name}: a TMA copy, a counter wait, the PDL wait, the fp64 sum"
+        # a program of the decode attention (at most 136 registers for 128 threads) must fit beside one of the block
+        assert registers + 136 * 128 <= 1 << 16, f"{name}: {registers} registers at launch"
 
 
 def test_block_refuses_what_it_cannot_take():

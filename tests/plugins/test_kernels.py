@@ -150,6 +150,37 @@ def test_paged_decode_attention_rope_is_rope_qkv_then_attention(hq, hkv, d, dtyp
     assert_same(fused, apart)
 
 
+def test_decode_attention_triggers_the_next_kernel_first_where_a_block_follows(monkeypatch):
+    from workbench.plugins import paged_attention as pa
+
+    assert pa.trigger_first(True, 1) and not pa.trigger_first(True, 8) and not pa.trigger_first(False, 1)
+    monkeypatch.setattr(pa, "TRIGGER", "wait")
+    assert not pa.trigger_first(True, 1)
+    code = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from workbench.plugins import paged_attention as pa
+fn, out = pa._paged_decode, []
+types = dict({n: '*bf16' for n in ('Q', 'KV', 'O', 'COS', 'SIN')}, PACC='*fp32', PML='*fp32', CNT='*i32',
+             block_tables='*i32', seq_lens='*i32', POS='*i32', SLOTS='*i64', scale_log2='fp32')
+types.update({n: 'i32' for n in ('sqb', 'sqh', 's_cos', 's_blk', 's_kv', 's_pg', 's_h', 'sbt', 'cap', 'sob', 'soh',
+                                 'window')})
+for first in (False, True):
+    consts = dict(REP=4, REP_PAD=16, D=64, D_PAD=64, PAGE=64, BLOCK_N=32, PART=32, NUM_PARTS=16, WINDOW=False,
+                  FP32=False, ROPE=True, MERGE=True, FIRST=first, USE_GDC=True)
+    src = ASTSource(fn=fn, signature={n: types.get(n, 'constexpr') for n in fn.arg_names},
+                    constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32), options={'num_warps': 4}).asm['ptx']
+    out.append([ptx.count('griddepcontrol.wait'), ptx.index('launch_dependents') < ptx.index('griddepcontrol.wait')])
+print(json.dumps(out))
+"""
+    from tests.compile_on_cpu import compiled_report
+
+    assert compiled_report(code) == [[1, False], [1, True]]
+
+
 def test_write_kv():
     from workbench.plugins.paged_attention import write_kv, write_kv_ref
 

@@ -18,7 +18,8 @@ weights before the wait (neither depends on the stage before), and a stage input
 Weights: bf16, or int8 per output channel (w8a16, the words' four values unpacked exactly, scaled after the sum;
 each consumer thread splits its words' four values of x in registers), in tiles of ROWS rows: 8 for bf16, 16 for
 int8 (its consumers need the rows to reuse x). One program an SM, all resident (the counters need it), each with
-a ring of 64-128 KiB (by shape: runtime/layer_block.py's table) and x's buffer (up to 32 KiB) in shared memory.
+a ring of 64-128 KiB (by shape: runtime/layer_block.py's table) and x's buffer (up to 32 KiB) in shared memory, and
+registers (MAXNREG) that leave room for a program of the decode attention beside it.
 
 The engines run it through runtime/layer_block.py (cuda_program's `layer_block` fusion) where it measured faster;
 `decode_block_ref` is its torch reference.
@@ -37,10 +38,16 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 RING_KIB = 128  # the ring of weight tiles a program, unless the caller gives its own (runtime/layer_block.py's table)
 # a probe's switch (bench/run_gpu.sh ring): WB_BLOCK_RING_KIB sets every block's ring, over the caller's
 RING_OVERRIDE = int(os.environ.get("WB_BLOCK_RING_KIB", "0"))
-# Registers a thread at launch (ptx .maxnreg; the warp-specialised partitions share them by setmaxnreg). Triton's
-# default is 256 for the 8 warps, the whole register file of an SM: nothing else fits beside a program, not the next
-# kernel's under PDL either. WB_BLOCK_MAXNREG (a probe's switch) sets it.
-MAXNREG = int(os.environ.get("WB_BLOCK_MAXNREG", "0")) or None
+# Consumer warps a program (WB_BLOCK_WARPS, a probe's switch); the producer's warp comes on top, in a warp group of
+# its own.
+WARPS = int(os.environ.get("WB_BLOCK_WARPS", "4"))
+# Registers a thread at launch (ptx .maxnreg; the partitions then share them out by setmaxnreg, the consumers still
+# getting 240-256). Triton's default for 4 consumer warps is 256 for the 8 warps, an SM's whole register file: nothing
+# fits beside a program, so the decode attention after it (136 x 128 registers) waited for it to end before its
+# programs started, and the next block for attention's end. With these, a program of attention fits beside a block's.
+# Tenth session, call 1 (H100, batch 1): 1B bf16 989.7 -> 998.4 tok/s alone, 1002.2 with attention's trigger first
+# (paged_attention.TRIGGER). WB_BLOCK_MAXNREG (a probe's switch) sets it.
+MAXNREG = int(os.environ.get("WB_BLOCK_MAXNREG", "0")) or {4: 168, 8: 120}.get(WARPS)
 # A timing probe's switch, never for results (WB_PROBE_FREE_UNPACK=1, bench/run_gpu.sh free): int8 words taken as
 # floats with no unpacking, so the values are wrong, to measure what the consumers' unpacking costs a chain
 FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
@@ -369,7 +376,7 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     programs = torch.cuda.get_device_properties(x.device).multi_processor_count
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
                                *s, counters, n_nx, float(eps2), float(eps_n), H=h, I=i, RING=ring,
-                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=4,
+                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=WARPS,
                                **({"maxnreg": MAXNREG} if MAXNREG else {}),
                                **({"launch_pdl": True} if use_gdc else {}))
     return out

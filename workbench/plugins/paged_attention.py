@@ -251,10 +251,20 @@ DECODE_STAGES = int(os.environ.get("WB_DECODE_STAGES", "3"))
 # where a layer block follows (runtime/cuda_program.py). WB_DECODE_MERGE=fused|kernel overrides every call.
 MERGE = os.environ.get("WB_DECODE_MERGE", "")
 # When the next kernel may launch under PDL: after this kernel's wait for the one before ("wait"), or first thing
-# ("first"), so that a layer block after it, whose program fits an SM beside attention's, starts streaming its
-# weights while attention waits and runs. WB_DECODE_TRIGGER=first|wait overrides every call.
+# ("first"), so that a layer block after it is launched already when attention ends, and its producer streams
+# weights where a block program fits beside attention's (plugins/decode_block.py's MAXNREG). By default "first" where
+# the merge is fused at one row, the calls a layer block kernel follows. Tenth session, call 1 (H100, batch 1, tok/s):
+# 1B bf16 989.7 -> 1001.2 (with MAXNREG too 1002.2); 8B, both, int8 + logits 340.2 -> 347.6, bf16 188.8 -> 189.4.
+# Where GEMVs follow it measured no faster (fourth session's WB_PDL_FIRST, slower at batch 8).
+# WB_DECODE_TRIGGER=first|wait overrides every call.
 TRIGGER = os.environ.get("WB_DECODE_TRIGGER", "")
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def trigger_first(merged: bool, batch: int) -> bool:
+    """Whether the decode kernel lets the next launch before its wait (see TRIGGER): by default where it merges its
+    own partitions at one row, as it does where a layer block follows."""
+    return {"first": True, "wait": False}.get(TRIGGER, merged and batch == 1)
 
 
 def _merge_counters(device: torch.device, n: int) -> torch.Tensor | None:
@@ -336,7 +346,7 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
         int(window or 0), REP=rep,
         REP_PAD=pow2(rep, 16), D=d, D_PAD=d_pad, PAGE=page, BLOCK_N=block, PART=part, NUM_PARTS=num_parts,
         WINDOW=bool(window), FP32=dot_in_fp32(q.dtype), ROPE=rope is not None, MERGE=counters is not None,
-        FIRST={"first": True, "wait": False}.get(TRIGGER, False), num_warps=DECODE_WARPS,
+        FIRST=trigger_first(counters is not None, bsz), num_warps=DECODE_WARPS,
         num_stages=1 if interp else DECODE_STAGES, **gdc("attention"))
     if num_parts > 1 and counters is None:
         _paged_reduce[(bsz, hq)](out, pacc, pml, out.stride(0), out.stride(1), D=d, D_PAD=d_pad, NUM_PARTS=num_parts,
