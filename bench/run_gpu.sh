@@ -123,6 +123,8 @@
 #                                 # kernel launch before its wait (WB_DECODE_TRIGGER=first): tests, decode, rings
 #   bash bench/run_gpu.sh warps   # tests at the new defaults (MAXNREG, trigger first); 8 consumer warps a block
 #                                 # (WB_BLOCK_WARPS=8); the 8B int8's ring of 128 again; what attention costs the 1B
+#   bash bench/run_gpu.sh trace   # the decode step's attention and layer blocks traced by the global timer
+#                                 # (bench/block_trace.py): the defaults, a ring of 128, the ninth session's launches
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -628,6 +630,12 @@ elif [ "$stage" = warps ]; then  # 8 consumer warps a block program; the int8 ri
   q8 base_b
   WB_BLOCK_RING_KIB=128 q8 ring128_b
   step 120 python bench/decode_ablate.py --models llama-3.2-1b --modes bf16 --cuts none,attn --name decode_ablate_1b_h100
+elif [ "$stage" = trace ]; then  # where a layer's time goes: global-timer stamps in attention and the blocks
+  tr() { step 90 python bench/block_trace.py --models "$1" --modes "$2" --name "block_trace_$3_h100"; }
+  tr llama-3.2-1b bf16 1b
+  WB_BLOCK_RING_KIB=128 tr llama-3.2-1b bf16 1b_ring128
+  WB_BLOCK_MAXNREG=256 WB_DECODE_TRIGGER=wait tr llama-3.2-1b bf16 1b_nine
+  tr llama-3-8b bf16,int8_wo_logits 8b
 elif [ "$stage" = final9 ]; then  # the ninth session's defaults: every GPU test, decode in every format, debug engines
   step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \

@@ -27,7 +27,8 @@ for wq, (h, i) in [(0, (4096, 14336)), (8, (4096, 14336)), (0, (2048, 8192))]:
     sig = {n: 'constexpr' for n in fn.arg_names}
     sig.update({n: desc for n in ('d_o', 'd_gu', 'd_dn', 'd_nx')})
     sig.update({n: '*bf16' for n in ('X', 'RES', 'G2', 'GN', 'O', 'H1', 'ACT', 'D', 'H2', 'Y')})
-    sig.update({n: '*fp32' for n in ('S_o', 'S_gu', 'S_dn', 'S_nx')}, CNT='*i32', N_NX='i32', eps2='fp32', eps_n='fp32')
+    sig.update({n: '*fp32' for n in ('S_o', 'S_gu', 'S_dn', 'S_nx')}, CNT='*i32', N_NX='i32', eps2='fp32', eps_n='fp32',
+               TR='*i64')
     ring = db.RING_KIB * 1024 // (db.ROWS[wq] * db.TILE_W[wq] * (4 if wq else 2))
     consts = dict(H=h, I=i, RING=ring, XR=db.x_rows(wq, h, i), WQ=wq, USE_GDC=True)
     k = triton.compile(GluonASTSource(fn, sig, {(fn.arg_names.index(n),): v for n, v in consts.items()}),

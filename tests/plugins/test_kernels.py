@@ -163,7 +163,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from workbench.plugins import paged_attention as pa
 fn, out = pa._paged_decode, []
-types = dict({n: '*bf16' for n in ('Q', 'KV', 'O', 'COS', 'SIN')}, PACC='*fp32', PML='*fp32', CNT='*i32',
+types = dict({n: '*bf16' for n in ('Q', 'KV', 'O', 'COS', 'SIN')}, PACC='*fp32', PML='*fp32', CNT='*i32', TR='*i64',
              block_tables='*i32', seq_lens='*i32', POS='*i32', SLOTS='*i64', scale_log2='fp32')
 types.update({n: 'i32' for n in ('sqb', 'sqh', 's_cos', 's_blk', 's_kv', 's_pg', 's_h', 'sbt', 'cap', 'sob', 'soh',
                                  'window')})

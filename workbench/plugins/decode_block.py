@@ -51,26 +51,45 @@ MAXNREG = int(os.environ.get("WB_BLOCK_MAXNREG", "0")) or {4: 168, 8: 120}.get(W
 # A timing probe's switch, never for results (WB_PROBE_FREE_UNPACK=1, bench/run_gpu.sh free): int8 words taken as
 # floats with no unpacking, so the values are wrong, to measure what the consumers' unpacking costs a chain
 FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
+# A timing probe's switch (WB_PROBE_TRACE=1, bench/block_trace.py): every program stamps the global timer at its
+# stages' edges into TRACES[counters' address] (int64 [programs, 16]; see _stamp's events)
+TRACE = gl.constexpr(os.environ.get("WB_PROBE_TRACE", "0") == "1")
+TRACES: dict[int, torch.Tensor] = {}
 ROWS = {0: 8, 8: 16}  # a tile's rows by weight format (WQ); 8 for int8 measured slower (bench/run_gpu.sh tune9)
 TILE_W = {0: 256, 8: 128}  # a tile's width in stored units: bf16 values, int32 words of four int8 values
 CHUNK = {0: 256, 8: 512}  # values of x a tile spans
 
 
 @gluon.jit
-def _produce(d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr):
+def _stamp(TR, event):
+    """The probe's trace (TRACE): the global timer (ns) as this program's event: consumers 0 start, 1 after the PDL
+    wait, 2 + 2s after stage s's own part (s < 3), 3 + 2s after its wait for every program's, 8 the end; the
+    producer 9 start, 10 before its first wait for a slot (the ring full), 11 after it, 12 after stage 0's copies,
+    13 after the last."""
+    if TRACE:
+        t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+        gl.store(TR + gl.program_id(0) * 16 + event, t)
+
+
+@gluon.jit
+def _produce(d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, TR, H: gl.constexpr, I: gl.constexpr,
+             WQ: gl.constexpr):
     """The producer warp: every weight tile of this program's four stages, in the consumers' order, into the ring."""
     CH: gl.constexpr = 512 if WQ == 8 else 256
     R: gl.constexpr = ring.type.shape[1]
     pid = gl.program_id(0)
     G = gl.num_programs(0)
-    c = _produce_stage(d_o, ring, full, empty, gl.to_tensor(0), pid, G, 0, 0, H // R, H // CH, False)
-    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, 0, I, I // R, H // CH, True)
-    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, 0, H // R, I // CH, False)
-    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, 0, N_NX // R, H // CH, False)
+    _stamp(TR, 9)
+    c = _produce_stage(d_o, ring, full, empty, gl.to_tensor(0), pid, G, 0, 0, H // R, H // CH, False, TR)
+    _stamp(TR, 12)
+    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, 0, I, I // R, H // CH, True, TR)
+    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, 0, H // R, I // CH, False, TR)
+    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, 0, N_NX // R, H // CH, False, TR)
+    _stamp(TR, 13)
 
 
 @gluon.jit
-def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr):
+def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr, TR):
     """The producer: this program's tiles (from row row0; SWIGLU: each with its up rows, `up` below) in turn."""
     RING: gl.constexpr = ring.type.shape[0]
     R: gl.constexpr = ring.type.shape[1]
@@ -79,7 +98,13 @@ def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
         for kk in range(steps):
             for half in gl.static_range(2 if SWIGLU else 1):  # gate rows, then the up rows I below them
                 slot = c % RING
+                if TRACE:
+                    if c == RING:
+                        _stamp(TR, 10)
                 mbarrier.wait(empty.index(slot), ((c // RING) & 1) ^ 1)
+                if TRACE:
+                    if c == RING:
+                        _stamp(TR, 11)
                 mbarrier.expect(full.index(slot), desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(desc, [row0 + half * up + t * R, kk * W], full.index(slot),
                                                 ring.index(slot))
@@ -256,33 +281,42 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
 
 @gluon.jit
 def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX, eps2, eps_n,
-             H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr, USE_GDC: gl.constexpr):
+             TR, H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr, USE_GDC: gl.constexpr):
     """The consumer warps: the four stages, each after every program finished the one before."""
     R: gl.constexpr = ring.type.shape[1]
     G = gl.num_programs(0)
+    _stamp(TR, 0)
     if USE_GDC:  # X and RES come from the kernels before (programmatic dependent launch)
         gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+    _stamp(TR, 1)
     epoch = gl.atomic_add(CNT + 4, 0, sem="relaxed", scope="gpu")  # launches so far: counters are never reset
     target = (epoch + 1) * G
     W: gl.constexpr = xs.type.shape[1]
     _stage_input(xs, X, X, X, X, H, eps2, False)
     c = _stage(ring, full, empty, xs, gl.to_tensor(0), O, S_o, H // R, H, False, WQ)
     _arrive(CNT, 0)
+    _stamp(TR, 2)
     res, g2 = _norm_operands(RES, G2, H, W)
     _wait(CNT, 0, target)
+    _stamp(TR, 3)
     if gl.program_id(0) == 0:  # every program has read the epoch: the next launch may see it advanced
         gl.atomic_add(CNT + 4, 1, sem="relaxed", scope="gpu")
     _stage_input(xs, O, res, g2, H1, H, eps2, True)
     c = _stage(ring, full, empty, xs, c, ACT, S_gu, I // R, H, True, WQ)
     _arrive(CNT, 1)
+    _stamp(TR, 4)
     _wait(CNT, 1, target)
+    _stamp(TR, 5)
     _stage_input(xs, ACT, ACT, ACT, ACT, I, eps2, False)
     c = _stage(ring, full, empty, xs, c, D, S_dn, H // R, I, False, WQ)
     _arrive(CNT, 2)
+    _stamp(TR, 6)
     h1, gn = _norm_operands(H1, GN, H, W)  # h1: program 0 wrote it before the wait for stage 1
     _wait(CNT, 2, target)
+    _stamp(TR, 7)
     _stage_input(xs, D, h1, gn, H2, H, eps_n, True)
     _stage(ring, full, empty, xs, c, Y, S_nx, N_NX // R, H, False, WQ)
+    _stamp(TR, 8)
 
 
 @gluon.jit
@@ -302,7 +336,7 @@ def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
 
 @gluon.jit
 def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
-                  eps2, eps_n, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
+                  eps2, eps_n, TR, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
                   WQ: gl.constexpr, USE_GDC: gl.constexpr):
     ring, full, empty, xs = _buffers(d_o, RING, XR, WQ)
     if USE_GDC:  # the next kernel may launch now: its programs fit beside these and wait for this kernel's end
@@ -310,8 +344,8 @@ def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S
                                   pack=1)
     gl.warp_specialize([
         (_consume, (ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
-                    eps2, eps_n, H, I, WQ, USE_GDC)),
-        (_produce, (d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, H, I, WQ)),
+                    eps2, eps_n, TR, H, I, WQ, USE_GDC)),
+        (_produce, (d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, TR, H, I, WQ)),
     ], [1], [40])
 
 
@@ -374,8 +408,11 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     out = {"o": new(h), "h1": new(h), "act": new(i), "d": new(h), "h2": new(h), "y": new(n_nx)}
     s = scales if scales is not None else (x,) * 4
     programs = torch.cuda.get_device_properties(x.device).multi_processor_count
+    trace = counters
+    if TRACE:
+        trace = TRACES.setdefault(counters.data_ptr(), torch.zeros(programs, 16, dtype=torch.int64, device=x.device))
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
-                               *s, counters, n_nx, float(eps2), float(eps_n), H=h, I=i, RING=ring,
+                               *s, counters, n_nx, float(eps2), float(eps_n), trace, H=h, I=i, RING=ring,
                                XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=WARPS,
                                **({"maxnreg": MAXNREG} if MAXNREG else {}),
                                **({"launch_pdl": True} if use_gdc else {}))

@@ -28,6 +28,21 @@ from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, gdc_trigger, g
 from workbench.plugins.flash_attention import LOG2E, softmax_step
 
 
+# A timing probe's switch (WB_PROBE_TRACE=1, bench/block_trace.py): every decode program stamps the global timer at
+# its start, after its PDL wait and at its end into TRACES[the cache's address] (int64 [programs, 4])
+TRACE = tl.constexpr(os.environ.get("WB_PROBE_TRACE", "0") == "1")
+TRACES: dict[int, torch.Tensor] = {}
+
+
+@triton.jit
+def _stamp(TR, event):
+    """The probe's trace (TRACE): the global timer (ns) as this program's event (0 start, 1 after the wait, 2 end)."""
+    if TRACE:
+        t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+        prog = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
+        tl.store(TR + prog * 4 + event, t)
+
+
 @triton.jit
 def _rotated(x, partner, c, s, first_half):
     """Rotate-half rope of rows x given each element's partner (the other half) and cos/sin, rounded as
@@ -85,7 +100,7 @@ def _attend(q, k, v, nmask, m_i, l_i, acc, scale_log2, FP32: tl.constexpr):
 
 
 @triton.jit
-def _paged_decode(Q, KV, O, PACC, PML, CNT, block_tables, seq_lens, COS, SIN, POS, SLOTS, sqb, sqh, s_cos, s_blk,
+def _paged_decode(Q, KV, O, PACC, PML, CNT, TR, block_tables, seq_lens, COS, SIN, POS, SLOTS, sqb, sqh, s_cos, s_blk,
                   s_kv, s_pg, s_h, sbt, cap, sob, soh, scale_log2, window, REP: tl.constexpr, REP_PAD: tl.constexpr,
                   D: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PART: tl.constexpr,
                   NUM_PARTS: tl.constexpr, WINDOW: tl.constexpr, FP32: tl.constexpr, ROPE: tl.constexpr,
@@ -98,10 +113,12 @@ def _paged_decode(Q, KV, O, PACC, PML, CNT, block_tables, seq_lens, COS, SIN, PO
     their loops, too late for the early reads to hide much). Without ROPE the new token is already in the cache
     (written by the kernel before): everything waits. FIRST: the next kernel may launch before this one waits (see
     TRIGGER), else after."""
+    _stamp(TR, 0)
     if FIRST:
         gdc_trigger(USE_GDC)
     if not ROPE:
         _wait(USE_GDC, FIRST)
+        _stamp(TR, 1)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -124,6 +141,7 @@ def _paged_decode(Q, KV, O, PACC, PML, CNT, block_tables, seq_lens, COS, SIN, PO
         sn = tl.load(SIN + pos * s_cos + offs_d, mask=dmask, other=0.0)
         slot = tl.load(SLOTS + b)
         _wait(USE_GDC, FIRST)
+        _stamp(TR, 1)
         half = offs_d < D // 2
         partner = tl.where(half, offs_d + D // 2, offs_d - D // 2)
         q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :], mask=qmask, other=0.0)
@@ -165,6 +183,7 @@ def _paged_decode(Q, KV, O, PACC, PML, CNT, block_tables, seq_lens, COS, SIN, PO
                 out = _merge(PACC, PML, first, hmask, offs_d, REP_PAD, D_PAD, NUM_PARTS)
                 tl.store(O + b * sob + heads[:, None] * soh + offs_d[None, :], out.to(O.dtype.element_ty),
                          mask=hmask[:, None] & dmask[None, :])
+    _stamp(TR, 2)
 
 
 @triton.jit
@@ -338,9 +357,13 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
     base, cos, sin, positions, slots = rope if rope is not None else (q, out, out, seq_lens, seq_lens)
     fused_merge = {"fused": True, "kernel": False}.get(MERGE, fused_merge)
     counters = _merge_counters(q.device, bsz * hkv) if num_parts > 1 and fused_merge else None
+    trace = seq_lens
+    if TRACE:
+        trace = TRACES.setdefault(kv.data_ptr(), torch.zeros(bsz * hkv * num_parts, 4, dtype=torch.int64,
+                                                             device=q.device))
     _paged_decode[(bsz, hkv, num_parts)](
-        base, kv, out, pacc, pml, counters if counters is not None else seq_lens, block_tables, seq_lens, cos, sin,
-        positions, slots, q_strides[0], q_strides[1],
+        base, kv, out, pacc, pml, counters if counters is not None else seq_lens, trace, block_tables, seq_lens, cos,
+        sin, positions, slots, q_strides[0], q_strides[1],
         cos.stride(0) if rope is not None else 0, kv.stride(0), kv.stride(1), kv.stride(2), kv.stride(3),
         block_tables.stride(0), block_tables.shape[1] * page, out.stride(0), out.stride(1), scale * LOG2E,
         int(window or 0), REP=rep,
