@@ -410,7 +410,9 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
     programs = torch.cuda.get_device_properties(x.device).multi_processor_count
     trace = counters
     if TRACE:
-        trace = TRACES.setdefault(counters.data_ptr(), torch.zeros(programs, 16, dtype=torch.int64, device=x.device))
+        if counters.data_ptr() not in TRACES:  # made once: a fill in every call would sit between the kernels
+            TRACES[counters.data_ptr()] = torch.zeros(programs, 16, dtype=torch.int64, device=x.device)
+        trace = TRACES[counters.data_ptr()]
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
                                *s, counters, n_nx, float(eps2), float(eps_n), trace, H=h, I=i, RING=ring,
                                XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=WARPS,

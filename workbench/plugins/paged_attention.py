@@ -359,8 +359,9 @@ def _launch_decode(q, rope, kv, block_tables, seq_lens, scale, window, part, num
     counters = _merge_counters(q.device, bsz * hkv) if num_parts > 1 and fused_merge else None
     trace = seq_lens
     if TRACE:
-        trace = TRACES.setdefault(kv.data_ptr(), torch.zeros(bsz * hkv * num_parts, 4, dtype=torch.int64,
-                                                             device=q.device))
+        if kv.data_ptr() not in TRACES:  # made once: a fill in every call would sit between the kernels
+            TRACES[kv.data_ptr()] = torch.zeros(bsz * hkv * num_parts, 4, dtype=torch.int64, device=q.device)
+        trace = TRACES[kv.data_ptr()]
     _paged_decode[(bsz, hkv, num_parts)](
         base, kv, out, pacc, pml, counters if counters is not None else seq_lens, trace, block_tables, seq_lens, cos,
         sin, positions, slots, q_strides[0], q_strides[1],
