@@ -125,6 +125,8 @@
 #                                 # (WB_BLOCK_WARPS=8); the 8B int8's ring of 128 again; what attention costs the 1B
 #   bash bench/run_gpu.sh trace   # the decode step's attention and layer blocks traced by the global timer
 #                                 # (bench/block_trace.py): the defaults, a ring of 128, the ninth session's launches
+#   bash bench/run_gpu.sh fence   # the block's consumers without the proxy fence before a slot's release
+#                                 # (WB_BLOCK_FENCE=0) and taking tiles two at a time (WB_BLOCK_PAIR=1): tests, decode
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -636,6 +638,23 @@ elif [ "$stage" = trace ]; then  # where a layer's time goes: global-timer stamp
   WB_BLOCK_RING_KIB=128 tr llama-3.2-1b bf16 1b_ring128
   WB_BLOCK_MAXNREG=256 WB_DECODE_TRIGGER=wait tr llama-3.2-1b bf16 1b_nine
   tr llama-3-8b bf16,int8_wo_logits 8b
+elif [ "$stage" = fence ]; then  # the consumers' proxy fence a tile, and tiles taken two at a time
+  WB_BLOCK_FENCE=0 WB_BLOCK_PAIR=1 step 200 python -m pytest tests/plugins/test_decode_block.py \
+    tests/runtime/test_layer_block.py tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider
+  WB_BLOCK_FENCE=0 step 100 python -m pytest tests/plugins/test_decode_block.py -q -n 4 -p no:cacheprovider
+  q1() { dq1 60 llama-3.2-1b bf16 decode_quant_1b_$1_h100; }
+  q8() { dq1 80 llama-3-8b bf16,int8_wo_logits decode_quant_8b_$1_h100; }
+  q1 base
+  WB_BLOCK_FENCE=0 q1 nofence
+  WB_BLOCK_PAIR=1 q1 pair
+  WB_BLOCK_FENCE=0 WB_BLOCK_PAIR=1 q1 both
+  q8 base
+  WB_BLOCK_FENCE=0 q8 nofence
+  WB_BLOCK_FENCE=0 WB_BLOCK_PAIR=1 q8 both
+  q1 base_b
+  WB_BLOCK_FENCE=0 q1 nofence_b
+  WB_BLOCK_FENCE=0 WB_BLOCK_PAIR=1 q1 both_b
+  WB_BLOCK_FENCE=0 WB_BLOCK_PAIR=1 step 90 python bench/block_trace.py --name block_trace_1b_both_h100
 elif [ "$stage" = final9 ]; then  # the ninth session's defaults: every GPU test, decode in every format, debug engines
   step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \

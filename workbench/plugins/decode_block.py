@@ -55,6 +55,10 @@ FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
 # stages' edges into TRACES[counters' address] (int64 [programs, 16]; see _stamp's events)
 TRACE = gl.constexpr(os.environ.get("WB_PROBE_TRACE", "0") == "1")
 TRACES: dict[int, torch.Tensor] = {}
+# Probe switches (bench/run_gpu.sh fence): WB_BLOCK_FENCE=0 drops the proxy fence between a consumer's read of a
+# tile and its slot's release; WB_BLOCK_PAIR=1 takes two tiles before their sums
+FENCE = gl.constexpr(os.environ.get("WB_BLOCK_FENCE", "1") == "1")
+PAIR = gl.constexpr(os.environ.get("WB_BLOCK_PAIR", "0") == "1")
 ROWS = {0: 8, 8: 16}  # a tile's rows by weight format (WQ); 8 for int8 measured slower (bench/run_gpu.sh tune9)
 TILE_W = {0: 256, 8: 128}  # a tile's width in stored units: bf16 values, int32 words of four int8 values
 CHUNK = {0: 256, 8: 512}  # values of x a tile spans
@@ -139,7 +143,8 @@ def _take(ring, full, empty, c):
     slot = c % RING
     mbarrier.wait(full.index(slot), (c // RING) & 1)
     w = ring.index(slot).load(_tile_layout(ring.type.shape[2], gl.num_warps()))
-    fence_async_shared()
+    if FENCE:
+        fence_async_shared()
     mbarrier.arrive(empty.index(slot), count=1)
     return w
 
@@ -259,12 +264,27 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
                 s_up = gl.load(S + tiles * R + rows)
         acc = gl.zeros([R, W], gl.float32, tile_l)
         accu = gl.zeros([R, W], gl.float32, tile_l)
-        for kk in range(K // CH):
-            acc = _fma(acc, _take(ring, full, empty, c), xr, kk, WQ)
-            c += 1
-            if SWIGLU:
-                accu = _fma(accu, _take(ring, full, empty, c), xr, kk, WQ)
+        if PAIR and SWIGLU:  # the gate's and the up's tile, both taken before their sums
+            for kk in range(K // CH):
+                w_gate = _take(ring, full, empty, c)
+                w_up = _take(ring, full, empty, c + 1)
+                acc = _fma(acc, w_gate, xr, kk, WQ)
+                accu = _fma(accu, w_up, xr, kk, WQ)
+                c += 2
+        elif PAIR:  # two tiles of x's chunks kk and kk + 1 (K // CH is even for every shape the engines fuse)
+            for kk in range(0, K // CH, 2):
+                w0 = _take(ring, full, empty, c)
+                w1 = _take(ring, full, empty, c + 1)
+                acc = _fma(acc, w0, xr, kk, WQ)
+                acc = _fma(acc, w1, xr, kk + 1, WQ)
+                c += 2
+        else:
+            for kk in range(K // CH):
+                acc = _fma(acc, _take(ring, full, empty, c), xr, kk, WQ)
                 c += 1
+                if SWIGLU:
+                    accu = _fma(accu, _take(ring, full, empty, c), xr, kk, WQ)
+                    c += 1
         y = gl.sum(acc, axis=1)
         if WQ == 8:
             y = y * s_gate
