@@ -127,6 +127,8 @@
 #                                 # (bench/block_trace.py): the defaults, a ring of 128, the ninth session's launches
 #   bash bench/run_gpu.sh fence   # the block's consumers without the proxy fence before a slot's release
 #                                 # (WB_BLOCK_FENCE=0) and taking tiles two at a time (WB_BLOCK_PAIR=1): tests, decode
+#   bash bench/run_gpu.sh pair    # no fence: the engines' GPU tests; the ring's slots paired on shared barriers
+#                                 # (WB_BLOCK_PAIR=1): tests, decode at rings of 64-128 KiB, the 1B's trace
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -655,6 +657,23 @@ elif [ "$stage" = fence ]; then  # the consumers' proxy fence a tile, and tiles 
   WB_BLOCK_FENCE=0 q1 nofence_b
   WB_BLOCK_FENCE=0 WB_BLOCK_PAIR=1 q1 both_b
   WB_BLOCK_FENCE=0 WB_BLOCK_PAIR=1 step 90 python bench/block_trace.py --name block_trace_1b_both_h100
+elif [ "$stage" = pair ]; then  # no fence everywhere; paired slots
+  export WB_BLOCK_FENCE=0
+  step 150 python -m pytest tests/plugins/test_decode_block.py tests/runtime/test_layer_block.py \
+    tests/gpu/test_cuda_backend.py -q -n 4 -p no:cacheprovider
+  WB_BLOCK_PAIR=1 step 100 python -m pytest tests/plugins/test_decode_block.py tests/runtime/test_layer_block.py \
+    -q -n 4 -p no:cacheprovider
+  q1() { dq1 60 llama-3.2-1b bf16 decode_quant_1b_$1_h100; }
+  q8() { dq1 80 llama-3-8b bf16,int8_wo_logits decode_quant_8b_$1_h100; }
+  q1 nofence
+  WB_BLOCK_PAIR=1 q1 pair
+  WB_BLOCK_PAIR=1 WB_BLOCK_RING_KIB=96 q1 pair_ring96
+  WB_BLOCK_PAIR=1 WB_BLOCK_RING_KIB=128 q1 pair_ring128
+  q8 nofence
+  WB_BLOCK_PAIR=1 q8 pair
+  q1 nofence_b
+  WB_BLOCK_PAIR=1 q1 pair_b
+  WB_BLOCK_PAIR=1 step 60 python bench/block_trace.py --name block_trace_1b_pair_h100
 elif [ "$stage" = final9 ]; then  # the ninth session's defaults: every GPU test, decode in every format, debug engines
   step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \

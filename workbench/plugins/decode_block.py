@@ -56,7 +56,8 @@ FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
 TRACE = gl.constexpr(os.environ.get("WB_PROBE_TRACE", "0") == "1")
 TRACES: dict[int, torch.Tensor] = {}
 # Probe switches (bench/run_gpu.sh fence): WB_BLOCK_FENCE=0 drops the proxy fence between a consumer's read of a
-# tile and its slot's release; WB_BLOCK_PAIR=1 takes two tiles before their sums
+# tile and its slot's release; WB_BLOCK_PAIR=1 pairs the ring's slots: two tiles (the gate's and the up's, or two
+# chunks of x) land on one barrier and go back on one, half the waits and releases a byte
 FENCE = gl.constexpr(os.environ.get("WB_BLOCK_FENCE", "1") == "1")
 PAIR = gl.constexpr(os.environ.get("WB_BLOCK_PAIR", "0") == "1")
 ROWS = {0: 8, 8: 16}  # a tile's rows by weight format (WQ); 8 for int8 measured slower (bench/run_gpu.sh tune9)
@@ -98,6 +99,8 @@ def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
     RING: gl.constexpr = ring.type.shape[0]
     R: gl.constexpr = ring.type.shape[1]
     W: gl.constexpr = ring.type.shape[2]
+    if PAIR:
+        return _produce_pairs(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU, TR)
     for t in range(pid, tiles, G):
         for kk in range(steps):
             for half in gl.static_range(2 if SWIGLU else 1):  # gate rows, then the up rows I below them
@@ -114,6 +117,51 @@ def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
                                                 ring.index(slot))
                 c += 1
     return c
+
+
+@gluon.jit
+def _produce_pairs(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr, TR):
+    """_produce_stage with paired slots (PAIR): c counts pairs; a pair is a tile's gate and up rows (SWIGLU) or its
+    chunks kk and kk + 1."""
+    PAIRS: gl.constexpr = ring.type.shape[0] // 2
+    R: gl.constexpr = ring.type.shape[1]
+    W: gl.constexpr = ring.type.shape[2]
+    for t in range(pid, tiles, G):
+        for kk in range(0, steps, 1 if SWIGLU else 2):
+            p = c % PAIRS
+            if TRACE:
+                if c == PAIRS:
+                    _stamp(TR, 10)
+            mbarrier.wait(empty.index(p), ((c // PAIRS) & 1) ^ 1)
+            if TRACE:
+                if c == PAIRS:
+                    _stamp(TR, 11)
+            mbarrier.expect(full.index(p), 2 * desc.block_type.nbytes)
+            if SWIGLU:
+                tma.async_copy_global_to_shared(desc, [row0 + t * R, kk * W], full.index(p), ring.index(2 * p))
+                tma.async_copy_global_to_shared(desc, [row0 + up + t * R, kk * W], full.index(p),
+                                                ring.index(2 * p + 1))
+            else:
+                tma.async_copy_global_to_shared(desc, [row0 + t * R, kk * W], full.index(p), ring.index(2 * p))
+                tma.async_copy_global_to_shared(desc, [row0 + t * R, (kk + 1) * W], full.index(p),
+                                                ring.index(2 * p + 1))
+            c += 1
+    return c
+
+
+@gluon.jit
+def _take_pair(ring, full, empty, c):
+    """Consumers (PAIR): the ring's pair c once both tiles have landed; the pair goes back to the producer."""
+    PAIRS: gl.constexpr = ring.type.shape[0] // 2
+    p = c % PAIRS
+    mbarrier.wait(full.index(p), (c // PAIRS) & 1)
+    layout: gl.constexpr = _tile_layout(ring.type.shape[2], gl.num_warps())
+    w0 = ring.index(2 * p).load(layout)
+    w1 = ring.index(2 * p + 1).load(layout)
+    if FENCE:
+        fence_async_shared()
+    mbarrier.arrive(empty.index(p), count=1)
+    return w0, w1
 
 
 @gluon.jit
@@ -264,20 +312,18 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
                 s_up = gl.load(S + tiles * R + rows)
         acc = gl.zeros([R, W], gl.float32, tile_l)
         accu = gl.zeros([R, W], gl.float32, tile_l)
-        if PAIR and SWIGLU:  # the gate's and the up's tile, both taken before their sums
+        if PAIR and SWIGLU:  # the gate's and the up's tile as one pair
             for kk in range(K // CH):
-                w_gate = _take(ring, full, empty, c)
-                w_up = _take(ring, full, empty, c + 1)
+                w_gate, w_up = _take_pair(ring, full, empty, c)
                 acc = _fma(acc, w_gate, xr, kk, WQ)
                 accu = _fma(accu, w_up, xr, kk, WQ)
-                c += 2
-        elif PAIR:  # two tiles of x's chunks kk and kk + 1 (K // CH is even for every shape the engines fuse)
+                c += 1
+        elif PAIR:  # x's chunks kk and kk + 1 as one pair (check: K // CH is even)
             for kk in range(0, K // CH, 2):
-                w0 = _take(ring, full, empty, c)
-                w1 = _take(ring, full, empty, c + 1)
+                w0, w1 = _take_pair(ring, full, empty, c)
                 acc = _fma(acc, w0, xr, kk, WQ)
                 acc = _fma(acc, w1, xr, kk + 1, WQ)
-                c += 2
+                c += 1
         else:
             for kk in range(K // CH):
                 acc = _fma(acc, _take(ring, full, empty, c), xr, kk, WQ)
@@ -344,11 +390,12 @@ def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
     """Shared memory: the ring of RING weight tiles (desc's block), its full and empty barriers, and x (XR rows)."""
     ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING] + desc.block_type.shape,
                                      desc.layout)
-    full = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
+    SLOTS: gl.constexpr = RING // 2 if PAIR else RING  # barriers: a pair of slots shares its two
+    full = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
     xs = gl.allocate_shared_memory(gl.bfloat16, [XR, 512 if WQ == 8 else 256],
                                    gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
-    for i in gl.static_range(RING):
+    for i in gl.static_range(SLOTS):
         mbarrier.init(full.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
     return ring, full, empty, xs
@@ -394,6 +441,8 @@ def check(x, w_o, w_gu, w_dn, w_nx, wq: int) -> tuple[int, int, int]:
     rows, ch = ROWS[wq], CHUNK[wq]
     if h % ch or i % ch or h % rows or i % rows or n_nx % rows:
         raise ValueError(f"decode_block: H={h}, I={i}, N={n_nx} must be multiples of {ch} (K) and {rows} (rows)")
+    if PAIR and (h // ch % 2 or i // ch % 2):
+        raise ValueError(f"decode_block: paired slots need H={h} and I={i} to be even multiples of {ch}")
     return h, i, n_nx
 
 
