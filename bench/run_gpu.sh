@@ -129,6 +129,9 @@
 #                                 # (WB_BLOCK_FENCE=0) and taking tiles two at a time (WB_BLOCK_PAIR=1): tests, decode
 #   bash bench/run_gpu.sh pair    # no fence: the engines' GPU tests; the ring's slots paired on shared barriers
 #                                 # (WB_BLOCK_PAIR=1): tests, decode at rings of 64-128 KiB, the 1B's trace
+#   bash bench/run_gpu.sh tests10 # every GPU test at the tenth session's defaults; int8 blocks with paired slots at
+#                                 # rings of 64-128 KiB; the 1B's trace
+#   bash bench/run_gpu.sh final10 # decode in every format and batch, with the tenth session's defaults; decode.py
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -674,6 +677,17 @@ elif [ "$stage" = pair ]; then  # no fence everywhere; paired slots
   q1 nofence_b
   WB_BLOCK_PAIR=1 q1 pair_b
   WB_BLOCK_PAIR=1 step 60 python bench/block_trace.py --name block_trace_1b_pair_h100
+elif [ "$stage" = tests10 ]; then  # the GPU tests at the new defaults; int8 with paired slots
+  q8() { dq1 60 llama-3-8b int8_wo_logits decode_quant_8b_int8_$1_h100; }
+  q8 base
+  WB_BLOCK_PAIR=1 WB_BLOCK_RING_KIB=128 q8 pair128
+  WB_BLOCK_PAIR=1 WB_BLOCK_RING_KIB=96 q8 pair96
+  step 280 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
+  step 60 python bench/block_trace.py --name block_trace_1b_final_h100
+elif [ "$stage" = final10 ]; then  # the tenth session's defaults: decode in every format and batch, decode.py
+  step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
+    --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep "" --name decode_quant_final10_h100
+  step 110 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_final10_h100
 elif [ "$stage" = final9 ]; then  # the ninth session's defaults: every GPU test, decode in every format, debug engines
   step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \

@@ -22,7 +22,7 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from workbench.plugins import decode_block as db
 fn, out = db._decode_block, {}
-for wq, (h, i) in [(0, (4096, 14336)), (8, (4096, 14336)), (0, (2048, 8192))]:
+for wq, (h, i), paired in [(0, (4096, 14336), True), (8, (4096, 14336), False), (0, (2048, 8192), False)]:
     desc = f"tensordesc<{'i32' if wq else 'bf16'}[{db.ROWS[wq]}, {db.TILE_W[wq]}],{db._shared_layout(wq)}>"
     sig = {n: 'constexpr' for n in fn.arg_names}
     sig.update({n: desc for n in ('d_o', 'd_gu', 'd_dn', 'd_nx')})
@@ -30,7 +30,7 @@ for wq, (h, i) in [(0, (4096, 14336)), (8, (4096, 14336)), (0, (2048, 8192))]:
     sig.update({n: '*fp32' for n in ('S_o', 'S_gu', 'S_dn', 'S_nx')}, CNT='*i32', N_NX='i32', eps2='fp32', eps_n='fp32',
                TR='*i64')
     ring = db.RING_KIB * 1024 // (db.ROWS[wq] * db.TILE_W[wq] * (4 if wq else 2))
-    consts = dict(H=h, I=i, RING=ring, XR=db.x_rows(wq, h, i), WQ=wq, USE_GDC=True)
+    consts = dict(H=h, I=i, RING=ring, XR=db.x_rows(wq, h, i), WQ=wq, USE_GDC=True, PAIRED=paired)
     k = triton.compile(GluonASTSource(fn, sig, {(fn.arg_names.index(n),): v for n, v in consts.items()}),
                        target=GPUTarget('cuda', 90, 32), options={'num_warps': db.WARPS, 'maxnreg': db.MAXNREG})
     ptx = k.asm['ptx']
@@ -121,12 +121,14 @@ def _rel(a, b):
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("ring_kib", [None, 64])  # the default ring and the engines' table's smaller one
-def test_block_matches_its_reference_and_the_unfused_plugins(fmt, shape, ring_kib):
+@pytest.mark.parametrize("paired", [False, True])
+def test_block_matches_its_reference_and_the_unfused_plugins(fmt, shape, ring_kib, paired):
     from workbench.plugins.decode_block import decode_block, decode_block_ref
 
     args, scales = _inputs(*shape, fmt)
     counters = torch.zeros(5, dtype=torch.int32, device="cuda")
-    runs = [decode_block(*args, counters, scales, ring_kib=ring_kib) for _ in range(3)]  # the counters count launches
+    runs = [decode_block(*args, counters, scales, ring_kib=ring_kib, paired=paired)
+            for _ in range(3)]  # the counters count launches
     torch.cuda.synchronize()
     assert int(counters[4]) == 3
     ref, plugins = decode_block_ref(*args, scales), _unfused(args, scales)

@@ -48,10 +48,13 @@ def test_program_has_one_call_a_layer(batch_engines, monkeypatch):
 
 
 def test_the_tables_rings_fit_the_kernel():
-    from workbench.plugins.decode_block import ring_slots
+    from workbench.plugins.decode_block import pairs_fit, ring_slots
 
-    for (_, _, _, fmt), kib in layer_block.H100_BLOCK.items():
-        assert ring_slots(kib, 8 if fmt == "w8a16" else 0) >= 4
+    for (h, i, _, fmt), (kib, paired) in layer_block.H100_BLOCK.items():
+        wq = 8 if fmt == "w8a16" else 0
+        assert ring_slots(kib, wq) >= 4 and ring_slots(kib, wq) % 2 == 0
+        assert pairs_fit(h, i, wq) or not paired
+    assert not pairs_fit(2048, 768, 0)  # 3 chunks of x in the down projection's K
     with pytest.raises(ValueError, match="a ring of 200 KiB"):
         ring_slots(200, 0)
     with pytest.raises(ValueError, match="a ring of 16 KiB"):

@@ -55,11 +55,16 @@ FREE_UNPACK = gl.constexpr(os.environ.get("WB_PROBE_FREE_UNPACK", "0") == "1")
 # stages' edges into TRACES[counters' address] (int64 [programs, 16]; see _stamp's events)
 TRACE = gl.constexpr(os.environ.get("WB_PROBE_TRACE", "0") == "1")
 TRACES: dict[int, torch.Tensor] = {}
-# Probe switches (bench/run_gpu.sh fence): WB_BLOCK_FENCE=0 drops the proxy fence between a consumer's read of a
-# tile and its slot's release; WB_BLOCK_PAIR=1 pairs the ring's slots: two tiles (the gate's and the up's, or two
-# chunks of x) land on one barrier and go back on one, half the waits and releases a byte
-FENCE = gl.constexpr(os.environ.get("WB_BLOCK_FENCE", "1") == "1")
-PAIR = gl.constexpr(os.environ.get("WB_BLOCK_PAIR", "0") == "1")
+# A slot goes back to the producer with no proxy fence after the consumers' reads of it (as TMA pipelines release
+# slots read by the generic proxy): the reads are done, in registers, before the release's barrier, and the TMA
+# copy that overwrites the slot starts only after the producer has seen the release. Tenth session, call 5 (H100,
+# batch 1, tok/s): without the fence 1B bf16 1010.6 -> 1019.5, 8B bf16 191.0 -> 194.5, int8 + logits 350.3 -> 351.6.
+# WB_BLOCK_FENCE=1 (a probe's switch) puts it back.
+FENCE = gl.constexpr(os.environ.get("WB_BLOCK_FENCE", "0") == "1")
+# Paired slots (decode_block's `paired`): two tiles, the gate's and the up's rows or x's chunks kk and kk + 1, land on
+# one barrier and go back on one, half the waits and releases a byte. WB_BLOCK_PAIR=1|0 (a probe's switch) sets it
+# for every block.
+PAIR_OVERRIDE = os.environ.get("WB_BLOCK_PAIR", "")
 ROWS = {0: 8, 8: 16}  # a tile's rows by weight format (WQ); 8 for int8 measured slower (bench/run_gpu.sh tune9)
 TILE_W = {0: 256, 8: 128}  # a tile's width in stored units: bf16 values, int32 words of four int8 values
 CHUNK = {0: 256, 8: 512}  # values of x a tile spans
@@ -78,28 +83,29 @@ def _stamp(TR, event):
 
 @gluon.jit
 def _produce(d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, TR, H: gl.constexpr, I: gl.constexpr,
-             WQ: gl.constexpr):
+             WQ: gl.constexpr, PAIRED: gl.constexpr):
     """The producer warp: every weight tile of this program's four stages, in the consumers' order, into the ring."""
     CH: gl.constexpr = 512 if WQ == 8 else 256
     R: gl.constexpr = ring.type.shape[1]
     pid = gl.program_id(0)
     G = gl.num_programs(0)
     _stamp(TR, 9)
-    c = _produce_stage(d_o, ring, full, empty, gl.to_tensor(0), pid, G, 0, 0, H // R, H // CH, False, TR)
+    c = _produce_stage(d_o, ring, full, empty, gl.to_tensor(0), pid, G, 0, 0, H // R, H // CH, False, TR, PAIRED)
     _stamp(TR, 12)
-    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, 0, I, I // R, H // CH, True, TR)
-    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, 0, H // R, I // CH, False, TR)
-    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, 0, N_NX // R, H // CH, False, TR)
+    c = _produce_stage(d_gu, ring, full, empty, c, pid, G, 0, I, I // R, H // CH, True, TR, PAIRED)
+    c = _produce_stage(d_dn, ring, full, empty, c, pid, G, 0, 0, H // R, I // CH, False, TR, PAIRED)
+    _produce_stage(d_nx, ring, full, empty, c, pid, G, 0, 0, N_NX // R, H // CH, False, TR, PAIRED)
     _stamp(TR, 13)
 
 
 @gluon.jit
-def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr, TR):
+def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr, TR,
+                   PAIRED: gl.constexpr):
     """The producer: this program's tiles (from row row0; SWIGLU: each with its up rows, `up` below) in turn."""
     RING: gl.constexpr = ring.type.shape[0]
     R: gl.constexpr = ring.type.shape[1]
     W: gl.constexpr = ring.type.shape[2]
-    if PAIR:
+    if PAIRED:
         return _produce_pairs(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU, TR)
     for t in range(pid, tiles, G):
         for kk in range(steps):
@@ -121,7 +127,7 @@ def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
 
 @gluon.jit
 def _produce_pairs(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, SWIGLU: gl.constexpr, TR):
-    """_produce_stage with paired slots (PAIR): c counts pairs; a pair is a tile's gate and up rows (SWIGLU) or its
+    """_produce_stage with paired slots (PAIRED): c counts pairs; a pair is a tile's gate and up rows (SWIGLU) or its
     chunks kk and kk + 1."""
     PAIRS: gl.constexpr = ring.type.shape[0] // 2
     R: gl.constexpr = ring.type.shape[1]
@@ -151,7 +157,7 @@ def _produce_pairs(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
 
 @gluon.jit
 def _take_pair(ring, full, empty, c):
-    """Consumers (PAIR): the ring's pair c once both tiles have landed; the pair goes back to the producer."""
+    """Consumers (PAIRED): the ring's pair c once both tiles have landed; the pair goes back to the producer."""
     PAIRS: gl.constexpr = ring.type.shape[0] // 2
     p = c % PAIRS
     mbarrier.wait(full.index(p), (c // PAIRS) & 1)
@@ -291,7 +297,8 @@ def _stage_input(xs, X, a, g, HOUT, K: gl.constexpr, eps, NORM: gl.constexpr):
 
 
 @gluon.jit
-def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.constexpr, WQ: gl.constexpr):
+def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.constexpr, WQ: gl.constexpr,
+           PAIRED: gl.constexpr):
     """Consumers: this program's row tiles of the stage, x in shared memory, into Y (int8: times the rows' scales S;
     SWIGLU: silu(gate) * up with the unfused roundings, the rows' gate and up tiles in turn)."""
     R: gl.constexpr = ring.type.shape[1]
@@ -312,13 +319,13 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
                 s_up = gl.load(S + tiles * R + rows)
         acc = gl.zeros([R, W], gl.float32, tile_l)
         accu = gl.zeros([R, W], gl.float32, tile_l)
-        if PAIR and SWIGLU:  # the gate's and the up's tile as one pair
+        if PAIRED and SWIGLU:  # the gate's and the up's tile as one pair
             for kk in range(K // CH):
                 w_gate, w_up = _take_pair(ring, full, empty, c)
                 acc = _fma(acc, w_gate, xr, kk, WQ)
                 accu = _fma(accu, w_up, xr, kk, WQ)
                 c += 1
-        elif PAIR:  # x's chunks kk and kk + 1 as one pair (check: K // CH is even)
+        elif PAIRED:  # x's chunks kk and kk + 1 as one pair (check: K // CH is even)
             for kk in range(0, K // CH, 2):
                 w0, w1 = _take_pair(ring, full, empty, c)
                 acc = _fma(acc, w0, xr, kk, WQ)
@@ -347,7 +354,7 @@ def _stage(ring, full, empty, xs, c, Y, S, tiles, K: gl.constexpr, SWIGLU: gl.co
 
 @gluon.jit
 def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX, eps2, eps_n,
-             TR, H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr, USE_GDC: gl.constexpr):
+             TR, H: gl.constexpr, I: gl.constexpr, WQ: gl.constexpr, USE_GDC: gl.constexpr, PAIRED: gl.constexpr):
     """The consumer warps: the four stages, each after every program finished the one before."""
     R: gl.constexpr = ring.type.shape[1]
     G = gl.num_programs(0)
@@ -359,7 +366,7 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
     target = (epoch + 1) * G
     W: gl.constexpr = xs.type.shape[1]
     _stage_input(xs, X, X, X, X, H, eps2, False)
-    c = _stage(ring, full, empty, xs, gl.to_tensor(0), O, S_o, H // R, H, False, WQ)
+    c = _stage(ring, full, empty, xs, gl.to_tensor(0), O, S_o, H // R, H, False, WQ, PAIRED)
     _arrive(CNT, 0)
     _stamp(TR, 2)
     res, g2 = _norm_operands(RES, G2, H, W)
@@ -368,29 +375,29 @@ def _consume(ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S
     if gl.program_id(0) == 0:  # every program has read the epoch: the next launch may see it advanced
         gl.atomic_add(CNT + 4, 1, sem="relaxed", scope="gpu")
     _stage_input(xs, O, res, g2, H1, H, eps2, True)
-    c = _stage(ring, full, empty, xs, c, ACT, S_gu, I // R, H, True, WQ)
+    c = _stage(ring, full, empty, xs, c, ACT, S_gu, I // R, H, True, WQ, PAIRED)
     _arrive(CNT, 1)
     _stamp(TR, 4)
     _wait(CNT, 1, target)
     _stamp(TR, 5)
     _stage_input(xs, ACT, ACT, ACT, ACT, I, eps2, False)
-    c = _stage(ring, full, empty, xs, c, D, S_dn, H // R, I, False, WQ)
+    c = _stage(ring, full, empty, xs, c, D, S_dn, H // R, I, False, WQ, PAIRED)
     _arrive(CNT, 2)
     _stamp(TR, 6)
     h1, gn = _norm_operands(H1, GN, H, W)  # h1: program 0 wrote it before the wait for stage 1
     _wait(CNT, 2, target)
     _stamp(TR, 7)
     _stage_input(xs, D, h1, gn, H2, H, eps_n, True)
-    _stage(ring, full, empty, xs, c, Y, S_nx, N_NX // R, H, False, WQ)
+    _stage(ring, full, empty, xs, c, Y, S_nx, N_NX // R, H, False, WQ, PAIRED)
     _stamp(TR, 8)
 
 
 @gluon.jit
-def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
+def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr, PAIRED: gl.constexpr):
     """Shared memory: the ring of RING weight tiles (desc's block), its full and empty barriers, and x (XR rows)."""
     ring = gl.allocate_shared_memory(gl.int32 if WQ == 8 else gl.bfloat16, [RING] + desc.block_type.shape,
                                      desc.layout)
-    SLOTS: gl.constexpr = RING // 2 if PAIR else RING  # barriers: a pair of slots shares its two
+    SLOTS: gl.constexpr = RING // 2 if PAIRED else RING  # barriers: a pair of slots shares its two
     full = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
     xs = gl.allocate_shared_memory(gl.bfloat16, [XR, 512 if WQ == 8 else 256],
@@ -404,15 +411,15 @@ def _buffers(desc, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr):
 @gluon.jit
 def _decode_block(d_o, d_gu, d_dn, d_nx, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
                   eps2, eps_n, TR, H: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr,
-                  WQ: gl.constexpr, USE_GDC: gl.constexpr):
-    ring, full, empty, xs = _buffers(d_o, RING, XR, WQ)
+                  WQ: gl.constexpr, USE_GDC: gl.constexpr, PAIRED: gl.constexpr):
+    ring, full, empty, xs = _buffers(d_o, RING, XR, WQ, PAIRED)
     if USE_GDC:  # the next kernel may launch now: its programs fit beside these and wait for this kernel's end
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
                                   pack=1)
     gl.warp_specialize([
         (_consume, (ring, full, empty, xs, X, RES, G2, GN, O, H1, ACT, D, H2, Y, S_o, S_gu, S_dn, S_nx, CNT, N_NX,
-                    eps2, eps_n, TR, H, I, WQ, USE_GDC)),
-        (_produce, (d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, TR, H, I, WQ)),
+                    eps2, eps_n, TR, H, I, WQ, USE_GDC, PAIRED)),
+        (_produce, (d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, TR, H, I, WQ, PAIRED)),
     ], [1], [40])
 
 
@@ -441,9 +448,12 @@ def check(x, w_o, w_gu, w_dn, w_nx, wq: int) -> tuple[int, int, int]:
     rows, ch = ROWS[wq], CHUNK[wq]
     if h % ch or i % ch or h % rows or i % rows or n_nx % rows:
         raise ValueError(f"decode_block: H={h}, I={i}, N={n_nx} must be multiples of {ch} (K) and {rows} (rows)")
-    if PAIR and (h // ch % 2 or i // ch % 2):
-        raise ValueError(f"decode_block: paired slots need H={h} and I={i} to be even multiples of {ch}")
     return h, i, n_nx
+
+
+def pairs_fit(h: int, i: int, wq: int) -> bool:
+    """Whether paired slots fit a block: every stage's K an even number of x's chunks."""
+    return h // CHUNK[wq] % 2 == 0 and i // CHUNK[wq] % 2 == 0
 
 
 def ring_slots(kib: int, wq: int) -> int:
@@ -457,14 +467,15 @@ def ring_slots(kib: int, wq: int) -> int:
 
 def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_nx, counters: torch.Tensor,
                  scales: tuple | None = None, use_gdc: bool = False,
-                 ring_kib: int | None = None) -> dict[str, torch.Tensor]:
+                 ring_kib: int | None = None, paired: bool = False) -> dict[str, torch.Tensor]:
     """The block on the GPU: x [1, H] (attention's output), res [1, H]; bf16 weights, or int8 weights viewed as int32
     words [N, K / 4] with their per-channel scales (o, gate_up, down, next). counters: int32 [5] of zeros, kept
-    between calls (one a call site: they count launches). ring_kib: the weight ring's size (RING_KIB if None).
-    Returns o, h1, act, d, h2, y."""
+    between calls (one a call site: they count launches). ring_kib: the weight ring's size (RING_KIB if None);
+    paired: the ring's slots in pairs, where the shapes allow (pairs_fit). Returns o, h1, act, d, h2, y."""
     wq = 8 if scales is not None else 0
     h, i, n_nx = check(x, w_o, w_gu, w_dn, w_nx, wq)
     ring = ring_slots(RING_OVERRIDE or ring_kib or RING_KIB, wq)
+    paired = {"1": True, "0": False}.get(PAIR_OVERRIDE, paired) and pairs_fit(h, i, wq)
     if counters.dtype != torch.int32 or counters.numel() != 5 or counters.device != x.device:
         raise ValueError(f"decode_block: counters must be 5 int32 on {x.device}, got {counters.numel()} "
                          f"{counters.dtype} on {counters.device}")
@@ -484,7 +495,7 @@ def decode_block(x, res, g2, eps2: float, w_o, w_gu, w_dn, gn, eps_n: float, w_n
         trace = TRACES[counters.data_ptr()]
     _decode_block[(programs,)](*descs, x, res, g2, gn, out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"],
                                *s, counters, n_nx, float(eps2), float(eps_n), trace, H=h, I=i, RING=ring,
-                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, num_warps=WARPS,
+                               XR=x_rows(wq, h, i), WQ=wq, USE_GDC=use_gdc, PAIRED=paired, num_warps=WARPS,
                                **({"maxnreg": MAXNREG} if MAXNREG else {}),
                                **({"launch_pdl": True} if use_gdc else {}))
     return out

@@ -15,19 +15,20 @@ import torch
 
 from workbench.errors import WorkbenchError
 
-# (hidden, intermediate, rows of the next projection, weight format) -> the weight ring's KiB: where the block made
-# decode faster on an H100 (bench/results/h100_notes.md), and the ring it was fastest with. Eighth session: Llama-3-8B
+# (hidden, intermediate, rows of the next projection, weight format) -> (the weight ring's KiB, paired slots): where the
+# block made decode faster on an H100 (bench/results/h100_notes.md), and how it was fastest. Eighth session: Llama-3-8B
 # bf16 and int8, its last layer's block through the logits too (calls 7-8: 180.8 -> 186.1 tok/s, int8 + logits 311.7
 # -> 328.4; call 13, the last layer: 188.5 -> 188.8 and 336.3 -> 336.8), Llama-3.2-1B int8 with its logits layer as the
 # last block's (call 8: 1401 -> 1473). Ninth session, the ring's size (calls 6-8): 8B int8 + logits 338.2 / 340.2 /
 # 342.4 / 336.2 tok/s at 128 / 96 / 64 / 48 KiB, bf16 190.3 / 189.7 / 189.2 at 128 / 96 / 64; 1B int8 + logits 1544 /
 # 1594 / 1618 at 128 / 96 / 64; and the 1B in bf16 by blocks with a ring of 64, 997.5 against 953.0 by its launches
 # (the norms in the GEMVs' prologues; blocks with a ring of 128 had measured 944 against 952 in the eighth session,
-# before attention merged its own partitions).
-H100_BLOCK = {(4096, 14336, 6144, "bf16"): 128, (4096, 14336, 128256, "bf16"): 128,
-              (4096, 14336, 6144, "w8a16"): 64, (4096, 14336, 128256, "w8a16"): 64,
-              (2048, 8192, 3072, "bf16"): 64, (2048, 8192, 128256, "bf16"): 64,
-              (2048, 8192, 3072, "w8a16"): 64, (2048, 8192, 128256, "w8a16"): 64}
+# before attention merged its own partitions). Tenth session, paired slots (call 6): 1B bf16 1020 -> 1032, 8B bf16
+# 194.6 -> 196.7, 8B int8 + logits 352.5 -> 349.5 (not paired).
+H100_BLOCK = {(4096, 14336, 6144, "bf16"): (128, True), (4096, 14336, 128256, "bf16"): (128, True),
+              (4096, 14336, 6144, "w8a16"): (64, False), (4096, 14336, 128256, "w8a16"): (64, False),
+              (2048, 8192, 3072, "bf16"): (64, True), (2048, 8192, 128256, "bf16"): (64, True),
+              (2048, 8192, 3072, "w8a16"): (64, False), (2048, 8192, 128256, "w8a16"): (64, False)}
 # WB_LAYER_BLOCK: "auto" (the table above, on a Hopper GPU), "on" (every layer block the graph has: the one-row steps
 # whose shapes the kernel takes run it, the others the launches; what the CPU tests use), "off"
 MODES = ("auto", "on", "off")
@@ -95,8 +96,9 @@ def make_helper(helpers: dict[str, Callable]) -> Callable:
         if site not in counters:
             counters[site] = torch.zeros(5, dtype=torch.int32, device=x.device)
         key = (x.shape[1], w_gu.shape[0] // 2, w_nx.shape[0], "w8a16" if scales else "bf16")
+        ring_kib, paired = H100_BLOCK.get(key, (None, False))
         out = db.decode_block(x, res, g2, eps2, w_o, w_gu, w_dn, gn, eps_n, w_nx, counters[site], scales,
-                              use_gdc=gdc("gemv")["USE_GDC"], ring_kib=H100_BLOCK.get(key))
+                              use_gdc=gdc("gemv")["USE_GDC"], ring_kib=ring_kib, paired=paired)
         return out["o"], out["h1"], out["act"], out["d"], out["h2"], out["y"]
 
     return layer_block
