@@ -62,10 +62,11 @@ def _produce(descs, ring, full, empty, L0, L1, H: gl.constexpr, QKV: gl.constexp
     G = gl.num_programs(0)
     c = 0
     for layer in range(L0, L1):
-        c = _produce_stage(d_qkv, ring, full, empty, c, pid, G, layer * QKV, 0, QKV // R, H // CH, False)
-        c = _produce_stage(d_o, ring, full, empty, c, pid, G, layer * H, 0, H // R, H // CH, False)
-        c = _produce_stage(d_gu, ring, full, empty, c, pid, G, layer * 2 * I, I, I // R, H // CH, True)
-        c = _produce_stage(d_dn, ring, full, empty, c, pid, G, layer * H, 0, H // R, I // CH, False)
+        # no trace (its pointer unused: the block's TRACE is off) and unpaired slots
+        c = _produce_stage(d_qkv, ring, full, empty, c, pid, G, layer * QKV, 0, QKV // R, H // CH, False, None, False)
+        c = _produce_stage(d_o, ring, full, empty, c, pid, G, layer * H, 0, H // R, H // CH, False, None, False)
+        c = _produce_stage(d_gu, ring, full, empty, c, pid, G, layer * 2 * I, I, I // R, H // CH, True, None, False)
+        c = _produce_stage(d_dn, ring, full, empty, c, pid, G, layer * H, 0, H // R, I // CH, False, None, False)
 
 
 @gluon.jit
@@ -85,7 +86,7 @@ def _consume_stage(ring, full, empty, xs, c, X, Y, S, CNT, g, G, tiles, K: gl.co
     if g > 0:
         _wait_stage(CNT, g - 1, G, MODE)
     _stage_input(xs, X, X, X, X, K, 0.0, False)
-    c = _stage(ring, full, empty, xs, c, Y, S, tiles, K, SWIGLU, WQ)
+    c = _stage(ring, full, empty, xs, c, Y, S, tiles, K, SWIGLU, WQ, False)
     _arrive(CNT, g)
     return c
 
@@ -112,7 +113,7 @@ def _consume(ring, full, empty, xs, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L0,
 def _chain_ws(d_qkv, d_o, d_gu, d_dn, A, B, C, D, S_qkv, S_o, S_gu, S_dn, CNT, L0, L1, H: gl.constexpr,
               QKV: gl.constexpr, I: gl.constexpr, RING: gl.constexpr, XR: gl.constexpr, WQ: gl.constexpr,
               MODE: gl.constexpr):
-    ring, full, empty, xs = _buffers(d_qkv, RING, XR, WQ)
+    ring, full, empty, xs = _buffers(d_qkv, RING, XR, WQ, False)
     # launched with programmatic dependent launch (a launch a layer): the next launch may start as soon as SMs free
     gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
                               pack=1)
