@@ -132,6 +132,8 @@
 #   bash bench/run_gpu.sh tests10 # every GPU test at the tenth session's defaults; int8 blocks with paired slots at
 #                                 # rings of 64-128 KiB; the 1B's trace
 #   bash bench/run_gpu.sh final10 # decode in every format and batch, with the tenth session's defaults; decode.py
+#   bash bench/run_gpu.sh confirm10 # final10's batch-1 decode again on another machine: decode.py twice, the 1B by
+#                                 # decode_quant
 #   bash bench/run_gpu.sh final8  # every GPU test; decode in every format and batch, the debug engines, with the eighth
 #                                 # session's defaults (layer blocks, the merge in attention, partitions by head size)
 #   bash bench/run_gpu.sh w4dot   # GEMV tests; int4 sweep at 8 rows with TMA tiles on the tensor cores; int4 decode
@@ -688,6 +690,11 @@ elif [ "$stage" = final10 ]; then  # the tenth session's defaults: decode in eve
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
     --modes bf16,int8_wo,int8_wo_logits,int4_wo --plain-modes "" --repeats 3 --sweep "" --name decode_quant_final10_h100
   step 110 python bench/decode.py --peers none --repeats 2 --gemv table --name decode_engine_final10_h100
+elif [ "$stage" = confirm10 ]; then  # batch-1 decode at the tenth session's defaults, again
+  for r in a b; do
+    step 80 python bench/decode.py --peers none --repeats 2 --gemv table --batches 1 --name decode_engine_confirm10_${r}_h100
+  done
+  dq1 60 llama-3.2-1b bf16 decode_quant_1b_confirm10_h100
 elif [ "$stage" = final9 ]; then  # the ninth session's defaults: every GPU test, decode in every format, debug engines
   step 300 python -m pytest tests/gpu tests/plugins tests/runtime tests/bench -q -n 4 -p no:cacheprovider
   step 170 python bench/decode_quant.py --models llama-3-8b,llama-3.2-1b --batches 1,8 \
