@@ -22,9 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-os.environ["WB_PROBE_TRACE"] = "1"  # before the plugins are imported: their kernels read it as a constant
-
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -114,6 +112,9 @@ def run_model(name: str, args, bw: float, out: dict) -> None:
 
 
 def main() -> None:
+    if "workbench.plugins.decode_block" in sys.modules:
+        raise SystemExit("block_trace: the plugins were imported before WB_PROBE_TRACE was set")
+    os.environ["WB_PROBE_TRACE"] = "1"  # before the plugins are imported (in run_model): a constant of their kernels
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="llama-3.2-1b")
     ap.add_argument("--modes", default="bf16")

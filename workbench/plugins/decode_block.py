@@ -19,7 +19,8 @@ Weights: bf16, or int8 per output channel (w8a16, the words' four values unpacke
 each consumer thread splits its words' four values of x in registers), in tiles of ROWS rows: 8 for bf16, 16 for
 int8 (its consumers need the rows to reuse x). One program an SM, all resident (the counters need it), each with
 a ring of 64-128 KiB (by shape: runtime/layer_block.py's table) and x's buffer (up to 32 KiB) in shared memory, and
-registers (MAXNREG) that leave room for a program of the decode attention beside it.
+registers (MAXNREG) that leave room for a program of the decode attention beside it. Paired slots (`paired`,
+bf16 in the engines' table) halve the waits and releases a byte; a slot goes back with no proxy fence (FENCE).
 
 The engines run it through runtime/layer_block.py (cuda_program's `layer_block` fusion) where it measured faster;
 `decode_block_ref` is its torch reference.
@@ -39,7 +40,7 @@ RING_KIB = 128  # the ring of weight tiles a program, unless the caller gives it
 # a probe's switch (bench/run_gpu.sh ring): WB_BLOCK_RING_KIB sets every block's ring, over the caller's
 RING_OVERRIDE = int(os.environ.get("WB_BLOCK_RING_KIB", "0"))
 # Consumer warps a program (WB_BLOCK_WARPS, a probe's switch); the producer's warp comes on top, in a warp group of
-# its own.
+# its own. 8 measured slower (tenth session, call 2: 1B bf16 1010 -> 1003 tok/s).
 WARPS = int(os.environ.get("WB_BLOCK_WARPS", "4"))
 # Registers a thread at launch (ptx .maxnreg; the partitions then share them out by setmaxnreg, the consumers still
 # getting 240-256). Triton's default for 4 consumer warps is 256 for the 8 warps, an SM's whole register file: nothing
