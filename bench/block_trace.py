@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
 from decode_quant import MODES, quantized  # noqa: E402
-from gpu_models import copy_bandwidth, device_name, engine_from_hf, hf_model  # noqa: E402
+from gpu_models import copy_bandwidth, decode_setup, device_name  # noqa: E402
 
 # the block's events (plugins/decode_block.py's _stamp)
 BLOCK = {"start": 0, "waited": 1, "o_own": 2, "o_all": 3, "gu_own": 4, "gu_all": 5, "dn_own": 6, "dn_all": 7,
@@ -61,24 +61,12 @@ def summary(rows: list[dict]) -> dict:
 
 
 def run_model(name: str, args, bw: float, out: dict) -> None:
-    from workbench.builder.config import BuildConfig
     from workbench.plugins import decode_block as db
     from workbench.plugins import paged_attention as pa
     from workbench.runtime.cuda_executor import CudaExecutor
-    from workbench.runtime.kv_cache import PagedKVCache
 
-    hf = hf_model(name)
-    bc = BuildConfig(dtype="bfloat16", max_batch_size=1, max_seq_len=args.prompt + args.new_tokens + 16, kv_page_size=16)
-    base = engine_from_hf(hf, bc)
-    cfg = hf.config
-    layers, kvh, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    del hf
-    torch.cuda.empty_cache()
-    cache = PagedKVCache.for_budget(layers, kvh, hd, max_tokens=bc.max_seq_len + 64, page_size=16,
-                                    dtype=torch.bfloat16, device="cuda")
-    prompt = torch.randint(0, base.model_config["vocab_size"], (args.prompt,),
-                           generator=torch.Generator().manual_seed(1)).tolist()
+    base, cache, prompt, cfg = decode_setup(name, args.prompt, args.new_tokens)
+    kvh, hd, h, i = cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
     for mode in args.modes.split(","):
         engine = base if MODES[mode] is None else quantized(base, *MODES[mode])
         db.TRACES.clear()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, write_result  # noqa: E402
 from decode_quant import MODES, quantized  # noqa: E402
-from gpu_models import device_name, engine_from_hf, hf_model  # noqa: E402
+from gpu_models import decode_setup, device_name  # noqa: E402
 
 CUTS = ("none", "norm", "attn", "merge", "onepart")
 
@@ -73,20 +73,9 @@ def cut(kind: str):
 
 
 def run_model(name: str, args, out: dict) -> None:
-    from workbench.builder.config import BuildConfig
     from workbench.runtime.cuda_executor import CudaExecutor
-    from workbench.runtime.kv_cache import PagedKVCache
 
-    hf = hf_model(name)
-    bc = BuildConfig(dtype="bfloat16", max_batch_size=1, max_seq_len=args.prompt + args.new_tokens + 16, kv_page_size=16)
-    base = engine_from_hf(hf, bc)
-    layers, kvh, hd = hf.config.num_hidden_layers, hf.config.num_key_value_heads, hf.config.head_dim
-    del hf
-    torch.cuda.empty_cache()
-    cache = PagedKVCache.for_budget(layers, kvh, hd, max_tokens=bc.max_seq_len + 64, page_size=16,
-                                    dtype=torch.bfloat16, device="cuda")
-    prompt = torch.randint(0, base.model_config["vocab_size"], (args.prompt,),
-                           generator=torch.Generator().manual_seed(1)).tolist()
+    base, cache, prompt, _ = decode_setup(name, args.prompt, args.new_tokens)
     for mode in args.modes.split(","):
         engine = base if MODES[mode] is None else quantized(base, *MODES[mode])
         row = out.setdefault(mode, {})

@@ -67,6 +67,24 @@ def engine_from_hf(hf, build_config):
                   source={"checkpoint": "random weights"})
 
 
+def decode_setup(name: str, prompt: int, new_tokens: int):
+    """(bf16 engine at batch 1, a paged cache for it, a random prompt of `prompt` tokens, the HF config) for decode
+    probes over one model's random-weight shapes; the HF model itself is freed."""
+    from workbench.builder.config import BuildConfig
+    from workbench.runtime.kv_cache import PagedKVCache
+
+    hf = hf_model(name)
+    bc = BuildConfig(dtype="bfloat16", max_batch_size=1, max_seq_len=prompt + new_tokens + 16, kv_page_size=16)
+    engine = engine_from_hf(hf, bc)
+    cfg = hf.config
+    del hf
+    torch.cuda.empty_cache()
+    cache = PagedKVCache.for_budget(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
+                                    max_tokens=bc.max_seq_len + 64, page_size=16, dtype=torch.bfloat16, device="cuda")
+    ids = torch.randint(0, engine.model_config["vocab_size"], (prompt,), generator=torch.Generator().manual_seed(1))
+    return engine, cache, ids.tolist(), cfg
+
+
 def cuda_time_ms(fn, warmup: int = 2, repeats: int = 5) -> float:
     """Median device time of fn() over repeats, by CUDA events, after warm-up."""
     for _ in range(warmup):
