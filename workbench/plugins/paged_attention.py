@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from workbench.plugins.common import dot_in_fp32, gdc, gdc_begin, gdc_trigger, gdc_wait, interpreting, mma, pow2, rounded
+from workbench.plugins.common import (dot_in_fp32, gdc, gdc_begin, gdc_trigger, gdc_wait, interpreting, mma, pow2,
+                                      rounded)
 from workbench.plugins.flash_attention import LOG2E, softmax_step
 
 
