@@ -83,6 +83,14 @@ def _stamp(TR, event):
 
 
 @gluon.jit
+def _stamp_at(TR, event, now):
+    """_stamp where `now` holds (the producer's ring-full events)."""
+    if TRACE:
+        if now:
+            _stamp(TR, event)
+
+
+@gluon.jit
 def _produce(d_o, d_gu, d_dn, d_nx, ring, full, empty, N_NX, TR, H: gl.constexpr, I: gl.constexpr,
              WQ: gl.constexpr, PAIRED: gl.constexpr):
     """The producer warp: every weight tile of this program's four stages, in the consumers' order, into the ring."""
@@ -112,13 +120,9 @@ def _produce_stage(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
         for kk in range(steps):
             for half in gl.static_range(2 if SWIGLU else 1):  # gate rows, then the up rows I below them
                 slot = c % RING
-                if TRACE:
-                    if c == RING:
-                        _stamp(TR, 10)
+                _stamp_at(TR, 10, c == RING)
                 mbarrier.wait(empty.index(slot), ((c // RING) & 1) ^ 1)
-                if TRACE:
-                    if c == RING:
-                        _stamp(TR, 11)
+                _stamp_at(TR, 11, c == RING)
                 mbarrier.expect(full.index(slot), desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(desc, [row0 + half * up + t * R, kk * W], full.index(slot),
                                                 ring.index(slot))
@@ -136,13 +140,9 @@ def _produce_pairs(desc, ring, full, empty, c, pid, G, row0, up, tiles, steps, S
     for t in range(pid, tiles, G):
         for kk in range(0, steps, 1 if SWIGLU else 2):
             p = c % PAIRS
-            if TRACE:
-                if c == PAIRS:
-                    _stamp(TR, 10)
+            _stamp_at(TR, 10, c == PAIRS)
             mbarrier.wait(empty.index(p), ((c // PAIRS) & 1) ^ 1)
-            if TRACE:
-                if c == PAIRS:
-                    _stamp(TR, 11)
+            _stamp_at(TR, 11, c == PAIRS)
             mbarrier.expect(full.index(p), 2 * desc.block_type.nbytes)
             if SWIGLU:
                 tma.async_copy_global_to_shared(desc, [row0 + t * R, kk * W], full.index(p), ring.index(2 * p))
